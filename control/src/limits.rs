@@ -1,0 +1,37 @@
+//! Every limit of the control process, named, with its default and its cost.
+
+use std::time::Duration;
+
+/// Total time for TLS handshake plus enrollment or hello (threat 5).
+/// A silent or dribbling connection is closed when it runs out.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once, over all peers (threats 5, 6). Each costs
+/// a rustls server connection and a 16 KiB read buffer: about 64 KiB at
+/// worst, so 1,024 pending handshakes cost about 64 MiB.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Handshakes in progress at once from one source address (threat 5).
+pub const MAX_PENDING_PER_ADDR: usize = 32;
+
+/// Read buffer for one handshaking connection.
+pub const HANDSHAKE_READ_BUF: usize = 16 * 1024;
+
+/// Plaintext bytes a peer may send before its one message is complete.
+pub const MAX_PLAINTEXT_BEFORE_MESSAGE: usize =
+    revtun_proto::enroll::MAX_MESSAGE_LEN + revtun_proto::enroll::HEADER_LEN;
+
+/// Validity of a site certificate issued at enrollment.
+pub const SITE_CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// Validity of the host CA certificate.
+pub const CA_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Validity of the control listener certificate.
+pub const LISTENER_CERT_TTL: Duration = Duration::from_secs(2 * 365 * 86_400);
+
+/// Default token lifetime for `issue` when `--ttl` is not given.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a held tunnel re-checks revocation of its site.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);

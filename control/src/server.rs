@@ -1,0 +1,405 @@
+//! The control listener (default port 5500).
+//!
+//! The accept loop only accepts: each connection is checked against the
+//! pending-handshake caps (overall and per source address), then handed to
+//! its own task with one total deadline for TLS plus enrollment or hello
+//! (threat 5). Failures send one generic refusal and log the reason.
+//!
+//! I/O runs on tokio-uring; rustls is sans-IO, so [`TlsIo`] feeds it the
+//! bytes io_uring reads and writes what it produces.
+
+use crate::clock::Clock;
+use crate::limits;
+use crate::pki;
+use crate::state::HostState;
+use crate::store::{NewCert, Refusal, StoreError};
+use revtun_proto::enroll::{ClientMsg, MsgError, ServerMsg};
+use rustls::{ServerConfig, ServerConnection};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+/// Data-channel protocol version announced in `Ready`.
+pub const DATA_VERSION: u8 = 1;
+
+/// Listener settings (command-line flags of `revtun-control`).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Total deadline for TLS plus enrollment or hello.
+    pub handshake_timeout: Duration,
+    /// Pending handshakes overall.
+    pub max_pending: usize,
+    /// Pending handshakes per source address.
+    pub max_pending_per_addr: usize,
+    /// Validity of site certificates issued at enrollment.
+    pub site_cert_ttl: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            handshake_timeout: limits::HANDSHAKE_TIMEOUT,
+            max_pending: limits::MAX_PENDING_HANDSHAKES,
+            max_pending_per_addr: limits::MAX_PENDING_PER_ADDR,
+            site_cert_ttl: limits::SITE_CERT_TTL,
+        }
+    }
+}
+
+/// Why one connection ended without success. Logged, never sent.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("peer closed the connection during the handshake")]
+    Eof,
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("bad message: {0}")]
+    Msg(#[from] MsgError),
+    #[error("peer sent more than one message before the reply")]
+    LockStep,
+    #[error("peer sent {0} bytes without completing a message")]
+    Oversized(usize),
+    #[error("hello without a client certificate")]
+    NoClientCert,
+    #[error("client certificate has no readable serial or name")]
+    BadClientCert,
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("bad certificate signing request: {0}")]
+    BadCsr(pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What a successful handshake leads to.
+enum Outcome {
+    Enrolled { site: String },
+    Ready { site: String, io: TlsIo },
+}
+
+/// Counts of handshakes in progress, overall and per address.
+#[derive(Debug, Default)]
+struct Pending {
+    total: usize,
+    per_addr: HashMap<IpAddr, usize>,
+}
+
+/// Releases one pending slot when the handshake phase ends, however it ends.
+struct PendingGuard {
+    pending: Rc<RefCell<Pending>>,
+    addr: IpAddr,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut p = self.pending.borrow_mut();
+        p.total -= 1;
+        if let Some(n) = p.per_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                p.per_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Everything a connection task needs.
+struct Ctx {
+    state: Arc<HostState>,
+    tls: Arc<ServerConfig>,
+    clock: Arc<dyn Clock>,
+    opts: ServerOptions,
+    pending: Rc<RefCell<Pending>>,
+}
+
+/// A rustls server connection driven over a tokio-uring socket.
+struct TlsIo {
+    stream: Rc<TcpStream>,
+    conn: ServerConnection,
+    buf: Vec<u8>,
+}
+
+impl TlsIo {
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        while self.conn.wants_write() {
+            let mut out = Vec::with_capacity(4096);
+            self.conn.write_tls(&mut out)?;
+            let (r, _) = self.stream.write_all(out).await;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Reads once from the socket and processes what arrived.
+    async fn read_some(&mut self) -> Result<(), ConnError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let (r, buf) = self.stream.read(buf).await;
+        let n = r?;
+        if n == 0 {
+            return Err(ConnError::Eof);
+        }
+        let mut slice = &buf[..n];
+        while !slice.is_empty() {
+            self.conn.read_tls(&mut slice)?;
+            if let Err(e) = self.conn.process_new_packets() {
+                // Send the alert, then fail.
+                let _ = self.flush().await;
+                return Err(e.into());
+            }
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Completes the TLS handshake.
+    async fn handshake(&mut self) -> Result<(), ConnError> {
+        while self.conn.is_handshaking() {
+            self.flush().await?;
+            self.read_some().await?;
+        }
+        self.flush().await
+    }
+
+    /// Reads exactly one client message (lock-step: nothing may follow it).
+    async fn read_message(&mut self) -> Result<ClientMsg, ConnError> {
+        let mut acc = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.conn.reader().read(&mut chunk) {
+                    Ok(0) => return Err(ConnError::Eof),
+                    Ok(n) => {
+                        acc.extend_from_slice(&chunk[..n]);
+                        if acc.len() > limits::MAX_PLAINTEXT_BEFORE_MESSAGE {
+                            return Err(ConnError::Oversized(acc.len()));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some((msg, used)) = ClientMsg::decode(&acc)? {
+                if used != acc.len() {
+                    return Err(ConnError::LockStep);
+                }
+                return Ok(msg);
+            }
+            self.read_some().await?;
+        }
+    }
+
+    async fn send(&mut self, msg: &ServerMsg) -> Result<(), ConnError> {
+        self.conn.writer().write_all(&msg.encode())?;
+        self.flush().await
+    }
+
+    async fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Binds the listener. Separate from [`serve`] so a caller can learn the
+/// port (when binding port 0) before serving.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serves the listener forever on a tokio-uring runtime (this thread).
+pub fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<HostState>,
+    clock: Arc<dyn Clock>,
+    opts: ServerOptions,
+) -> Result<(), crate::tls::TlsSetupError> {
+    let tls = crate::tls::server_config(&state)?;
+    tokio_uring::start(async move {
+        let listener = TcpListener::from_std(listener);
+        let ctx = Rc::new(Ctx { state, tls, clock, opts, pending: Rc::default() });
+        accept_loop(listener, ctx).await;
+    });
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let guard = {
+            let mut p = ctx.pending.borrow_mut();
+            let per = p.per_addr.get(&peer.ip()).copied().unwrap_or(0);
+            if p.total >= ctx.opts.max_pending || per >= ctx.opts.max_pending_per_addr {
+                debug!(%peer, total = p.total, per_addr = per, "pending handshake cap reached; closing");
+                drop(stream);
+                continue;
+            }
+            p.total += 1;
+            *p.per_addr.entry(peer.ip()).or_insert(0) += 1;
+            PendingGuard { pending: ctx.pending.clone(), addr: peer.ip() }
+        };
+        tokio_uring::spawn(serve_conn(ctx.clone(), stream, peer, guard));
+    }
+}
+
+async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: PendingGuard) {
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(stream);
+    let io = TlsIo {
+        stream: stream.clone(),
+        conn: match ServerConnection::new(ctx.tls.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%peer, error = %e, "cannot create TLS session");
+                return;
+            }
+        },
+        buf: Vec::with_capacity(limits::HANDSHAKE_READ_BUF),
+    };
+    let result = tokio::time::timeout(ctx.opts.handshake_timeout, handshake(&ctx, io, peer)).await;
+    drop(guard);
+    match result {
+        Err(_) => {
+            info!(%peer, timeout = ?ctx.opts.handshake_timeout, "handshake deadline passed; closing");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Ok(Err(e)) => {
+            info!(%peer, reason = %e, "connection failed");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Ok(Ok(Outcome::Enrolled { site })) => info!(%peer, %site, "site enrolled"),
+        Ok(Ok(Outcome::Ready { site, io })) => hold(ctx, io, site, peer).await,
+    }
+}
+
+/// Runs TLS and the one message exchange. On a refusal it has already sent
+/// the generic reply.
+async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Outcome, ConnError> {
+    io.handshake().await?;
+    let msg = io.read_message().await?;
+    let verdict = match &msg {
+        ClientMsg::Enroll { site, token, csr_der } => {
+            enroll(ctx, site, token, csr_der).await.map(|cert_der| ServerMsg::Enrolled { cert_der })
+        }
+        ClientMsg::Hello { site } => hello(ctx, &io, site).await.map(|()| ServerMsg::Ready { data_version: DATA_VERSION }),
+    };
+    match verdict {
+        Ok(reply) => {
+            io.send(&reply).await?;
+            match msg {
+                ClientMsg::Enroll { site, .. } => {
+                    io.close().await;
+                    Ok(Outcome::Enrolled { site })
+                }
+                ClientMsg::Hello { site } => Ok(Outcome::Ready { site, io }),
+            }
+        }
+        Err(e) => {
+            let site = match &msg {
+                ClientMsg::Enroll { site, .. } | ClientMsg::Hello { site } => site.clone(),
+            };
+            warn!(%peer, %site, kind = if matches!(msg, ClientMsg::Enroll { .. }) { "enroll" } else { "hello" },
+                  reason = %e, "refused");
+            io.send(&ServerMsg::Refused).await?;
+            io.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs blocking store or signing work off the I/O thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ConnError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ConnError::Internal(e.to_string()))
+}
+
+async fn enroll(
+    ctx: &Rc<Ctx>,
+    site: &str,
+    token: &revtun_proto::token::Token,
+    csr_der: &[u8],
+) -> Result<Vec<u8>, ConnError> {
+    let (state, clock, ttl) = (ctx.state.clone(), ctx.clock.clone(), ctx.opts.site_cert_ttl);
+    let (site, token, csr) = (site.to_string(), token.clone(), csr_der.to_vec());
+    blocking(move || -> Result<Vec<u8>, ConnError> {
+        let now = clock.now_ms();
+        // Cheap gate first: no signing work for a bad token.
+        state.store.check_token(&site, &token, now)?.map_err(ConnError::Refused)?;
+        let serial = pki::random_serial().map_err(|e| ConnError::Internal(e.to_string()))?;
+        let cert = state.ca.sign_site(&site, &csr, &serial, now, ttl).map_err(ConnError::BadCsr)?;
+        let not_after = now.saturating_add(ttl.as_millis() as i64);
+        state
+            .store
+            .spend_token(&site, &token, NewCert { serial: &pki::normalize_serial(&serial), not_after }, now)?
+            .map_err(ConnError::Refused)?;
+        Ok(cert)
+    })
+    .await?
+}
+
+async fn hello(ctx: &Rc<Ctx>, io: &TlsIo, site: &str) -> Result<(), ConnError> {
+    let cert = io.conn.peer_certificates().and_then(|c| c.first()).ok_or(ConnError::NoClientCert)?;
+    let info = pki::site_cert_info(cert).ok_or(ConnError::BadClientCert)?;
+    if info.site != site {
+        return Err(ConnError::Refused(Refusal::CertSiteMismatch));
+    }
+    let (state, clock, site) = (ctx.state.clone(), ctx.clock.clone(), site.to_string());
+    blocking(move || state.store.check_cert(&site, &info.serial, clock.now_ms()))
+        .await??
+        .map_err(ConnError::Refused)
+}
+
+/// Holds an authenticated tunnel connection until the site closes it or is
+/// revoked (checked every [`limits::REVOCATION_POLL`]).
+async fn hold(ctx: Rc<Ctx>, mut io: TlsIo, site: String, peer: SocketAddr) {
+    info!(%peer, %site, "site authenticated; tunnel up");
+    let stream = io.stream.clone();
+    let (state, site2) = (ctx.state.clone(), site.clone());
+    let watcher = tokio_uring::spawn(async move {
+        loop {
+            tokio::time::sleep(limits::REVOCATION_POLL).await;
+            let (state, site) = (state.clone(), site2.clone());
+            let revoked = blocking(move || state.store.is_revoked(&site)).await;
+            if matches!(revoked, Ok(Ok(true))) {
+                info!(site = %site2, "site revoked; closing its tunnel");
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    });
+    loop {
+        match io.read_some().await {
+            Ok(()) => {
+                // The data channel is not spoken here; anything but TLS
+                // housekeeping (close_notify) ends the session.
+                let mut sink = [0u8; 1];
+                if !matches!(io.conn.reader().read(&mut sink), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    watcher.abort();
+    let _ = io.stream.shutdown(Shutdown::Both);
+    info!(%peer, %site, "tunnel closed");
+}

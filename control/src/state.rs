@@ -1,0 +1,170 @@
+//! The host state directory: CA, listener certificate, site store.
+//!
+//! ```text
+//! DIR/            mode 0700
+//!   ca.crt        host CA certificate (public; copied into every keyfile)
+//!   ca.key        host CA private key (0600)
+//!   control.crt   control listener certificate, signed by the CA
+//!   control.key   its private key (0600)
+//!   sites.db      the site store (SQLite, 0600)
+//! ```
+
+use crate::clock::UnixMillis;
+use crate::pki::{self, Ca, PkiError};
+use crate::store::{Store, StoreError};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Default host state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/revtun";
+
+/// Errors loading or creating host state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory holds no identity yet.
+    #[error("no host identity in {0}: run 'revtun-keytool --state-dir {0} init' first")]
+    NotInitialised(String),
+    /// `init` would overwrite an identity.
+    #[error("{0} already holds a host identity; pass --force to replace it (every issued keyfile and site certificate stops working)")]
+    Exists(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A key or certificate file is damaged.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes a file atomically (temp file, fsync, rename) with `mode`.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, StateError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    /// `ca.crt`
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    /// `ca.key`
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    /// `control.crt`
+    pub fn listener_cert(&self) -> PathBuf {
+        self.dir.join("control.crt")
+    }
+    /// `control.key`
+    pub fn listener_key(&self) -> PathBuf {
+        self.dir.join("control.key")
+    }
+    /// `sites.db`
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("sites.db")
+    }
+}
+
+/// The loaded host state.
+#[derive(Debug)]
+pub struct HostState {
+    /// Where it lives.
+    pub paths: Paths,
+    /// The CA, ready to sign.
+    pub ca: Ca,
+    /// CA certificate, PEM (goes into keyfiles).
+    pub ca_cert_pem: String,
+    /// Listener certificate chain, PEM.
+    pub listener_cert_pem: String,
+    /// Listener key, PEM. Secret.
+    listener_key_pem: String,
+    /// The site store.
+    pub store: Store,
+}
+
+impl HostState {
+    /// Creates a new host identity in `dir`. Refuses to replace an existing
+    /// one unless `force`.
+    pub fn init(dir: &Path, force: bool, now: UnixMillis) -> Result<Self, StateError> {
+        let paths = Paths { dir: dir.to_path_buf() };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        let exists = [paths.ca_key(), paths.ca_cert(), paths.store()].iter().any(|p| p.exists());
+        if exists && !force {
+            return Err(StateError::Exists(dir.display().to_string()));
+        }
+        if force {
+            for p in [paths.store(), paths.dir.join("sites.db-wal"), paths.dir.join("sites.db-shm")] {
+                let _ = fs::remove_file(p);
+            }
+        }
+        let ca = pki::generate_ca(now, crate::limits::CA_TTL)?;
+        write_file(&paths.ca_key(), ca.key_pem.as_bytes(), 0o600)?;
+        write_file(&paths.ca_cert(), ca.cert_pem.as_bytes(), 0o644)?;
+        let loaded = Ca::load(&ca.cert_pem, &ca.key_pem)?;
+        let listener = loaded.issue_listener(now, crate::limits::LISTENER_CERT_TTL)?;
+        write_file(&paths.listener_key(), listener.key_pem.as_bytes(), 0o600)?;
+        write_file(&paths.listener_cert(), listener.cert_pem.as_bytes(), 0o644)?;
+        drop(loaded);
+        Self::load(dir)
+    }
+
+    /// Loads the identity and opens the store.
+    pub fn load(dir: &Path) -> Result<Self, StateError> {
+        let paths = Paths { dir: dir.to_path_buf() };
+        if !paths.ca_key().exists() {
+            return Err(StateError::NotInitialised(dir.display().to_string()));
+        }
+        let ca_cert_pem = read(&paths.ca_cert())?;
+        let ca_key_pem = read(&paths.ca_key())?;
+        let ca = Ca::load(&ca_cert_pem, &ca_key_pem)?;
+        let listener_cert_pem = read(&paths.listener_cert())?;
+        let listener_key_pem = read(&paths.listener_key())?;
+        let db = paths.store();
+        let new_db = !db.exists();
+        let store = Store::open(&db)?;
+        if new_db {
+            fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).map_err(io_err(&db))?;
+        }
+        Ok(HostState { paths, ca, ca_cert_pem, listener_cert_pem, listener_key_pem, store })
+    }
+
+    /// The listener key, PEM (for the TLS configuration only).
+    pub fn listener_key_pem(&self) -> &str {
+        &self.listener_key_pem
+    }
+}

@@ -1,0 +1,430 @@
+//! The site store: sites, tokens (digests only), issued certificates.
+//!
+//! One SQLite file under the host state directory. Every decision that
+//! matters is one statement: spending a token is a single conditional
+//! `UPDATE ... WHERE used_at IS NULL AND expires_at > now`, so two racing
+//! enrollments cannot both win (threat 2); there is no cache of "unused".
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] runs
+//! in order from the stored version. Keep this interface small: a fleet of
+//! hosts moves it to a distributed store with transactions.
+
+use crate::clock::UnixMillis;
+use revtun_proto::token::Token;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE sites (
+    name        TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER,
+    last_seen   INTEGER
+);
+CREATE TABLE tokens (
+    id              BLOB PRIMARY KEY,
+    site            TEXT NOT NULL REFERENCES sites(name),
+    secret_sha256   BLOB NOT NULL,
+    created_at      INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    used_at         INTEGER,
+    invalidated_at  INTEGER
+);
+CREATE INDEX tokens_site ON tokens(site);
+CREATE TABLE certs (
+    serial      BLOB PRIMARY KEY,
+    site        TEXT NOT NULL REFERENCES sites(name),
+    token_id    BLOB,
+    issued_at   INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE INDEX certs_site ON certs(site);
+"#];
+
+/// How long a writer waits for another process (keytool vs control).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Store failures that are the host's problem, not the peer's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("site store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The file was written by a newer revtun.
+    #[error("site store schema version {0} is newer than this build knows ({1})")]
+    TooNew(u32, u32),
+    /// An operator asked for something the state forbids.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why an enrollment or hello is refused. Logged precisely, never sent:
+/// the wire carries one generic refusal for all of these (threat 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No token with this id.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The id exists but the secret does not match.
+    #[error("bad token secret")]
+    BadSecret,
+    /// The token was issued for another site.
+    #[error("token issued for another site")]
+    WrongSite,
+    /// The token is past its expiry.
+    #[error("token expired")]
+    Expired,
+    /// The token was already used.
+    #[error("token already spent")]
+    Spent,
+    /// A newer token replaced it, or the site was revoked.
+    #[error("token invalidated")]
+    Invalidated,
+    /// The site is revoked.
+    #[error("site revoked")]
+    SiteRevoked,
+    /// The certificate's serial is not in the store.
+    #[error("unknown certificate")]
+    UnknownCert,
+    /// The certificate was revoked.
+    #[error("certificate revoked")]
+    CertRevoked,
+    /// The certificate names another site than the hello.
+    #[error("certificate does not match the site named")]
+    CertSiteMismatch,
+    /// The certificate is past its validity.
+    #[error("certificate expired")]
+    CertExpired,
+}
+
+/// Lifecycle state of a site, for `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteState {
+    /// A token is outstanding and nothing was enrolled yet.
+    Pending,
+    /// Holds a valid certificate.
+    Enrolled,
+    /// Revoked by the operator.
+    Revoked,
+    /// Neither: its tokens expired unused or its certificates lapsed.
+    Lapsed,
+}
+
+impl SiteState {
+    /// Word shown by `list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::Pending => "pending",
+            SiteState::Enrolled => "enrolled",
+            SiteState::Revoked => "revoked",
+            SiteState::Lapsed => "lapsed",
+        }
+    }
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone)]
+pub struct SiteSummary {
+    /// Site name.
+    pub name: String,
+    /// Current state.
+    pub state: SiteState,
+    /// Latest expiry of a live certificate.
+    pub cert_not_after: Option<UnixMillis>,
+    /// Expiry of the outstanding token.
+    pub token_expires: Option<UnixMillis>,
+    /// Last successful hello.
+    pub last_seen: Option<UnixMillis>,
+}
+
+/// A token spent successfully: what enrollment records next to the cert.
+#[derive(Debug)]
+pub struct NewCert<'a> {
+    /// Serial of the certificate being issued.
+    pub serial: &'a [u8],
+    /// Its expiry.
+    pub not_after: UnixMillis,
+}
+
+/// The store. One connection behind a mutex; SQLite serialises writers
+/// across processes with its own locks.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    crate::pki::sha256(secret)
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let store = Store { conn: Mutex::new(conn) };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so a poisoned lock is usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as u32;
+        if version > known {
+            return Err(StoreError::TooNew(version, known));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Schema version in the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Records a new token for `site`, creating the site if it is new and
+    /// invalidating its older unused tokens. Refuses revoked sites, and
+    /// enrolled ones unless `reissue` (a site that lost its state).
+    pub fn add_token(
+        &self,
+        site: &str,
+        token: &Token,
+        now: UnixMillis,
+        expires: UnixMillis,
+        reissue: bool,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revoked: Option<Option<i64>> = tx
+            .query_row("SELECT revoked_at FROM sites WHERE name = ?1", [site], |r| r.get(0))
+            .optional()?;
+        match revoked {
+            Some(Some(_)) => {
+                return Err(StoreError::Refused(format!(
+                    "site {site:?} is revoked; issue a keyfile under a new site name"
+                )))
+            }
+            Some(None) => {
+                let live: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM certs WHERE site = ?1 AND revoked_at IS NULL AND not_after > ?2",
+                    params![site, now],
+                    |r| r.get(0),
+                )?;
+                if live > 0 && !reissue {
+                    return Err(StoreError::Refused(format!(
+                        "site {site:?} is already enrolled; pass --reissue to let it enroll again \
+                         (its current certificate stays valid until revoked)"
+                    )));
+                }
+            }
+            None => {
+                tx.execute("INSERT INTO sites (name, created_at) VALUES (?1, ?2)", params![site, now])?;
+            }
+        }
+        tx.execute(
+            "UPDATE tokens SET invalidated_at = ?2 WHERE site = ?1 AND used_at IS NULL AND invalidated_at IS NULL",
+            params![site, now],
+        )?;
+        tx.execute(
+            "INSERT INTO tokens (id, site, secret_sha256, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&token.id[..], site, &digest(&token.secret)[..], now, expires],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Checks a token without spending it: the cheap gate before any
+    /// signing work. The secret digest is compared in constant time.
+    pub fn check_token(&self, site: &str, token: &Token, now: UnixMillis) -> Result<Result<(), Refusal>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(String, Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT t.site, t.secret_sha256, t.expires_at, t.used_at, t.invalidated_at, s.revoked_at \
+                 FROM tokens t JOIN sites s ON s.name = t.site WHERE t.id = ?1",
+                [&token.id[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((bound_site, stored, expires_at, used_at, invalidated_at, site_revoked)) = row else {
+            return Ok(Err(Refusal::UnknownToken));
+        };
+        let ok: bool = digest(&token.secret).ct_eq(stored.as_slice()).into();
+        Ok(if !ok {
+            Err(Refusal::BadSecret)
+        } else if bound_site != site {
+            Err(Refusal::WrongSite)
+        } else if site_revoked.is_some() {
+            Err(Refusal::SiteRevoked)
+        } else if used_at.is_some() {
+            Err(Refusal::Spent)
+        } else if invalidated_at.is_some() {
+            Err(Refusal::Invalidated)
+        } else if now >= expires_at {
+            Err(Refusal::Expired)
+        } else {
+            Ok(())
+        })
+    }
+
+    /// Spends the token and records the certificate, atomically. The
+    /// conditional update is the only authority: of any number of racing
+    /// callers, exactly one sees `Ok(Ok(()))`.
+    pub fn spend_token(
+        &self,
+        site: &str,
+        token: &Token,
+        cert: NewCert<'_>,
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        if let Err(r) = self.check_token(site, token, now)? {
+            return Ok(Err(r));
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE tokens SET used_at = ?3 \
+             WHERE id = ?1 AND site = ?2 AND used_at IS NULL AND invalidated_at IS NULL AND expires_at > ?3 \
+             AND secret_sha256 = ?4 \
+             AND NOT EXISTS (SELECT 1 FROM sites WHERE name = ?2 AND revoked_at IS NOT NULL)",
+            params![&token.id[..], site, now, &digest(&token.secret)[..]],
+        )?;
+        if changed != 1 {
+            // Lost a race, or the state changed since the check: classify.
+            drop(tx);
+            drop(conn);
+            return Ok(Err(self.check_token(site, token, now)?.err().unwrap_or(Refusal::Spent)));
+        }
+        tx.execute(
+            "INSERT INTO certs (serial, site, token_id, issued_at, not_after) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![cert.serial, site, &token.id[..], now, cert.not_after],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Checks a presented site certificate (every hello, threat 3) and
+    /// records the visit.
+    pub fn check_cert(&self, site: &str, serial: &[u8], now: UnixMillis) -> Result<Result<(), Refusal>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(String, i64, Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT c.site, c.not_after, c.revoked_at, s.revoked_at FROM certs c \
+                 JOIN sites s ON s.name = c.site WHERE c.serial = ?1",
+                [serial],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((cert_site, not_after, cert_revoked, site_revoked)) = row else {
+            return Ok(Err(Refusal::UnknownCert));
+        };
+        let verdict = if cert_site != site {
+            Err(Refusal::CertSiteMismatch)
+        } else if site_revoked.is_some() {
+            Err(Refusal::SiteRevoked)
+        } else if cert_revoked.is_some() {
+            Err(Refusal::CertRevoked)
+        } else if now >= not_after {
+            Err(Refusal::CertExpired)
+        } else {
+            Ok(())
+        };
+        if verdict.is_ok() {
+            conn.execute("UPDATE sites SET last_seen = ?2 WHERE name = ?1", params![site, now])?;
+        }
+        Ok(verdict)
+    }
+
+    /// Revokes a site: its certificates and unused tokens stop working.
+    pub fn revoke_site(&self, site: &str, now: UnixMillis) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE sites SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![site, now],
+        )?;
+        if changed == 0 {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM sites WHERE name = ?1", [site], |_| Ok(()))
+                .optional()?
+                .is_some();
+            return Err(StoreError::Refused(if exists {
+                format!("site {site:?} is already revoked")
+            } else {
+                format!("no site named {site:?}")
+            }));
+        }
+        tx.execute("UPDATE certs SET revoked_at = ?2 WHERE site = ?1 AND revoked_at IS NULL", params![site, now])?;
+        tx.execute(
+            "UPDATE tokens SET invalidated_at = ?2 WHERE site = ?1 AND used_at IS NULL AND invalidated_at IS NULL",
+            params![site, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// True when the site is revoked (polled by held tunnels).
+    pub fn is_revoked(&self, site: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let r: Option<Option<i64>> = conn
+            .query_row("SELECT revoked_at FROM sites WHERE name = ?1", [site], |r| r.get(0))
+            .optional()?;
+        Ok(!matches!(r, Some(None)))
+    }
+
+    /// Every site with its state, for `list`.
+    pub fn list(&self, now: UnixMillis) -> Result<Vec<SiteSummary>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT s.name, s.revoked_at, s.last_seen, \
+               (SELECT MAX(not_after) FROM certs c WHERE c.site = s.name AND c.revoked_at IS NULL AND c.not_after > ?1), \
+               (SELECT MAX(expires_at) FROM tokens t WHERE t.site = s.name AND t.used_at IS NULL \
+                  AND t.invalidated_at IS NULL AND t.expires_at > ?1) \
+             FROM sites s ORDER BY s.name",
+        )?;
+        let rows = stmt.query_map([now], |r| {
+            let revoked: Option<i64> = r.get(1)?;
+            let cert: Option<i64> = r.get(3)?;
+            let token: Option<i64> = r.get(4)?;
+            let state = if revoked.is_some() {
+                SiteState::Revoked
+            } else if cert.is_some() {
+                SiteState::Enrolled
+            } else if token.is_some() {
+                SiteState::Pending
+            } else {
+                SiteState::Lapsed
+            };
+            Ok(SiteSummary {
+                name: r.get(0)?,
+                state,
+                cert_not_after: cert,
+                token_expires: token,
+                last_seen: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! Human durations for command-line flags: `500ms`, `10s`, `30m`, `24h`, `7d`.
+
+use std::time::Duration;
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} has no unit; use e.g. 10s, 30m, 24h, 7d"))?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("duration {text:?} does not start with a number"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("duration {text:?} is too large"))?;
+    let secs_per_unit = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(secs_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+    use std::time::Duration;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse("10").is_err());
+        assert!(parse("h").is_err());
+        assert!(parse("10y").is_err());
+        assert!(parse("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! Sans-IO pieces of revtun: no sockets, no clock reads, no randomness.
+//!
+//! Everything here takes its input as bytes (and, where time matters, the
+//! current time as a parameter), so that tests and fuzzers need no kernel.
+//!
+//! - [`keyfile`]: the versioned text file a host hands to a site.
+//! - [`token`]: the one-time enrollment token and its text form.
+//! - [`enroll`]: the messages exchanged inside TLS before the tunnel starts.
+//! - [`duration`]: human durations (`24h`, `10s`) for command lines.
+//! - [`hex`]: the small hex codec the formats above share.
+
+pub mod duration;
+pub mod enroll;
+pub mod hex;
+pub mod keyfile;
+pub mod token;
+
+/// TLS server name every control listener certificate carries.
+///
+/// The site pins the host CA from its keyfile, so identity comes from the
+/// CA, not from DNS. The fixed name (with the `serverAuth` usage) keeps a
+/// site certificate, issued by the same CA, from passing as the host.
+pub const CONTROL_SERVER_NAME: &str = "revtun-control";
+
+/// Default TCP port of the control listener.
+pub const DEFAULT_PORT: u16 = 5500;
+
+/// Longest site name accepted anywhere (it is a certificate common name and
+/// a URL path segment).
+pub const MAX_SITE_NAME_LEN: usize = 63;
+
+/// Checks a site name: 1..=63 of `[a-z0-9-]`, starting with a letter or digit.
+pub fn validate_site_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("site name is empty".into());
+    }
+    if name.len() > MAX_SITE_NAME_LEN {
+        return Err(format!(
+            "site name is {} bytes long; the maximum is {MAX_SITE_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name.starts_with('-') {
+        return Err("site name must start with a letter or digit".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "site name contains {c:?}; use lowercase letters, digits and '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_site_name;
+
+    #[test]
+    fn site_names() {
+        assert!(validate_site_name("site-1").is_ok());
+        assert!(validate_site_name("a").is_ok());
+        assert!(validate_site_name("").is_err());
+        assert!(validate_site_name("-a").is_err());
+        assert!(validate_site_name("Site").is_err());
+        assert!(validate_site_name("a/b").is_err());
+        assert!(validate_site_name(&"a".repeat(63)).is_ok());
+        assert!(validate_site_name(&"a".repeat(64)).is_err());
+    }
+}
