@@ -1,1 +1,84 @@
-fn main() {}
+//! `revtun-control`: the host control process.
+
+use anyhow::Context;
+use clap::Parser;
+use revtun_control::clock::SystemClock;
+use revtun_control::server::{self, ServerOptions};
+use revtun_control::{limits, state, HostState};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// revtun host control: accepts sites on the tunnel port (TLS 1.3), spends
+/// enrollment tokens, checks site certificates.
+#[derive(Debug, Parser)]
+#[command(name = "revtun-control", version)]
+struct Args {
+    /// Host state directory (created by 'revtun-keytool init').
+    #[arg(long, env = "REVTUN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Address of the tunnel listener. Port 0 picks a free port; the bound
+    /// address is printed on stdout as 'listening on ADDR'.
+    #[arg(long, default_value = "0.0.0.0:5500")]
+    listen: SocketAddr,
+    /// Total deadline for TLS plus enrollment or hello.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Handshakes in progress at once, overall.
+    #[arg(long, default_value_t = limits::MAX_PENDING_HANDSHAKES)]
+    max_pending: usize,
+    /// Handshakes in progress at once from one source address.
+    #[arg(long, default_value_t = limits::MAX_PENDING_PER_ADDR)]
+    max_pending_per_addr: usize,
+    /// Validity of site certificates issued at enrollment.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    site_cert_ttl: Duration,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "REVTUN_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    revtun_proto::duration::parse(s)
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("revtun-control: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .with_context(|| format!("bad --log-level {:?}", args.log_level))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if args.max_pending == 0 || args.max_pending_per_addr == 0 {
+        anyhow::bail!("--max-pending and --max-pending-per-addr must be at least 1");
+    }
+    let state = Arc::new(HostState::load(&args.state_dir)?);
+    let listener = server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, ca = %state.ca.fingerprint(), "control listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}")?;
+        out.flush()?;
+    }
+    let opts = ServerOptions {
+        handshake_timeout: args.handshake_timeout,
+        max_pending: args.max_pending,
+        max_pending_per_addr: args.max_pending_per_addr,
+        site_cert_ttl: args.site_cert_ttl,
+    };
+    server::serve(listener, state, Arc::new(SystemClock::default()), opts)?;
+    Ok(())
+}

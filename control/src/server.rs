@@ -283,6 +283,10 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
             info!(%peer, timeout = ?ctx.opts.handshake_timeout, "handshake deadline passed; closing");
             let _ = stream.shutdown(Shutdown::Both);
         }
+        Ok(Err(ConnError::Refused(_))) => {
+            // Already logged with the site name where the refusal was made.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         Ok(Err(e)) => {
             info!(%peer, reason = %e, "connection failed");
             let _ = stream.shutdown(Shutdown::Both);

@@ -1,1 +1,136 @@
-fn main() {}
+//! `revtun-site`: the site agent (the Reverse Tunnel role).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use revtun_dataplane::backoff::{random_unit, Backoff};
+use revtun_dataplane::site::{self, Identity, SiteError, DEFAULT_SITE_STATE_DIR};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// revtun site agent: enrolls with a keyfile, then holds the tunnel to the
+/// host over one outbound connection.
+#[derive(Debug, Parser)]
+#[command(name = "revtun-site", version)]
+struct Args {
+    /// Log filter (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "REVTUN_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Spend the keyfile's token, store the site identity, exit.
+    Enroll {
+        /// Keyfile issued by the host ('revtun-keytool issue').
+        #[arg(long)]
+        keyfile: PathBuf,
+        /// Site state directory.
+        #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Authenticate once with the site certificate and exit (0 if accepted).
+    Check {
+        /// Site state directory.
+        #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Enroll first if needed, then hold the tunnel, reconnecting with
+    /// backoff until stopped.
+    Run {
+        /// Site state directory.
+        #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Keyfile, used only when the state directory has no identity yet.
+        #[arg(long)]
+        keyfile: Option<PathBuf>,
+        /// Longest wait between reconnect attempts.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        max_backoff: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    revtun_proto::duration::parse(s)
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("revtun-site: bad --log-level {:?}: {e}", args.log_level);
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    if let Err(e) = run(args.cmd) {
+        eprintln!("revtun-site: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn do_enroll(keyfile: &Path, state_dir: &Path) -> Result<Identity, SiteError> {
+    let id = site::enroll(keyfile, state_dir, now())?;
+    println!("enrolled site {} ; identity stored in {}", id.site, state_dir.display());
+    Ok(id)
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Enroll { keyfile, state_dir } => {
+            do_enroll(&keyfile, &state_dir)?;
+        }
+        Cmd::Check { state_dir } => {
+            let id = Identity::load(&state_dir)?;
+            let s = site::hello(&id)?;
+            println!("site {} authenticated at {}", id.site, s.endpoint);
+        }
+        Cmd::Run { state_dir, keyfile, max_backoff } => {
+            let id = if Identity::exists(&state_dir) {
+                Identity::load(&state_dir)?
+            } else {
+                let kf = keyfile.ok_or(SiteError::NotEnrolled(state_dir.clone()))?;
+                do_enroll(&kf, &state_dir)?
+            };
+            hold_forever(&id, max_backoff).context("tunnel")?;
+        }
+    }
+    Ok(())
+}
+
+/// Connection that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+fn hold_forever(id: &Identity, max_backoff: Duration) -> Result<(), SiteError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    loop {
+        let started = Instant::now();
+        match site::hello(id) {
+            Ok(mut s) => {
+                tracing::info!(site = %id.site, endpoint = %s.endpoint, "tunnel up");
+                println!("tunnel up via {}", s.endpoint);
+                // Until the data channel exists, the tunnel is held idle:
+                // wait for the host to close it.
+                let mut sink = [0u8; 1024];
+                while matches!(s.stream.read(&mut sink), Ok(n) if n > 0) {}
+                tracing::warn!(site = %id.site, "tunnel closed by the host");
+            }
+            Err(e) if e.is_transient() => tracing::warn!(error = %e, "cannot reach the host"),
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(random_unit());
+        tracing::info!(?delay, "reconnecting");
+        std::thread::sleep(delay);
+    }
+}
