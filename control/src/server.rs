@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_uring::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 /// Data-channel protocol version announced in `Ready`.
 pub const DATA_VERSION: u8 = 1;
@@ -258,6 +258,7 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
             *p.per_addr.entry(peer.ip()).or_insert(0) += 1;
             PendingGuard { pending: ctx.pending.clone(), addr: peer.ip() }
         };
+        trace!(%peer, "accepted");
         tokio_uring::spawn(serve_conn(ctx.clone(), stream, peer, guard));
     }
 }
@@ -300,7 +301,10 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
 /// the generic reply.
 async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Outcome, ConnError> {
     io.handshake().await?;
+    debug!(%peer, client_cert = io.conn.peer_certificates().is_some(), "TLS handshake complete");
     let msg = io.read_message().await?;
+    let (kind, site) = msg.summary();
+    debug!(%peer, kind, site, "message received");
     let verdict = match &msg {
         ClientMsg::Enroll { site, token, csr_der } => {
             enroll(ctx, site, token, csr_der).await.map(|cert_der| ServerMsg::Enrolled { cert_der })
@@ -319,11 +323,8 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
             }
         }
         Err(e) => {
-            let site = match &msg {
-                ClientMsg::Enroll { site, .. } | ClientMsg::Hello { site } => site.clone(),
-            };
-            warn!(%peer, %site, kind = if matches!(msg, ClientMsg::Enroll { .. }) { "enroll" } else { "hello" },
-                  reason = %e, "refused");
+            let (kind, site) = msg.summary();
+            warn!(%peer, site, kind, reason = %e, "refused");
             io.send(&ServerMsg::Refused).await?;
             io.close().await;
             Err(e)

@@ -141,6 +141,14 @@ fn put_site(body: &mut Vec<u8>, site: &str) {
 }
 
 impl ClientMsg {
+    /// The message kind and the site it names, safe to log.
+    pub fn summary(&self) -> (&'static str, &str) {
+        match self {
+            ClientMsg::Enroll { site, .. } => ("enroll", site),
+            ClientMsg::Hello { site } => ("hello", site),
+        }
+    }
+
     /// Encodes the message. A CSR above [`MAX_CSR_LEN`] is the caller's bug.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();

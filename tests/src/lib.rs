@@ -1,1 +1,259 @@
+//! Harness for end-to-end tests: real revtun binaries, real sockets,
+//! loopback only, port 0 everywhere, every child killed by its own PID.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, part
+//! of the README's test command).
 
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the test executable's profile dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run 'cargo build --workspace --bins' before the tests",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion with a time bound.
+pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    let t_out = std::thread::spawn(move || read_all(out));
+    let t_err = std::thread::spawn(move || read_all(err));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+/// Text of a command's stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A child process killed (by its own PID) when dropped, with its stderr
+/// collected in the background.
+#[derive(Debug)]
+pub struct Proc {
+    child: Mutex<Child>,
+    log: Arc<Mutex<String>>,
+    /// Lines the process printed on stdout.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output.
+    pub fn spawn(cmd: &mut Command) -> Result<Proc> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().expect("piped stderr");
+        let out = child.stdout.take().expect("piped stdout");
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap_or_else(|p| p.into_inner());
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let s = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                s.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        Ok(Proc { child: Mutex::new(child), log, stdout })
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until a stdout line contains `needle`; returns that line.
+    pub fn wait_stdout(&self, needle: &str, limit: Duration) -> Result<String> {
+        self.wait_for(limit, |p| {
+            p.stdout.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|l| l.contains(needle)).cloned()
+        })
+        .with_context(|| format!("no stdout line with {needle:?}; stderr:\n{}", self.log()))
+    }
+
+    /// Waits until the stderr log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> Result<()> {
+        self.wait_for(limit, |p| p.log().contains(needle).then_some(()))
+            .with_context(|| format!("no log line with {needle:?}; log:\n{}", self.log()))
+    }
+
+    fn wait_for<T>(&self, limit: Duration, mut f: impl FnMut(&Proc) -> Option<T>) -> Result<T> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f(self) {
+                return Ok(v);
+            }
+            if let Some(status) = self.try_wait() {
+                // Give the reader threads a moment to drain.
+                std::thread::sleep(Duration::from_millis(50));
+                return f(self).ok_or_else(|| anyhow!("process exited ({status})"));
+            }
+            if start.elapsed() > limit {
+                bail!("timed out after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.lock().id()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns the exit status if the process has exited.
+    pub fn try_wait(&self) -> Option<std::process::ExitStatus> {
+        self.lock().try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A host: state directory initialised by the keytool, control running on
+/// a loopback port chosen by the kernel.
+#[derive(Debug)]
+pub struct Host {
+    /// Temporary directory holding host state and keyfiles.
+    pub dir: tempfile::TempDir,
+    /// The control process.
+    pub control: Proc,
+    /// Where control listens.
+    pub addr: SocketAddr,
+}
+
+/// Runs `revtun-keytool --state-dir DIR ARGS`, bounded.
+pub fn keytool(state: &Path, args: &[&str]) -> Result<Output> {
+    run(Command::new(bin("revtun-keytool")).arg("--state-dir").arg(state).args(args), Duration::from_secs(30))
+}
+
+/// Runs `revtun-site ARGS`, bounded.
+pub fn site(args: &[&str]) -> Result<Output> {
+    run(Command::new(bin("revtun-site")).args(args), Duration::from_secs(30))
+}
+
+impl Host {
+    /// Initialises a host and starts control with extra flags.
+    pub fn start(extra: &[&str]) -> Result<Host> {
+        let dir = tempfile::tempdir()?;
+        let state = dir.path().join("host");
+        let o = keytool(&state, &["init"])?;
+        if !o.status.success() {
+            bail!("keytool init failed: {}", stderr(&o));
+        }
+        let control = Proc::spawn(
+            Command::new(bin("revtun-control"))
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--listen", "127.0.0.1:0"])
+                .args(extra),
+        )?;
+        let line = control.wait_stdout("listening on ", Duration::from_secs(20))?;
+        let addr = line
+            .trim_start_matches("listening on ")
+            .parse()
+            .with_context(|| format!("bad listen line {line:?}"))?;
+        Ok(Host { dir, control, addr })
+    }
+
+    /// The host state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+
+    /// A path inside the test's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a keyfile for `site` pointing at this host; returns its path.
+    pub fn issue(&self, site: &str, extra: &[&str]) -> Result<PathBuf> {
+        let out = self.path(&format!("{site}-{}.keyfile", unique()));
+        let ep = self.addr.to_string();
+        let mut args = vec!["issue", "--site", site, "--endpoint", &ep, "--out"];
+        let out_s = out.to_string_lossy().into_owned();
+        args.push(&out_s);
+        args.extend_from_slice(extra);
+        let o = keytool(&self.state(), &args)?;
+        if !o.status.success() {
+            bail!("issue failed: {}", stderr(&o));
+        }
+        Ok(out)
+    }
+
+    /// Enrolls `site` into a fresh site state directory; returns it.
+    pub fn enroll(&self, site_name: &str) -> Result<PathBuf> {
+        let kf = self.issue(site_name, &[])?;
+        let dir = self.path(&format!("site-{site_name}-{}", unique()));
+        let o = site(&["enroll", "--keyfile", &kf.to_string_lossy(), "--state-dir", &dir.to_string_lossy()])?;
+        if !o.status.success() {
+            bail!("enroll failed: {}", stderr(&o));
+        }
+        Ok(dir)
+    }
+}
+
+/// A process-unique counter for file names.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
