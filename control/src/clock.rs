@@ -39,6 +39,8 @@ pub fn to_datetime(ms: UnixMillis) -> time::OffsetDateTime {
 /// Formats epoch milliseconds as RFC 3339 (UTC), for people.
 pub fn format_ms(ms: UnixMillis) -> String {
     use time::format_description::well_known::Rfc3339;
-    let t = to_datetime(ms).replace_nanosecond(0).unwrap_or(to_datetime(ms));
+    let t = to_datetime(ms)
+        .replace_nanosecond(0)
+        .unwrap_or(to_datetime(ms));
     t.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
 }

@@ -47,7 +47,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
-        eprintln!("revtun-control: {e:#}");
+        eprintln!("revtun-control: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -65,7 +65,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--max-pending and --max-pending-per-addr must be at least 1");
     }
     let state = Arc::new(HostState::load(&args.state_dir)?);
-    let listener = server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, ca = %state.ca.fingerprint(), "control listening");
     {

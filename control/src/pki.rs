@@ -36,7 +36,9 @@ pub struct Generated {
 
 impl std::fmt::Debug for Generated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generated").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("Generated")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,10 @@ pub fn generate_ca(now: UnixMillis, ttl: Duration) -> Result<Generated, PkiError
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     validity(&mut params, now, ttl);
     let cert = params.self_signed(&key)?;
-    Ok(Generated { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Generated {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// The host CA loaded for signing.
@@ -94,7 +99,9 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
+        f.debug_struct("Ca")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +110,8 @@ impl Ca {
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        let cert_der = pem_to_der(cert_pem).ok_or(PkiError::Rcgen(rcgen::Error::CouldNotParseCertificate))?;
+        let cert_der =
+            pem_to_der(cert_pem).ok_or(PkiError::Rcgen(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Ca { issuer, cert_der })
     }
 
@@ -116,7 +124,8 @@ impl Ca {
     /// server authentication only).
     pub fn issue_listener(&self, now: UnixMillis, ttl: Duration) -> Result<Generated, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(vec![revtun_proto::CONTROL_SERVER_NAME.to_string()])?;
+        let mut params =
+            CertificateParams::new(vec![revtun_proto::CONTROL_SERVER_NAME.to_string()])?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, revtun_proto::CONTROL_SERVER_NAME);
         params.distinguished_name = dn;
@@ -126,7 +135,10 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, now, ttl);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Generated { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Generated {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs a site's CSR. Only the public key is taken from the request:
@@ -139,8 +151,9 @@ impl Ca {
         now: UnixMillis,
         ttl: Duration,
     ) -> Result<Vec<u8>, PkiError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(PkiError::BadCsr)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, site);
@@ -150,7 +163,10 @@ impl Ca {
         params.serial_number = Some(SerialNumber::from_slice(serial));
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, now, ttl);
-        Ok(params.signed_by(&csr.public_key, &self.issuer)?.der().to_vec())
+        Ok(params
+            .signed_by(&csr.public_key, &self.issuer)?
+            .der()
+            .to_vec())
     }
 }
 
@@ -175,8 +191,17 @@ pub struct SiteCertInfo {
 pub fn site_cert_info(der: &[u8]) -> Option<SiteCertInfo> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let site = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(SiteCertInfo { serial: normalize_serial(cert.raw_serial()), site })
+    let site = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(SiteCertInfo {
+        serial: normalize_serial(cert.raw_serial()),
+        site,
+    })
 }
 
 /// Strips DER sign padding so serials compare equal however they were read.

@@ -84,7 +84,7 @@ enum ConnError {
 /// What a successful handshake leads to.
 enum Outcome {
     Enrolled { site: String },
-    Ready { site: String, io: TlsIo },
+    Ready { site: String, io: Box<TlsIo> },
 }
 
 /// Counts of handshakes in progress, overall and per address.
@@ -229,7 +229,13 @@ pub fn serve(
     let tls = crate::tls::server_config(&state)?;
     tokio_uring::start(async move {
         let listener = TcpListener::from_std(listener);
-        let ctx = Rc::new(Ctx { state, tls, clock, opts, pending: Rc::default() });
+        let ctx = Rc::new(Ctx {
+            state,
+            tls,
+            clock,
+            opts,
+            pending: Rc::default(),
+        });
         accept_loop(listener, ctx).await;
     });
     Ok(())
@@ -256,7 +262,10 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
             }
             p.total += 1;
             *p.per_addr.entry(peer.ip()).or_insert(0) += 1;
-            PendingGuard { pending: ctx.pending.clone(), addr: peer.ip() }
+            PendingGuard {
+                pending: ctx.pending.clone(),
+                addr: peer.ip(),
+            }
         };
         trace!(%peer, "accepted");
         tokio_uring::spawn(serve_conn(ctx.clone(), stream, peer, guard));
@@ -306,10 +315,16 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
     let (kind, site) = msg.summary();
     debug!(%peer, kind, site, "message received");
     let verdict = match &msg {
-        ClientMsg::Enroll { site, token, csr_der } => {
-            enroll(ctx, site, token, csr_der).await.map(|cert_der| ServerMsg::Enrolled { cert_der })
-        }
-        ClientMsg::Hello { site } => hello(ctx, &io, site).await.map(|()| ServerMsg::Ready { data_version: DATA_VERSION }),
+        ClientMsg::Enroll {
+            site,
+            token,
+            csr_der,
+        } => enroll(ctx, site, token, csr_der)
+            .await
+            .map(|cert_der| ServerMsg::Enrolled { cert_der }),
+        ClientMsg::Hello { site } => hello(ctx, &io, site).await.map(|()| ServerMsg::Ready {
+            data_version: DATA_VERSION,
+        }),
     };
     match verdict {
         Ok(reply) => {
@@ -319,7 +334,10 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
                     io.close().await;
                     Ok(Outcome::Enrolled { site })
                 }
-                ClientMsg::Hello { site } => Ok(Outcome::Ready { site, io }),
+                ClientMsg::Hello { site } => Ok(Outcome::Ready {
+                    site,
+                    io: Box::new(io),
+                }),
             }
         }
         Err(e) => {
@@ -333,8 +351,12 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
 }
 
 /// Runs blocking store or signing work off the I/O thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ConnError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ConnError::Internal(e.to_string()))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ConnError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ConnError::Internal(e.to_string()))
 }
 
 async fn enroll(
@@ -348,13 +370,27 @@ async fn enroll(
     blocking(move || -> Result<Vec<u8>, ConnError> {
         let now = clock.now_ms();
         // Cheap gate first: no signing work for a bad token.
-        state.store.check_token(&site, &token, now)?.map_err(ConnError::Refused)?;
+        state
+            .store
+            .check_token(&site, &token, now)?
+            .map_err(ConnError::Refused)?;
         let serial = pki::random_serial().map_err(|e| ConnError::Internal(e.to_string()))?;
-        let cert = state.ca.sign_site(&site, &csr, &serial, now, ttl).map_err(ConnError::BadCsr)?;
+        let cert = state
+            .ca
+            .sign_site(&site, &csr, &serial, now, ttl)
+            .map_err(ConnError::BadCsr)?;
         let not_after = now.saturating_add(ttl.as_millis() as i64);
         state
             .store
-            .spend_token(&site, &token, NewCert { serial: &pki::normalize_serial(&serial), not_after }, now)?
+            .spend_token(
+                &site,
+                &token,
+                NewCert {
+                    serial: &pki::normalize_serial(&serial),
+                    not_after,
+                },
+                now,
+            )?
             .map_err(ConnError::Refused)?;
         Ok(cert)
     })
@@ -362,7 +398,11 @@ async fn enroll(
 }
 
 async fn hello(ctx: &Rc<Ctx>, io: &TlsIo, site: &str) -> Result<(), ConnError> {
-    let cert = io.conn.peer_certificates().and_then(|c| c.first()).ok_or(ConnError::NoClientCert)?;
+    let cert = io
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(ConnError::NoClientCert)?;
     let info = pki::site_cert_info(cert).ok_or(ConnError::BadClientCert)?;
     if info.site != site {
         return Err(ConnError::Refused(Refusal::CertSiteMismatch));
@@ -375,7 +415,7 @@ async fn hello(ctx: &Rc<Ctx>, io: &TlsIo, site: &str) -> Result<(), ConnError> {
 
 /// Holds an authenticated tunnel connection until the site closes it or is
 /// revoked (checked every [`limits::REVOCATION_POLL`]).
-async fn hold(ctx: Rc<Ctx>, mut io: TlsIo, site: String, peer: SocketAddr) {
+async fn hold(ctx: Rc<Ctx>, mut io: Box<TlsIo>, site: String, peer: SocketAddr) {
     info!(%peer, %site, "site authenticated; tunnel up");
     let stream = io.stream.clone();
     let (state, site2) = (ctx.state.clone(), site.clone());
@@ -391,17 +431,13 @@ async fn hold(ctx: Rc<Ctx>, mut io: TlsIo, site: String, peer: SocketAddr) {
             }
         }
     });
-    loop {
-        match io.read_some().await {
-            Ok(()) => {
-                // The data channel is not spoken here; anything but TLS
-                // housekeeping (close_notify) ends the session.
-                let mut sink = [0u8; 1];
-                if !matches!(io.conn.reader().read(&mut sink), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-                    break;
-                }
-            }
-            Err(_) => break,
+    // The data channel is not spoken here; anything but TLS housekeeping
+    // ends the session.
+    while io.read_some().await.is_ok() {
+        let mut sink = [0u8; 1];
+        let idle = matches!(io.conn.reader().read(&mut sink), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        if !idle {
+            break;
         }
     }
     watcher.abort();

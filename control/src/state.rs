@@ -30,12 +30,12 @@ pub enum StateError {
     #[error("{0} already holds a host identity; pass --force to replace it (every issued keyfile and site certificate stops working)")]
     Exists(String),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A key or certificate file is damaged.
     #[error(transparent)]
@@ -46,7 +46,10 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.display().to_string(), source }
+    move |error| StateError::Io {
+        path: path.display().to_string(),
+        error,
+    }
 }
 
 /// Writes a file atomically (temp file, fsync, rename) with `mode`.
@@ -120,15 +123,23 @@ impl HostState {
     /// Creates a new host identity in `dir`. Refuses to replace an existing
     /// one unless `force`.
     pub fn init(dir: &Path, force: bool, now: UnixMillis) -> Result<Self, StateError> {
-        let paths = Paths { dir: dir.to_path_buf() };
+        let paths = Paths {
+            dir: dir.to_path_buf(),
+        };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        let exists = [paths.ca_key(), paths.ca_cert(), paths.store()].iter().any(|p| p.exists());
+        let exists = [paths.ca_key(), paths.ca_cert(), paths.store()]
+            .iter()
+            .any(|p| p.exists());
         if exists && !force {
             return Err(StateError::Exists(dir.display().to_string()));
         }
         if force {
-            for p in [paths.store(), paths.dir.join("sites.db-wal"), paths.dir.join("sites.db-shm")] {
+            for p in [
+                paths.store(),
+                paths.dir.join("sites.db-wal"),
+                paths.dir.join("sites.db-shm"),
+            ] {
                 let _ = fs::remove_file(p);
             }
         }
@@ -145,7 +156,9 @@ impl HostState {
 
     /// Loads the identity and opens the store.
     pub fn load(dir: &Path) -> Result<Self, StateError> {
-        let paths = Paths { dir: dir.to_path_buf() };
+        let paths = Paths {
+            dir: dir.to_path_buf(),
+        };
         if !paths.ca_key().exists() {
             return Err(StateError::NotInitialised(dir.display().to_string()));
         }
@@ -160,7 +173,14 @@ impl HostState {
         if new_db {
             fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).map_err(io_err(&db))?;
         }
-        Ok(HostState { paths, ca, ca_cert_pem, listener_cert_pem, listener_key_pem, store })
+        Ok(HostState {
+            paths,
+            ca,
+            ca_cert_pem,
+            listener_cert_pem,
+            listener_key_pem,
+            store,
+        })
     }
 
     /// The listener key, PEM (for the TLS configuration only).

@@ -158,6 +158,9 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// (site, secret digest, expires_at, used_at, invalidated_at, site revoked_at)
+type TokenRow = (String, Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>);
+
 fn digest(secret: &[u8]) -> [u8; 32] {
     crate::pki::sha256(secret)
 }
@@ -170,7 +173,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let store = Store { conn: Mutex::new(conn) };
+        let store = Store {
+            conn: Mutex::new(conn),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -199,7 +204,9 @@ impl Store {
 
     /// Schema version in the file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self.lock().pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Records a new token for `site`, creating the site if it is new and
@@ -216,7 +223,11 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revoked: Option<Option<i64>> = tx
-            .query_row("SELECT revoked_at FROM sites WHERE name = ?1", [site], |r| r.get(0))
+            .query_row(
+                "SELECT revoked_at FROM sites WHERE name = ?1",
+                [site],
+                |r| r.get(0),
+            )
             .optional()?;
         match revoked {
             Some(Some(_)) => {
@@ -238,7 +249,10 @@ impl Store {
                 }
             }
             None => {
-                tx.execute("INSERT INTO sites (name, created_at) VALUES (?1, ?2)", params![site, now])?;
+                tx.execute(
+                    "INSERT INTO sites (name, created_at) VALUES (?1, ?2)",
+                    params![site, now],
+                )?;
             }
         }
         tx.execute(
@@ -255,9 +269,14 @@ impl Store {
 
     /// Checks a token without spending it: the cheap gate before any
     /// signing work. The secret digest is compared in constant time.
-    pub fn check_token(&self, site: &str, token: &Token, now: UnixMillis) -> Result<Result<(), Refusal>, StoreError> {
+    pub fn check_token(
+        &self,
+        site: &str,
+        token: &Token,
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let conn = self.lock();
-        let row: Option<(String, Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>)> = conn
+        let row: Option<TokenRow> = conn
             .query_row(
                 "SELECT t.site, t.secret_sha256, t.expires_at, t.used_at, t.invalidated_at, s.revoked_at \
                  FROM tokens t JOIN sites s ON s.name = t.site WHERE t.id = ?1",
@@ -265,7 +284,8 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
-        let Some((bound_site, stored, expires_at, used_at, invalidated_at, site_revoked)) = row else {
+        let Some((bound_site, stored, expires_at, used_at, invalidated_at, site_revoked)) = row
+        else {
             return Ok(Err(Refusal::UnknownToken));
         };
         let ok: bool = digest(&token.secret).ct_eq(stored.as_slice()).into();
@@ -312,7 +332,10 @@ impl Store {
             // Lost a race, or the state changed since the check: classify.
             drop(tx);
             drop(conn);
-            return Ok(Err(self.check_token(site, token, now)?.err().unwrap_or(Refusal::Spent)));
+            return Ok(Err(self
+                .check_token(site, token, now)?
+                .err()
+                .unwrap_or(Refusal::Spent)));
         }
         tx.execute(
             "INSERT INTO certs (serial, site, token_id, issued_at, not_after) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -324,7 +347,12 @@ impl Store {
 
     /// Checks a presented site certificate (every hello, threat 3) and
     /// records the visit.
-    pub fn check_cert(&self, site: &str, serial: &[u8], now: UnixMillis) -> Result<Result<(), Refusal>, StoreError> {
+    pub fn check_cert(
+        &self,
+        site: &str,
+        serial: &[u8],
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let conn = self.lock();
         let row: Option<(String, i64, Option<i64>, Option<i64>)> = conn
             .query_row(
@@ -349,7 +377,10 @@ impl Store {
             Ok(())
         };
         if verdict.is_ok() {
-            conn.execute("UPDATE sites SET last_seen = ?2 WHERE name = ?1", params![site, now])?;
+            conn.execute(
+                "UPDATE sites SET last_seen = ?2 WHERE name = ?1",
+                params![site, now],
+            )?;
         }
         Ok(verdict)
     }
@@ -373,7 +404,10 @@ impl Store {
                 format!("no site named {site:?}")
             }));
         }
-        tx.execute("UPDATE certs SET revoked_at = ?2 WHERE site = ?1 AND revoked_at IS NULL", params![site, now])?;
+        tx.execute(
+            "UPDATE certs SET revoked_at = ?2 WHERE site = ?1 AND revoked_at IS NULL",
+            params![site, now],
+        )?;
         tx.execute(
             "UPDATE tokens SET invalidated_at = ?2 WHERE site = ?1 AND used_at IS NULL AND invalidated_at IS NULL",
             params![site, now],
@@ -386,7 +420,11 @@ impl Store {
     pub fn is_revoked(&self, site: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         let r: Option<Option<i64>> = conn
-            .query_row("SELECT revoked_at FROM sites WHERE name = ?1", [site], |r| r.get(0))
+            .query_row(
+                "SELECT revoked_at FROM sites WHERE name = ?1",
+                [site],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(!matches!(r, Some(None)))
     }

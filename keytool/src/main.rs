@@ -79,7 +79,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
-        eprintln!("revtun-keytool: {e:#}");
+        eprintln!("revtun-keytool: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -92,15 +92,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("host identity created in {}", args.state_dir.display());
             println!("CA fingerprint: {}", st.ca.fingerprint());
         }
-        Cmd::Issue { site, endpoints, ttl, out, reissue } => {
-            issue(&args.state_dir, &clock, &site, &endpoints, ttl, &out, reissue)?
-        }
+        Cmd::Issue {
+            site,
+            endpoints,
+            ttl,
+            out,
+            reissue,
+        } => issue(
+            &args.state_dir,
+            &clock,
+            &site,
+            &endpoints,
+            ttl,
+            &out,
+            reissue,
+        )?,
         Cmd::List => list(&args.state_dir, &clock)?,
         Cmd::Inspect { file } => inspect(&file, &clock)?,
         Cmd::Revoke { site } => {
             let st = HostState::load(&args.state_dir)?;
             st.store.revoke_site(&site, clock.now_ms())?;
-            println!("site {site} revoked; a running control closes its tunnel within a few seconds");
+            println!(
+                "site {site} revoked; a running control closes its tunnel within a few seconds"
+            );
         }
     }
     Ok(())
@@ -117,24 +131,37 @@ fn issue(
 ) -> anyhow::Result<()> {
     revtun_proto::validate_site_name(site).map_err(|r| anyhow::anyhow!("--site: {r}"))?;
     if endpoints.len() > revtun_proto::keyfile::MAX_ENDPOINTS {
-        bail!("--endpoint: at most {} endpoints", revtun_proto::keyfile::MAX_ENDPOINTS);
+        bail!(
+            "--endpoint: at most {} endpoints",
+            revtun_proto::keyfile::MAX_ENDPOINTS
+        );
     }
     let endpoints = endpoints
         .iter()
         .map(|e| Endpoint::parse(e).map_err(|r| anyhow::anyhow!("--endpoint: {r}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if out.exists() {
-        bail!("--out {}: file exists; choose another path or remove it", out.display());
+        bail!(
+            "--out {}: file exists; choose another path or remove it",
+            out.display()
+        );
     }
     let st = HostState::load(dir)?;
     let now = clock.now_ms();
     let expires = now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-    let token = Token { id: pki::random_bytes()?, secret: pki::random_bytes()? };
+    let token = Token {
+        id: pki::random_bytes()?,
+        secret: pki::random_bytes()?,
+    };
     let kf = Keyfile {
         site: site.to_string(),
         endpoints,
-        created: to_datetime(now).replace_millisecond(0).unwrap_or(to_datetime(now)),
-        expires: to_datetime(expires).replace_millisecond(0).unwrap_or(to_datetime(expires)),
+        created: to_datetime(now)
+            .replace_millisecond(0)
+            .unwrap_or(to_datetime(now)),
+        expires: to_datetime(expires)
+            .replace_millisecond(0)
+            .unwrap_or(to_datetime(expires)),
         ca_fingerprint: st.ca.fingerprint(),
         token,
         ca_cert_pem: st.ca_cert_pem.clone(),
@@ -147,14 +174,23 @@ fn issue(
         .mode(0o600)
         .open(out)
         .with_context(|| format!("--out {}", out.display()))?;
-    f.write_all(kf.to_text().as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", out.display()))?;
+    f.write_all(kf.to_text().as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
     // The store compares against the truncated expiry written in the file.
     let file_expires = kf.expires.unix_timestamp() * 1000;
-    if let Err(e) = st.store.add_token(site, &kf.token, now, file_expires, reissue) {
+    if let Err(e) = st
+        .store
+        .add_token(site, &kf.token, now, file_expires, reissue)
+    {
         let _ = std::fs::remove_file(out);
         return Err(e.into());
     }
-    println!("keyfile for site {site} written to {} (expires {})", out.display(), format_ms(file_expires));
+    println!(
+        "keyfile for site {site} written to {} (expires {})",
+        out.display(),
+        format_ms(file_expires)
+    );
     Ok(())
 }
 
@@ -162,7 +198,10 @@ fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     let st = HostState::load(dir)?;
     let rows = st.store.list(clock.now_ms())?;
     let opt = |t: Option<i64>| t.map(format_ms).unwrap_or_else(|| "-".into());
-    println!("{:<24} {:<9} {:<21} {:<21} {:<21}", "SITE", "STATE", "CERT-EXPIRES", "TOKEN-EXPIRES", "LAST-SEEN");
+    println!(
+        "{:<24} {:<9} {:<21} {:<21} {:<21}",
+        "SITE", "STATE", "CERT-EXPIRES", "TOKEN-EXPIRES", "LAST-SEEN"
+    );
     for r in rows {
         println!(
             "{:<24} {:<9} {:<21} {:<21} {:<21}",
@@ -178,7 +217,10 @@ fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
 
 fn inspect(file: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     let (kf, _ca_der) = revtun_dataplane::site::load_keyfile(file)?;
-    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
     let now = to_datetime(clock.now_ms());
     println!("keyfile:        {}", file.display());
     println!("site:           {}", kf.site);
@@ -188,7 +230,10 @@ fn inspect(file: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     println!("created:        {}", rfc(kf.created));
     let status = if now >= kf.expires { " (EXPIRED)" } else { "" };
     println!("expires:        {}{status}", rfc(kf.expires));
-    println!("ca-fingerprint: {} (matches the certificate)", kf.ca_fingerprint);
+    println!(
+        "ca-fingerprint: {} (matches the certificate)",
+        kf.ca_fingerprint
+    );
     println!("token:          present (not shown)");
     Ok(())
 }

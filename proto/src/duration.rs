@@ -21,7 +21,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+            ))
+        }
     };
     n.checked_mul(secs_per_unit)
         .map(Duration::from_secs)

@@ -80,7 +80,9 @@ pub enum MsgError {
 
 /// Reads a header and returns (type, body length) once enough bytes exist.
 fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, MsgError> {
-    let Some(h) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
     if len as usize > MAX_MESSAGE_LEN {
         return Err(MsgError::TooLong(len));
@@ -153,7 +155,11 @@ impl ClientMsg {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         match self {
-            ClientMsg::Enroll { site, token, csr_der } => {
+            ClientMsg::Enroll {
+                site,
+                token,
+                csr_der,
+            } => {
                 put_site(&mut body, site);
                 body.extend_from_slice(&token.id);
                 body.extend_from_slice(&token.secret);
@@ -172,15 +178,25 @@ impl ClientMsg {
     /// Decodes one message from the front of `buf`: `Ok(None)` when more
     /// bytes are needed, otherwise the message and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<Option<(Self, usize)>, MsgError> {
-        let Some((kind, len)) = header(buf)? else { return Ok(None) };
+        let Some((kind, len)) = header(buf)? else {
+            return Ok(None);
+        };
         if kind != T_ENROLL && kind != T_HELLO {
             return Err(MsgError::UnknownType(kind));
         }
-        let Some(raw) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+        let Some(raw) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
         let msg = if kind == T_ENROLL {
-            let mut b = Body { rest: raw, what: "enroll" };
+            let mut b = Body {
+                rest: raw,
+                what: "enroll",
+            };
             let site = b.site()?;
-            let mut token = Token { id: [0; TOKEN_ID_LEN], secret: [0; TOKEN_SECRET_LEN] };
+            let mut token = Token {
+                id: [0; TOKEN_ID_LEN],
+                secret: [0; TOKEN_SECRET_LEN],
+            };
             token.id.copy_from_slice(b.take(TOKEN_ID_LEN)?);
             token.secret.copy_from_slice(b.take(TOKEN_SECRET_LEN)?);
             let csr_len = b.u16()? as usize;
@@ -189,9 +205,16 @@ impl ClientMsg {
             }
             let csr_der = b.take(csr_len)?.to_vec();
             b.end()?;
-            ClientMsg::Enroll { site, token, csr_der }
+            ClientMsg::Enroll {
+                site,
+                token,
+                csr_der,
+            }
         } else {
-            let mut b = Body { rest: raw, what: "hello" };
+            let mut b = Body {
+                rest: raw,
+                what: "hello",
+            };
             let site = b.site()?;
             b.end()?;
             ClientMsg::Hello { site }
@@ -212,14 +235,22 @@ impl ServerMsg {
 
     /// Decodes one message from the front of `buf`, like [`ClientMsg::decode`].
     pub fn decode(buf: &[u8]) -> Result<Option<(Self, usize)>, MsgError> {
-        let Some((kind, len)) = header(buf)? else { return Ok(None) };
+        let Some((kind, len)) = header(buf)? else {
+            return Ok(None);
+        };
         if !matches!(kind, T_ENROLLED | T_READY | T_REFUSED) {
             return Err(MsgError::UnknownType(kind));
         }
-        let Some(raw) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+        let Some(raw) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
         let msg = match kind {
-            T_ENROLLED if !raw.is_empty() => ServerMsg::Enrolled { cert_der: raw.to_vec() },
-            T_READY if raw.len() == 1 => ServerMsg::Ready { data_version: raw[0] },
+            T_ENROLLED if !raw.is_empty() => ServerMsg::Enrolled {
+                cert_der: raw.to_vec(),
+            },
+            T_READY if raw.len() == 1 => ServerMsg::Ready {
+                data_version: raw[0],
+            },
             T_REFUSED if raw.is_empty() => ServerMsg::Refused,
             _ => return Err(MsgError::Malformed("server")),
         };
@@ -234,7 +265,10 @@ mod tests {
     fn enroll() -> ClientMsg {
         ClientMsg::Enroll {
             site: "s1".into(),
-            token: Token { id: [3; 16], secret: [4; 32] },
+            token: Token {
+                id: [3; 16],
+                secret: [4; 32],
+            },
             csr_der: vec![9; 300],
         }
     }
@@ -249,7 +283,9 @@ mod tests {
             assert_eq!(ClientMsg::decode(&bytes), Ok(Some((msg, bytes.len()))));
         }
         for msg in [
-            ServerMsg::Enrolled { cert_der: vec![1, 2, 3] },
+            ServerMsg::Enrolled {
+                cert_der: vec![1, 2, 3],
+            },
             ServerMsg::Ready { data_version: 1 },
             ServerMsg::Refused,
         ] {
@@ -268,12 +304,21 @@ mod tests {
         let mut h = vec![T_HELLO];
         h.extend_from_slice(&(MAX_MESSAGE_LEN as u32).to_be_bytes());
         assert_eq!(ClientMsg::decode(&h), Ok(None));
-        assert_eq!(ClientMsg::decode(&[0x55, 0, 0, 0, 0]), Err(MsgError::UnknownType(0x55)));
-        assert_eq!(ClientMsg::decode(&[T_HELLO, 0, 0, 0, 0]), Err(MsgError::Malformed("hello")));
+        assert_eq!(
+            ClientMsg::decode(&[0x55, 0, 0, 0, 0]),
+            Err(MsgError::UnknownType(0x55))
+        );
+        assert_eq!(
+            ClientMsg::decode(&[T_HELLO, 0, 0, 0, 0]),
+            Err(MsgError::Malformed("hello"))
+        );
         let mut trailing = ClientMsg::Hello { site: "a".into() }.encode();
         trailing[4] += 1;
         trailing.push(0);
-        assert_eq!(ClientMsg::decode(&trailing), Err(MsgError::Malformed("hello")));
+        assert_eq!(
+            ClientMsg::decode(&trailing),
+            Err(MsgError::Malformed("hello"))
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl Endpoint {
                 Ok(p) => p,
             },
         };
-        Ok(Endpoint { host: host.to_string(), port })
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -144,7 +147,9 @@ pub enum KeyfileError {
     #[error("keyfile is not UTF-8 text (is this a keyfile?)")]
     NotText,
     /// The first field is not `revtun-keyfile: N`.
-    #[error("keyfile does not start with 'revtun-keyfile: {KEYFILE_VERSION}' (is this a keyfile?)")]
+    #[error(
+        "keyfile does not start with 'revtun-keyfile: {KEYFILE_VERSION}' (is this a keyfile?)"
+    )]
     NotAKeyfile,
     /// A version this code does not read.
     #[error("keyfile version {0} is not supported (this build reads version {KEYFILE_VERSION})")]
@@ -184,7 +189,11 @@ pub enum KeyfileError {
 }
 
 fn invalid(line: usize, field: &'static str, reason: impl Into<String>) -> KeyfileError {
-    KeyfileError::Invalid { line, field, reason: reason.into() }
+    KeyfileError::Invalid {
+        line,
+        field,
+        reason: reason.into(),
+    }
 }
 
 fn set_once<T>(
@@ -239,20 +248,22 @@ impl Keyfile {
                 set_once(&mut pem, block, n, "ca-certificate")?;
                 continue;
             }
-            let Some((key, value)) = line.split_once(':') else {
-                return Err(garbled(n, line));
-            };
-            let value = value.trim();
+            let split = line.split_once(':');
             if !version_seen {
-                if key != "revtun-keyfile" {
+                let Some(("revtun-keyfile", value)) = split else {
                     return Err(KeyfileError::NotAKeyfile);
-                }
+                };
+                let value = value.trim();
                 if value != KEYFILE_VERSION.to_string() {
                     return Err(KeyfileError::Version(value.chars().take(16).collect()));
                 }
                 version_seen = true;
                 continue;
             }
+            let Some((key, value)) = split else {
+                return Err(garbled(n, line));
+            };
+            let value = value.trim();
             match key {
                 "site" => {
                     crate::validate_site_name(value).map_err(|r| invalid(n, "site", r))?;
@@ -264,25 +275,37 @@ impl Keyfile {
                     }
                     endpoints.push(Endpoint::parse(value).map_err(|r| invalid(n, "endpoint", r))?);
                 }
-                "created" => set_once(&mut created, parse_time(n, "created", value)?, n, "created")?,
-                "expires" => set_once(&mut expires, parse_time(n, "expires", value)?, n, "expires")?,
+                "created" => {
+                    set_once(&mut created, parse_time(n, "created", value)?, n, "created")?
+                }
+                "expires" => {
+                    set_once(&mut expires, parse_time(n, "expires", value)?, n, "expires")?
+                }
                 "ca-fingerprint" => {
                     let ok = value
                         .strip_prefix("sha256:")
                         .and_then(crate::hex::decode_exact::<32>)
                         .is_some();
                     if !ok {
-                        return Err(invalid(n, "ca-fingerprint", "expected sha256:<64 hex digits>"));
+                        return Err(invalid(
+                            n,
+                            "ca-fingerprint",
+                            "expected sha256:<64 hex digits>",
+                        ));
                     }
                     set_once(&mut fpr, value.to_ascii_lowercase(), n, "ca-fingerprint")?;
                 }
                 "token" => {
-                    let t = Token::parse(value).map_err(|e: TokenFormatError| {
-                        invalid(n, "token", e.to_string())
-                    })?;
+                    let t = Token::parse(value)
+                        .map_err(|e: TokenFormatError| invalid(n, "token", e.to_string()))?;
                     set_once(&mut token, t, n, "token")?;
                 }
-                "revtun-keyfile" => return Err(KeyfileError::Duplicate { line: n, field: "revtun-keyfile" }),
+                "revtun-keyfile" => {
+                    return Err(KeyfileError::Duplicate {
+                        line: n,
+                        field: "revtun-keyfile",
+                    })
+                }
                 _ => return Err(garbled(n, line)),
             }
         }
@@ -312,8 +335,12 @@ impl Keyfile {
     pub fn to_text(&self) -> String {
         let fmt = |t: &OffsetDateTime| t.format(&Rfc3339).unwrap_or_else(|_| t.to_string());
         let mut out = String::new();
-        out.push_str("# revtun keyfile. It holds a one-time secret: keep it private (mode 0600),\n");
-        out.push_str("# give it only to the site named below, and delete it once the site enrolled.\n");
+        out.push_str(
+            "# revtun keyfile. It holds a one-time secret: keep it private (mode 0600),\n",
+        );
+        out.push_str(
+            "# give it only to the site named below, and delete it once the site enrolled.\n",
+        );
         out.push_str(&format!("revtun-keyfile: {KEYFILE_VERSION}\n"));
         out.push_str(&format!("site: {}\n", self.site));
         for e in &self.endpoints {
@@ -331,7 +358,11 @@ impl Keyfile {
 
 fn garbled(line: usize, text: &str) -> KeyfileError {
     // Never echo a token line back, even a garbled one.
-    let shown = if text.contains("rvt") { "<redacted>".to_string() } else { text.chars().take(40).collect() };
+    let shown = if text.contains("rvt") {
+        "<redacted>".to_string()
+    } else {
+        text.chars().take(40).collect()
+    };
     KeyfileError::Garbled { line, text: shown }
 }
 

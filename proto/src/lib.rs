@@ -54,6 +54,25 @@ pub fn validate_site_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Formats an error and its causes on one line, skipping a cause whose text
+/// the message before it already includes (as `#[error("...: {0}")]`
+/// variants do), so command-line errors read once, not twice.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_site_name;

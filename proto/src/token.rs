@@ -53,7 +53,9 @@ impl Token {
 
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Self, TokenFormatError> {
-        let rest = text.strip_prefix(TOKEN_PREFIX).ok_or(TokenFormatError::Prefix)?;
+        let rest = text
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenFormatError::Prefix)?;
         let (id, secret) = rest.split_once('-').ok_or(TokenFormatError::Shape)?;
         Ok(Token {
             id: crate::hex::decode_exact(id).ok_or(TokenFormatError::Shape)?,
@@ -75,12 +77,18 @@ mod tests {
 
     #[test]
     fn text_round_trip_and_redaction() {
-        let t = Token { id: [7; 16], secret: [0xab; 32] };
+        let t = Token {
+            id: [7; 16],
+            secret: [0xab; 32],
+        };
         let text = t.to_text();
         assert_eq!(Token::parse(&text), Ok(t.clone()));
         assert!(!format!("{t:?}").contains("abab"));
         assert_eq!(Token::parse("rvt2-00"), Err(TokenFormatError::Prefix));
         assert_eq!(Token::parse("rvt1-00-11"), Err(TokenFormatError::Shape));
-        assert_eq!(Token::parse(&text[..text.len() - 1]), Err(TokenFormatError::Shape));
+        assert_eq!(
+            Token::parse(&text[..text.len() - 1]),
+            Err(TokenFormatError::Shape)
+        );
     }
 }

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -105,7 +108,11 @@ impl Proc {
                 s.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        Ok(Proc { child: Mutex::new(child), log, stdout })
+        Ok(Proc {
+            child: Mutex::new(child),
+            log,
+            stdout,
+        })
     }
 
     /// Everything the process wrote to stderr so far.
@@ -116,7 +123,12 @@ impl Proc {
     /// Waits until a stdout line contains `needle`; returns that line.
     pub fn wait_stdout(&self, needle: &str, limit: Duration) -> Result<String> {
         self.wait_for(limit, |p| {
-            p.stdout.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|l| l.contains(needle)).cloned()
+            p.stdout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
         })
         .with_context(|| format!("no stdout line with {needle:?}; stderr:\n{}", self.log()))
     }
@@ -182,12 +194,21 @@ pub struct Host {
 
 /// Runs `revtun-keytool --state-dir DIR ARGS`, bounded.
 pub fn keytool(state: &Path, args: &[&str]) -> Result<Output> {
-    run(Command::new(bin("revtun-keytool")).arg("--state-dir").arg(state).args(args), Duration::from_secs(30))
+    run(
+        Command::new(bin("revtun-keytool"))
+            .arg("--state-dir")
+            .arg(state)
+            .args(args),
+        Duration::from_secs(30),
+    )
 }
 
 /// Runs `revtun-site ARGS`, bounded.
 pub fn site(args: &[&str]) -> Result<Output> {
-    run(Command::new(bin("revtun-site")).args(args), Duration::from_secs(30))
+    run(
+        Command::new(bin("revtun-site")).args(args),
+        Duration::from_secs(30),
+    )
 }
 
 impl Host {
@@ -243,7 +264,13 @@ impl Host {
     pub fn enroll(&self, site_name: &str) -> Result<PathBuf> {
         let kf = self.issue(site_name, &[])?;
         let dir = self.path(&format!("site-{site_name}-{}", unique()));
-        let o = site(&["enroll", "--keyfile", &kf.to_string_lossy(), "--state-dir", &dir.to_string_lossy()])?;
+        let o = site(&[
+            "enroll",
+            "--keyfile",
+            &kf.to_string_lossy(),
+            "--state-dir",
+            &dir.to_string_lossy(),
+        ])?;
         if !o.status.success() {
             bail!("enroll failed: {}", stderr(&o));
         }

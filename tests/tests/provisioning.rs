@@ -15,7 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn endpoint(host: &Host) -> Vec<Endpoint> {
-    vec![Endpoint { host: "127.0.0.1".into(), port: host.addr.port() }]
+    vec![Endpoint {
+        host: "127.0.0.1".into(),
+        port: host.addr.port(),
+    }]
 }
 
 fn s(p: &Path) -> String {
@@ -25,7 +28,13 @@ fn s(p: &Path) -> String {
 /// Sends an enrollment for `site` with `token` and returns the raw reply.
 fn raw_enroll(host: &Host, ca: &[u8], site_name: &str, token: &Token) -> Result<Vec<u8>> {
     let (_key, csr) = new_key_and_csr(site_name)?;
-    Ok(send_raw_enroll(&endpoint(host), ca, site_name, token, &csr)?)
+    Ok(send_raw_enroll(
+        &endpoint(host),
+        ca,
+        site_name,
+        token,
+        &csr,
+    )?)
 }
 
 #[test]
@@ -33,7 +42,10 @@ fn enroll_then_reconnect_with_certificate() -> Result<()> {
     let host = Host::start(&[])?;
     let kf = host.issue("site-a", &[])?;
     let o = keytool(&host.state(), &["list"])?;
-    assert!(String::from_utf8_lossy(&o.stdout).contains("pending"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pending"),
+        "{o:?}"
+    );
     let dir = host.path("site-a");
     let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&dir)])?;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -48,7 +60,11 @@ fn enroll_then_reconnect_with_certificate() -> Result<()> {
     }
     let o = keytool(&host.state(), &["list"])?;
     let list = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(list.lines().any(|l| l.starts_with("site-a") && l.contains("enrolled")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("site-a") && l.contains("enrolled")),
+        "{list}"
+    );
     // Enrolling into the same state directory again is refused locally.
     let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&dir)])?;
     assert!(!o.status.success());
@@ -60,9 +76,21 @@ fn enroll_then_reconnect_with_certificate() -> Result<()> {
 fn spent_token_is_refused() -> Result<()> {
     let host = Host::start(&[])?;
     let kf = host.issue("site-b", &[])?;
-    let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&host.path("one"))])?;
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &s(&kf),
+        "--state-dir",
+        &s(&host.path("one")),
+    ])?;
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&host.path("two"))])?;
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &s(&kf),
+        "--state-dir",
+        &s(&host.path("two")),
+    ])?;
     assert!(!o.status.success());
     assert!(stderr(&o).contains("refused enrollment"), "{}", stderr(&o));
     assert!(!host.path("two").join("site.crt").exists());
@@ -75,12 +103,22 @@ fn expired_token_is_refused_locally_and_by_the_host() -> Result<()> {
     let kf = host.issue("site-c", &["--ttl", "1s"])?;
     let (parsed, ca) = load_keyfile(&kf)?;
     std::thread::sleep(Duration::from_millis(2100));
-    let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&host.path("c"))])?;
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &s(&kf),
+        "--state-dir",
+        &s(&host.path("c")),
+    ])?;
     assert!(!o.status.success());
     assert!(stderr(&o).contains("expired"), "{}", stderr(&o));
     // Bypass the site's own check: the host refuses too.
-    assert_eq!(raw_enroll(&host, &ca, "site-c", &parsed.token)?, REFUSED_BYTES);
-    host.control.wait_log("token expired", Duration::from_secs(5))?;
+    assert_eq!(
+        raw_enroll(&host, &ca, "site-c", &parsed.token)?,
+        REFUSED_BYTES
+    );
+    host.control
+        .wait_log("token expired", Duration::from_secs(5))?;
     Ok(())
 }
 
@@ -93,8 +131,13 @@ fn concurrent_enrollments_with_one_token_exactly_one_wins() -> Result<()> {
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(64));
         let threads: Vec<_> = (0..64)
             .map(|_| {
-                let (eps, ca, token, site_name, barrier) =
-                    (endpoint(&host), ca.clone(), parsed.token.clone(), parsed.site.clone(), barrier.clone());
+                let (eps, ca, token, site_name, barrier) = (
+                    endpoint(&host),
+                    ca.clone(),
+                    parsed.token.clone(),
+                    parsed.site.clone(),
+                    barrier.clone(),
+                );
                 std::thread::spawn(move || -> Result<Vec<u8>> {
                     let (_k, csr) = new_key_and_csr(&site_name)?;
                     barrier.wait();
@@ -122,24 +165,48 @@ fn refusals_are_byte_identical() -> Result<()> {
     let short = host.issue("site-e", &["--ttl", "1s"])?;
     let (expiring, _) = load_keyfile(&short)?;
     // Spend the good token once.
-    let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&host.path("d"))])?;
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &s(&kf),
+        "--state-dir",
+        &s(&host.path("d")),
+    ])?;
     assert!(o.status.success(), "{}", stderr(&o));
     std::thread::sleep(Duration::from_millis(2100));
     let mut bad = good.token.clone();
     bad.secret[0] ^= 0xff;
-    let unknown = Token { id: [0x42; 16], secret: [0x17; 32] };
+    let unknown = Token {
+        id: [0x42; 16],
+        secret: [0x17; 32],
+    };
     let replies = [
-        ("unknown site", raw_enroll(&host, &ca, "no-such-site", &good.token)?),
+        (
+            "unknown site",
+            raw_enroll(&host, &ca, "no-such-site", &good.token)?,
+        ),
         ("unknown token", raw_enroll(&host, &ca, "site-d", &unknown)?),
         ("bad token", raw_enroll(&host, &ca, "site-d", &bad)?),
-        ("expired token", raw_enroll(&host, &ca, "site-e", &expiring.token)?),
-        ("spent token", raw_enroll(&host, &ca, "site-d", &good.token)?),
+        (
+            "expired token",
+            raw_enroll(&host, &ca, "site-e", &expiring.token)?,
+        ),
+        (
+            "spent token",
+            raw_enroll(&host, &ca, "site-d", &good.token)?,
+        ),
     ];
     for (what, reply) in &replies {
         assert_eq!(reply.as_slice(), REFUSED_BYTES, "{what}");
     }
     // And the log does tell them apart.
-    for reason in ["token issued for another site", "unknown token", "bad token secret", "token expired", "token already spent"] {
+    for reason in [
+        "token issued for another site",
+        "unknown token",
+        "bad token secret",
+        "token expired",
+        "token already spent",
+    ] {
         host.control.wait_log(reason, Duration::from_secs(5))?;
     }
     Ok(())
@@ -154,17 +221,40 @@ fn verbose_logs_hold_no_token_bytes() -> Result<()> {
     bad.secret[5] ^= 1;
     assert_eq!(raw_enroll(&host, &ca, "site-f", &bad)?, REFUSED_BYTES);
     assert_eq!(raw_enroll(&host, &ca, "other", &good.token)?, REFUSED_BYTES);
-    let o = site(&["enroll", "--keyfile", &s(&kf), "--state-dir", &s(&host.path("f")), "--log-level", "trace"])?;
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &s(&kf),
+        "--state-dir",
+        &s(&host.path("f")),
+        "--log-level",
+        "trace",
+    ])?;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(raw_enroll(&host, &ca, "site-f", &good.token)?, REFUSED_BYTES);
-    host.control.wait_log("token already spent", Duration::from_secs(5))?;
+    assert_eq!(
+        raw_enroll(&host, &ca, "site-f", &good.token)?,
+        REFUSED_BYTES
+    );
+    host.control
+        .wait_log("token already spent", Duration::from_secs(5))?;
     let log = host.control.log() + &stderr(&o);
     let secret_hex = revtun_proto::hex::encode(&good.token.secret);
     let bad_hex = revtun_proto::hex::encode(&bad.secret);
-    for needle in [&secret_hex[..16], &bad_hex[..16], &good.token.id_hex()[..16], "rvt1-"] {
-        assert!(!log.contains(needle), "log contains token material {needle:?}");
+    for needle in [
+        &secret_hex[..16],
+        &bad_hex[..16],
+        &good.token.id_hex()[..16],
+        "rvt1-",
+    ] {
+        assert!(
+            !log.contains(needle),
+            "log contains token material {needle:?}"
+        );
     }
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "log was not verbose");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "log was not verbose"
+    );
     Ok(())
 }
 
@@ -172,7 +262,11 @@ fn verbose_logs_hold_no_token_bytes() -> Result<()> {
 fn revoked_site_is_refused_and_its_tunnel_closed() -> Result<()> {
     let host = Host::start(&[])?;
     let dir = host.enroll("site-g")?;
-    let agent = Proc::spawn(Command::new(revtun_tests::bin("revtun-site")).args(["run", "--state-dir", &s(&dir)]))?;
+    let agent = Proc::spawn(Command::new(revtun_tests::bin("revtun-site")).args([
+        "run",
+        "--state-dir",
+        &s(&dir),
+    ]))?;
     agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
     let o = keytool(&host.state(), &["revoke", "--site", "site-g"])?;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -185,8 +279,15 @@ fn revoked_site_is_refused_and_its_tunnel_closed() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = agent.try_wait();
-    assert!(matches!(status, Some(s) if !s.success()), "agent still running or succeeded: {status:?}");
-    assert!(agent.log().contains("refused this site's certificate"), "{}", agent.log());
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "agent still running or succeeded: {status:?}"
+    );
+    assert!(
+        agent.log().contains("refused this site's certificate"),
+        "{}",
+        agent.log()
+    );
     let o = site(&["check", "--state-dir", &s(&dir)])?;
     assert!(!o.status.success());
     let o = keytool(&host.state(), &["list"])?;
@@ -204,9 +305,16 @@ fn silent_connection_is_closed_at_the_deadline() -> Result<()> {
     let n = idle.read(&mut buf).unwrap_or(0);
     let waited = start.elapsed();
     assert_eq!(n, 0, "control sent bytes to a silent client");
-    assert!(waited >= Duration::from_millis(900), "closed too early: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "closed too late: {waited:?}");
-    host.control.wait_log("handshake deadline passed", Duration::from_secs(2))?;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed too late: {waited:?}"
+    );
+    host.control
+        .wait_log("handshake deadline passed", Duration::from_secs(2))?;
     Ok(())
 }
 
@@ -214,9 +322,19 @@ fn silent_connection_is_closed_at_the_deadline() -> Result<()> {
 fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> Result<TcpStream> {
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
     use std::os::fd::OwnedFd;
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    let std::net::SocketAddr::V4(to) = to else { anyhow::bail!("IPv4 only") };
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)))?;
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let std::net::SocketAddr::V4(to) = to else {
+        anyhow::bail!("IPv4 only")
+    };
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )?;
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to))?;
     Ok(TcpStream::from(fd))
 }
@@ -227,14 +345,18 @@ fn idle_connections_from_one_address_do_not_keep_a_real_site_out() -> Result<()>
     let dir = host.enroll("site-h")?;
     // Hundreds of silent connections from another loopback address.
     let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
-    let idle: Vec<TcpStream> = (0..300).filter_map(|_| connect_from(attacker, host.addr).ok()).collect();
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| connect_from(attacker, host.addr).ok())
+        .collect();
     assert!(idle.len() >= 100, "only {} idle connections", idle.len());
     // The real site, from 127.0.0.1, still connects every time.
     for _ in 0..3 {
         let o = site(&["check", "--state-dir", &s(&dir)])?;
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    host.control.wait_log("pending handshake cap reached", Duration::from_secs(2)).ok();
+    host.control
+        .wait_log("pending handshake cap reached", Duration::from_secs(2))
+        .ok();
     drop(idle);
     Ok(())
 }

@@ -65,10 +65,13 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     if let Err(e) = run(args.cmd) {
-        eprintln!("revtun-site: {e:#}");
+        eprintln!("revtun-site: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -79,7 +82,11 @@ fn now() -> time::OffsetDateTime {
 
 fn do_enroll(keyfile: &Path, state_dir: &Path) -> Result<Identity, SiteError> {
     let id = site::enroll(keyfile, state_dir, now())?;
-    println!("enrolled site {} ; identity stored in {}", id.site, state_dir.display());
+    println!(
+        "enrolled site {} ; identity stored in {}",
+        id.site,
+        state_dir.display()
+    );
     Ok(id)
 }
 
@@ -93,7 +100,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let s = site::hello(&id)?;
             println!("site {} authenticated at {}", id.site, s.endpoint);
         }
-        Cmd::Run { state_dir, keyfile, max_backoff } => {
+        Cmd::Run {
+            state_dir,
+            keyfile,
+            max_backoff,
+        } => {
             let id = if Identity::exists(&state_dir) {
                 Identity::load(&state_dir)?
             } else {

@@ -6,15 +6,17 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SiteError {
     /// The keyfile could not be read.
-    #[error("cannot read keyfile {path}: {source}")]
+    #[error("cannot read keyfile {path}: {error}")]
     KeyfileIo {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The keyfile is readable by others: it holds a secret.
-    #[error("keyfile {path} is readable by group or others (mode {mode:04o}); run 'chmod 600 {path}'")]
+    #[error(
+        "keyfile {path} is readable by group or others (mode {mode:04o}); run 'chmod 600 {path}'"
+    )]
     KeyfilePermissions {
         /// The file.
         path: PathBuf,
@@ -22,12 +24,12 @@ pub enum SiteError {
         mode: u32,
     },
     /// The keyfile does not parse; the message names the field.
-    #[error("keyfile {path}: {source}")]
+    #[error("keyfile {path}: {error}")]
     Keyfile {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: revtun_proto::keyfile::KeyfileError,
+        error: revtun_proto::keyfile::KeyfileError,
     },
     /// The CA certificate does not match the fingerprint beside it.
     #[error("keyfile {0}: field 'ca-certificate' does not match 'ca-fingerprint' (damaged or tampered keyfile)")]
@@ -39,7 +41,9 @@ pub enum SiteError {
     #[error("the keyfile's token expired at {0}; ask the host operator for a new keyfile")]
     TokenExpired(String),
     /// `enroll` on a state directory that already has an identity.
-    #[error("{0} already holds an enrolled site identity; use 'revtun-site run', or a new --state-dir")]
+    #[error(
+        "{0} already holds an enrolled site identity; use 'revtun-site run', or a new --state-dir"
+    )]
     AlreadyEnrolled(PathBuf),
     /// `run` without an identity and without a keyfile.
     #[error("{0} holds no site identity; pass --keyfile to enroll first")]
@@ -90,6 +94,9 @@ impl SiteError {
     /// True when retrying later may help (network trouble), false when the
     /// host gave a definite answer or the local setup is wrong.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SiteError::Unreachable(_) | SiteError::Timeout(_) | SiteError::Protocol { .. })
+        matches!(
+            self,
+            SiteError::Unreachable(_) | SiteError::Timeout(_) | SiteError::Protocol { .. }
+        )
     }
 }

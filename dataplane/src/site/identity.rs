@@ -43,7 +43,10 @@ impl std::fmt::Debug for Identity {
 }
 
 fn state_err(path: &Path, reason: impl ToString) -> SiteError {
-    SiteError::State { path: path.to_path_buf(), reason: reason.to_string() }
+    SiteError::State {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), SiteError> {
@@ -68,7 +71,10 @@ fn read_pem(path: &Path, tag: &str) -> Result<Vec<u8>, SiteError> {
     let text = fs::read_to_string(path).map_err(|e| state_err(path, e))?;
     let p = pem::parse(text).map_err(|e| state_err(path, e))?;
     if p.tag() != tag {
-        return Err(state_err(path, format!("expected a {tag} PEM block, found {}", p.tag())));
+        return Err(state_err(
+            path,
+            format!("expected a {tag} PEM block, found {}", p.tag()),
+        ));
     }
     Ok(p.into_contents())
 }
@@ -100,7 +106,8 @@ impl Identity {
     /// certificate last, so a crash leaves no certificate without its key.
     pub fn save(&self, dir: &Path) -> Result<(), SiteError> {
         fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| state_err(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| state_err(dir, e))?;
         let f = files(dir);
         let mut conf = format!("# revtun site state\nsite: {}\n", self.site);
         for e in &self.endpoints {
@@ -108,8 +115,16 @@ impl Identity {
         }
         write(&f.conf, conf.as_bytes(), 0o600)?;
         write(&f.ca, pem_of("CERTIFICATE", &self.ca_der).as_bytes(), 0o600)?;
-        write(&f.key, pem_of("PRIVATE KEY", &self.key_der).as_bytes(), 0o600)?;
-        write(&f.cert, pem_of("CERTIFICATE", &self.cert_der).as_bytes(), 0o600)
+        write(
+            &f.key,
+            pem_of("PRIVATE KEY", &self.key_der).as_bytes(),
+            0o600,
+        )?;
+        write(
+            &f.cert,
+            pem_of("CERTIFICATE", &self.cert_der).as_bytes(),
+            0o600,
+        )
     }
 
     /// Loads the identity from `dir`.
@@ -118,9 +133,18 @@ impl Identity {
         if !Self::exists(dir) {
             return Err(SiteError::NotEnrolled(dir.to_path_buf()));
         }
-        let mode = fs::metadata(&f.key).map_err(|e| state_err(&f.key, e))?.permissions().mode();
+        let mode = fs::metadata(&f.key)
+            .map_err(|e| state_err(&f.key, e))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
-            return Err(state_err(&f.key, format!("readable by group or others (mode {:04o}); chmod 600 it", mode & 0o777)));
+            return Err(state_err(
+                &f.key,
+                format!(
+                    "readable by group or others (mode {:04o}); chmod 600 it",
+                    mode & 0o777
+                ),
+            ));
         }
         let conf = fs::read_to_string(&f.conf).map_err(|e| state_err(&f.conf, e))?;
         let mut site = None;
@@ -133,11 +157,14 @@ impl Identity {
             match line.split_once(':') {
                 Some(("site", v)) => {
                     let v = v.trim();
-                    revtun_proto::validate_site_name(v).map_err(|r| state_err(&f.conf, format!("line {}: {r}", n + 1)))?;
+                    revtun_proto::validate_site_name(v)
+                        .map_err(|r| state_err(&f.conf, format!("line {}: {r}", n + 1)))?;
                     site = Some(v.to_string());
                 }
-                Some(("endpoint", v)) => endpoints
-                    .push(Endpoint::parse(v).map_err(|r| state_err(&f.conf, format!("line {}: {r}", n + 1)))?),
+                Some(("endpoint", v)) => endpoints.push(
+                    Endpoint::parse(v)
+                        .map_err(|r| state_err(&f.conf, format!("line {}: {r}", n + 1)))?,
+                ),
                 _ => return Err(state_err(&f.conf, format!("line {}: unknown line", n + 1))),
             }
         }

@@ -12,17 +12,27 @@ use std::path::Path;
 /// (threat 3). Returns the keyfile and its CA certificate, DER, after
 /// checking it against the fingerprint.
 pub fn load_keyfile(path: &Path) -> Result<(Keyfile, Vec<u8>), SiteError> {
-    let io = |source| SiteError::KeyfileIo { path: path.to_path_buf(), source };
+    let io = |error| SiteError::KeyfileIo {
+        path: path.to_path_buf(),
+        error,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(SiteError::KeyfilePermissions { path: path.to_path_buf(), mode });
+        return Err(SiteError::KeyfilePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let mut bytes = Vec::new();
-    file.take(MAX_KEYFILE_LEN as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
-    let kf = Keyfile::parse(&bytes)
-        .map_err(|source| SiteError::Keyfile { path: path.to_path_buf(), source })?;
+    file.take(MAX_KEYFILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let kf = Keyfile::parse(&bytes).map_err(|error| SiteError::Keyfile {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let der = CertificateDer::from_pem_slice(kf.ca_cert_pem.as_bytes())
         .map_err(|_| SiteError::BadCaCert(path.to_path_buf()))?
         .to_vec();

@@ -14,4 +14,6 @@ mod tls;
 pub use error::SiteError;
 pub use identity::{Identity, DEFAULT_SITE_STATE_DIR};
 pub use keyfile::load_keyfile;
-pub use session::{dial, enroll, hello, new_key_and_csr, send_raw_enroll, Session, HANDSHAKE_TIMEOUT};
+pub use session::{
+    dial, enroll, hello, new_key_and_csr, send_raw_enroll, Session, HANDSHAKE_TIMEOUT,
+};

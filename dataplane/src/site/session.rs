@@ -74,12 +74,17 @@ struct Exchange<'a> {
 
 impl Exchange<'_> {
     fn proto(&self, reason: impl ToString) -> SiteError {
-        SiteError::Protocol { endpoint: self.endpoint.to_string(), reason: reason.to_string() }
+        SiteError::Protocol {
+            endpoint: self.endpoint.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     fn io(&self, e: std::io::Error) -> SiteError {
         match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => SiteError::Timeout(self.endpoint.to_string()),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                SiteError::Timeout(self.endpoint.to_string())
+            }
             std::io::ErrorKind::UnexpectedEof => self.proto("the host closed the connection"),
             _ => self.proto(e),
         }
@@ -89,7 +94,9 @@ impl Exchange<'_> {
         match e {
             rustls::Error::InvalidCertificate(reason) => SiteError::ServerNotTrusted {
                 endpoint: self.endpoint.to_string(),
-                reason: format!("its certificate is not from the host CA pinned in the keyfile ({reason:?})"),
+                reason: format!(
+                    "its certificate is not from the host CA pinned in the keyfile ({reason:?})"
+                ),
             },
             other => self.proto(format!("TLS: {other}")),
         }
@@ -100,8 +107,12 @@ impl Exchange<'_> {
         if left.is_zero() {
             return Err(SiteError::Timeout(self.endpoint.to_string()));
         }
-        self.stream.set_read_timeout(Some(left)).map_err(|e| self.io(e))?;
-        self.stream.set_write_timeout(Some(left)).map_err(|e| self.io(e))
+        self.stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| self.io(e))?;
+        self.stream
+            .set_write_timeout(Some(left))
+            .map_err(|e| self.io(e))
     }
 
     fn flush(&mut self) -> Result<(), SiteError> {
@@ -124,7 +135,9 @@ impl Exchange<'_> {
             return Err(self.proto(format!("TLS record of {len} bytes")));
         }
         rec.resize(5 + len, 0);
-        self.stream.read_exact(&mut rec[5..]).map_err(|e| self.io(e))?;
+        self.stream
+            .read_exact(&mut rec[5..])
+            .map_err(|e| self.io(e))?;
         let mut cur = &rec[..];
         while !cur.is_empty() {
             self.conn.read_tls(&mut cur).map_err(|e| self.io(e))?;
@@ -145,7 +158,10 @@ impl Exchange<'_> {
             }
         }
         // The server is verified: only now does anything secret go out.
-        self.conn.writer().write_all(&msg.encode()).map_err(|e| self.io(e))?;
+        self.conn
+            .writer()
+            .write_all(&msg.encode())
+            .map_err(|e| self.io(e))?;
         self.flush()?;
         let mut acc = Vec::new();
         loop {
@@ -165,7 +181,9 @@ impl Exchange<'_> {
                 Ok(Some((_, used))) => {
                     acc.truncate(used);
                     self.stream.set_read_timeout(None).map_err(|e| self.io(e))?;
-                    self.stream.set_write_timeout(None).map_err(|e| self.io(e))?;
+                    self.stream
+                        .set_write_timeout(None)
+                        .map_err(|e| self.io(e))?;
                     return Ok((self.conn, acc));
                 }
                 Ok(None) => self.read_record()?,
@@ -184,13 +202,22 @@ fn exchange(
     let name = ServerName::try_from(revtun_proto::CONTROL_SERVER_NAME)
         .map_err(|e| SiteError::Local(e.to_string()))?;
     let conn = ClientConnection::new(config, name).map_err(|e| SiteError::Local(e.to_string()))?;
-    Exchange { stream, conn, endpoint, deadline: Instant::now() + HANDSHAKE_TIMEOUT }.run(msg)
+    Exchange {
+        stream,
+        conn,
+        endpoint,
+        deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+    }
+    .run(msg)
 }
 
 fn decode_reply(raw: &[u8], endpoint: &str) -> Result<ServerMsg, SiteError> {
     match ServerMsg::decode(raw) {
         Ok(Some((m, _))) => Ok(m),
-        _ => Err(SiteError::Protocol { endpoint: endpoint.to_string(), reason: "undecodable reply".into() }),
+        _ => Err(SiteError::Protocol {
+            endpoint: endpoint.to_string(),
+            reason: "undecodable reply".into(),
+        }),
     }
 }
 
@@ -204,7 +231,11 @@ pub fn send_raw_enroll(
     csr_der: &[u8],
 ) -> Result<Vec<u8>, SiteError> {
     let (mut stream, endpoint) = dial(endpoints)?;
-    let msg = ClientMsg::Enroll { site: site.to_string(), token: token.clone(), csr_der: csr_der.to_vec() };
+    let msg = ClientMsg::Enroll {
+        site: site.to_string(),
+        token: token.clone(),
+        csr_der: csr_der.to_vec(),
+    };
     Ok(exchange(&mut stream, &endpoint, client_config(ca_der, None)?, &msg)?.1)
 }
 
@@ -223,28 +254,48 @@ pub fn new_key_and_csr(site: &str) -> Result<(Vec<u8>, Vec<u8>), SiteError> {
 /// Enrolls with the keyfile at `keyfile_path`: spends its token, stores the
 /// new identity in `state_dir`. `now` is the wall clock (for the expiry
 /// check before dialing).
-pub fn enroll(keyfile_path: &Path, state_dir: &Path, now: time::OffsetDateTime) -> Result<Identity, SiteError> {
+pub fn enroll(
+    keyfile_path: &Path,
+    state_dir: &Path,
+    now: time::OffsetDateTime,
+) -> Result<Identity, SiteError> {
     if Identity::exists(state_dir) {
         return Err(SiteError::AlreadyEnrolled(state_dir.to_path_buf()));
     }
     let (kf, ca_der) = load_keyfile(keyfile_path)?;
     if now >= kf.expires {
-        let at = kf.expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let at = kf
+            .expires
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         return Err(SiteError::TokenExpired(at));
     }
     let (key_der, csr_der) = new_key_and_csr(&kf.site)?;
     let (mut stream, endpoint) = dial(&kf.endpoints)?;
-    let msg = ClientMsg::Enroll { site: kf.site.clone(), token: kf.token.clone(), csr_der };
+    let msg = ClientMsg::Enroll {
+        site: kf.site.clone(),
+        token: kf.token.clone(),
+        csr_der,
+    };
     let (_, raw) = exchange(&mut stream, &endpoint, client_config(&ca_der, None)?, &msg)?;
     let cert_der = match decode_reply(&raw, &endpoint)? {
         ServerMsg::Enrolled { cert_der } => cert_der,
         ServerMsg::Refused => return Err(SiteError::EnrollRefused),
         ServerMsg::Ready { .. } => {
-            return Err(SiteError::Protocol { endpoint, reason: "unexpected Ready to an enrollment".into() })
+            return Err(SiteError::Protocol {
+                endpoint,
+                reason: "unexpected Ready to an enrollment".into(),
+            })
         }
     };
     check_issued(&cert_der, &key_der, &endpoint)?;
-    let id = Identity { site: kf.site, endpoints: kf.endpoints, ca_der, cert_der, key_der };
+    let id = Identity {
+        site: kf.site,
+        endpoints: kf.endpoints,
+        ca_der,
+        cert_der,
+        key_der,
+    };
     id.save(state_dir)?;
     Ok(id)
 }
@@ -253,8 +304,12 @@ pub fn enroll(keyfile_path: &Path, state_dir: &Path, now: time::OffsetDateTime) 
 fn check_issued(cert_der: &[u8], key_der: &[u8], endpoint: &str) -> Result<(), SiteError> {
     use rcgen::PublicKeyData;
     use x509_parser::prelude::{FromDer, X509Certificate};
-    let bad = |r: &str| SiteError::Protocol { endpoint: endpoint.to_string(), reason: r.to_string() };
-    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| bad("issued certificate does not parse"))?;
+    let bad = |r: &str| SiteError::Protocol {
+        endpoint: endpoint.to_string(),
+        reason: r.to_string(),
+    };
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|_| bad("issued certificate does not parse"))?;
     let key = KeyPair::try_from(key_der).map_err(|e| SiteError::Local(e.to_string()))?;
     if cert.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
         return Err(bad("issued certificate is not for our key"));
@@ -267,10 +322,25 @@ fn check_issued(cert_der: &[u8], key_der: &[u8], endpoint: &str) -> Result<(), S
 pub fn hello(id: &Identity) -> Result<Session, SiteError> {
     let config = client_config(&id.ca_der, Some((&id.cert_der, &id.key_der)))?;
     let (mut stream, endpoint) = dial(&id.endpoints)?;
-    let (tls, raw) = exchange(&mut stream, &endpoint, config, &ClientMsg::Hello { site: id.site.clone() })?;
+    let (tls, raw) = exchange(
+        &mut stream,
+        &endpoint,
+        config,
+        &ClientMsg::Hello {
+            site: id.site.clone(),
+        },
+    )?;
     match decode_reply(&raw, &endpoint)? {
-        ServerMsg::Ready { data_version } => Ok(Session { endpoint, stream, tls, data_version }),
+        ServerMsg::Ready { data_version } => Ok(Session {
+            endpoint,
+            stream,
+            tls,
+            data_version,
+        }),
         ServerMsg::Refused => Err(SiteError::HelloRefused),
-        ServerMsg::Enrolled { .. } => Err(SiteError::Protocol { endpoint, reason: "unexpected Enrolled to a hello".into() }),
+        ServerMsg::Enrolled { .. } => Err(SiteError::Protocol {
+            endpoint,
+            reason: "unexpected Enrolled to a hello".into(),
+        }),
     }
 }

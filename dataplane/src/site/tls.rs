@@ -8,7 +8,10 @@ use rustls::{ClientConfig, RootCertStore};
 use std::sync::Arc;
 
 /// Builds the client configuration pinned to `ca_der`.
-pub fn client_config(ca_der: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, SiteError> {
+pub fn client_config(
+    ca_der: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<ClientConfig>, SiteError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
     roots
