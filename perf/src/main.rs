@@ -1,1 +1,69 @@
-fn main() {}
+//! `revtun-perf`: the perf lab.
+//!
+//! Each scenario runs on loopback and reports medians over repetitions.
+//! Every figure of a tunnel scenario is to be read as a ratio against the
+//! `baseline` measured in the same run (raw loopback TCP), never as a bare
+//! number: absolute figures drift 10-30% between runs on shared machines.
+//!
+//! Scenarios so far: `baseline`. The tunnel scenarios arrive with the
+//! tunnel (see the open issues).
+
+mod baseline;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// revtun perf lab.
+#[derive(Debug, Parser)]
+#[command(name = "revtun-perf", version)]
+struct Args {
+    /// Scenario to run (baseline), or 'all'.
+    scenario: String,
+    /// Run each scenario briefly (checks the lab works; figures are rough).
+    #[arg(long)]
+    quick: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Scenario names in the order `all` runs them.
+const SCENARIOS: &[&str] = &["baseline"];
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("revtun-perf: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let names: Vec<&str> = match args.scenario.as_str() {
+        "all" => SCENARIOS.to_vec(),
+        s if SCENARIOS.contains(&s) => vec![s],
+        other => bail!("unknown scenario {other:?}; available: {} or all", SCENARIOS.join(", ")),
+    };
+    let mut results = serde_json::Map::new();
+    for name in names {
+        eprintln!("== {name}");
+        let value: Value = match name {
+            "baseline" => baseline::run(args.quick)?,
+            _ => unreachable!("names are checked above"),
+        };
+        println!("{name}: {}", serde_json::to_string_pretty(&value)?);
+        results.insert(name.to_string(), value);
+    }
+    let report = json!({
+        "quick": args.quick,
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "scenarios": results,
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
