@@ -59,7 +59,11 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the scenario.
 pub fn run(quick: bool) -> anyhow::Result<Value> {
-    let (reps, dur) = if quick { (1, Duration::from_millis(300)) } else { (5, Duration::from_secs(2)) };
+    let (reps, dur) = if quick {
+        (1, Duration::from_millis(300))
+    } else {
+        (5, Duration::from_secs(2))
+    };
     let mut one = Vec::new();
     let mut eight = Vec::new();
     // Interleave the two so drift hits both alike.

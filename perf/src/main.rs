@@ -44,7 +44,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let names: Vec<&str> = match args.scenario.as_str() {
         "all" => SCENARIOS.to_vec(),
         s if SCENARIOS.contains(&s) => vec![s],
-        other => bail!("unknown scenario {other:?}; available: {} or all", SCENARIOS.join(", ")),
+        other => bail!(
+            "unknown scenario {other:?}; available: {} or all",
+            SCENARIOS.join(", ")
+        ),
     };
     let mut results = serde_json::Map::new();
     for name in names {
