@@ -11,6 +11,9 @@
 
 pub mod duration;
 pub mod enroll;
+pub mod frame;
+pub mod record;
+pub mod tunnel;
 pub mod hex;
 pub mod keyfile;
 pub mod token;
