@@ -203,10 +203,14 @@ mod tests {
     use super::*;
 
     fn pair(interval: u64) -> (Sealer, Opener) {
-        let secrets = [7u8; 64];
+        let secrets = secrets();
         let (host_tx, _) = keys(&secrets, Side::Host, interval);
         let (_, site_rx) = keys(&secrets, Side::Site, interval);
         (host_tx, site_rx)
+    }
+
+    fn secrets() -> [u8; 64] {
+        std::array::from_fn(|i| i as u8)
     }
 
     fn record(plain: &[u8]) -> Vec<u8> {
@@ -248,9 +252,9 @@ mod tests {
         assert!(rx3.open(&mut a).is_ok());
         assert!(rx3.open(&mut b).is_ok());
         // A record sealed by the site cannot be opened as if from the host.
-        let (_, mut host_rx) = keys(&[7u8; 64], Side::Host, 1000);
+        let (_, mut host_rx) = keys(&secrets(), Side::Host, 1000);
         let mut c = record(b"x");
-        let (mut host_tx, _) = keys(&[7u8; 64], Side::Host, 1000);
+        let (mut host_tx, _) = keys(&secrets(), Side::Host, 1000);
         host_tx.seal(&mut c);
         assert_eq!(host_rx.open(&mut c), Err(RecordError::Auth));
     }
