@@ -155,13 +155,16 @@ fn name<'a>(raw: &'a [u8], what: &'static str) -> Result<&'a str, FrameError> {
 pub fn valid_service_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SERVICE_NAME
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// Decodes the frame at `buf[at..]`. Returns the frame and where the next
 /// one starts. A record must hold whole frames, so a short input is an error.
 pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
-    let hdr = buf.get(at..at + FRAME_HEADER_LEN).ok_or(FrameError::Truncated)?;
+    let hdr = buf
+        .get(at..at + FRAME_HEADER_LEN)
+        .ok_or(FrameError::Truncated)?;
     let (ty, stream, len) = (hdr[0], be32(&hdr[1..5]), be32(&hdr[5..9]));
     if len as usize > MAX_FRAME_PAYLOAD {
         return Err(FrameError::TooLong(len));
@@ -169,9 +172,27 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
     let start = at + FRAME_HEADER_LEN;
     let end = start + len as usize;
     let body = buf.get(start..end).ok_or(FrameError::Truncated)?;
-    let exact = |n: usize, what| if body.len() == n { Ok(()) } else { Err(FrameError::Malformed(what)) };
-    let on_stream = |what| if stream != 0 { Ok(()) } else { Err(FrameError::Malformed(what)) };
-    let on_tunnel = |what| if stream == 0 { Ok(()) } else { Err(FrameError::Malformed(what)) };
+    let exact = |n: usize, what| {
+        if body.len() == n {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed(what))
+        }
+    };
+    let on_stream = |what| {
+        if stream != 0 {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed(what))
+        }
+    };
+    let on_tunnel = |what| {
+        if stream == 0 {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed(what))
+        }
+    };
     let frame = match ty {
         kind::SETTINGS => {
             on_tunnel("settings")?;
@@ -188,7 +209,9 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
             let mut names = Vec::new();
             let mut rest = body;
             while let Some((&n, tail)) = rest.split_first() {
-                let raw = tail.get(..usize::from(n)).ok_or(FrameError::Malformed("services"))?;
+                let raw = tail
+                    .get(..usize::from(n))
+                    .ok_or(FrameError::Malformed("services"))?;
                 if names.len() == MAX_SERVICES {
                     return Err(FrameError::Malformed("services"));
                 }
@@ -199,11 +222,17 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
         }
         kind::OPEN => {
             on_stream("open")?;
-            Frame::Open { stream, service: name(body, "open")? }
+            Frame::Open {
+                stream,
+                service: name(body, "open")?,
+            }
         }
         kind::DATA => {
             on_stream("data")?;
-            Frame::Data { stream, payload: start..end }
+            Frame::Data {
+                stream,
+                payload: start..end,
+            }
         }
         kind::WINDOW => {
             exact(4, "window")?;
@@ -221,12 +250,17 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
         kind::RESET => {
             on_stream("reset")?;
             exact(1, "reset")?;
-            Frame::Reset { stream, code: body[0] }
+            Frame::Reset {
+                stream,
+                code: body[0],
+            }
         }
         kind::PING | kind::PONG => {
             on_tunnel("ping")?;
             exact(8, "ping")?;
-            let v = u64::from_be_bytes([body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7]]);
+            let v = u64::from_be_bytes([
+                body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7],
+            ]);
             if ty == kind::PING {
                 Frame::Ping(v)
             } else {
@@ -264,7 +298,11 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> usize {
             (kind::SETTINGS, 0)
         }
         Frame::Services(names) => {
-            for n in names.iter().filter(|n| valid_service_name(n)).take(MAX_SERVICES) {
+            for n in names
+                .iter()
+                .filter(|n| valid_service_name(n))
+                .take(MAX_SERVICES)
+            {
                 body.push(n.len() as u8);
                 body.extend_from_slice(n.as_bytes());
             }

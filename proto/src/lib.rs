@@ -9,14 +9,15 @@
 //! - [`duration`]: human durations (`24h`, `10s`) for command lines.
 //! - [`hex`]: the small hex codec the formats above share.
 
+pub mod channel;
 pub mod duration;
 pub mod enroll;
 pub mod frame;
-pub mod record;
-pub mod tunnel;
 pub mod hex;
 pub mod keyfile;
+pub mod record;
 pub mod token;
+pub mod tunnel;
 
 /// TLS server name every control listener certificate carries.
 ///

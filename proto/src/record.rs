@@ -72,7 +72,13 @@ struct Direction {
 impl Direction {
     fn new(secret: [u8; 32], interval: u64) -> Self {
         let key = Self::key_for(&secret);
-        Direction { secret, key, counter: 0, interval: interval.max(1), epoch: 0 }
+        Direction {
+            secret,
+            key,
+            counter: 0,
+            interval: interval.max(1),
+            epoch: 0,
+        }
     }
 
     fn key_for(secret: &[u8; 32]) -> LessSafeKey {
@@ -109,12 +115,20 @@ pub struct Opener(Direction);
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealer(epoch {}, counter {})", self.0.epoch, self.0.counter)
+        write!(
+            f,
+            "Sealer(epoch {}, counter {})",
+            self.0.epoch, self.0.counter
+        )
     }
 }
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Opener(epoch {}, counter {})", self.0.epoch, self.0.counter)
+        write!(
+            f,
+            "Opener(epoch {}, counter {})",
+            self.0.epoch, self.0.counter
+        )
     }
 }
 
@@ -137,7 +151,10 @@ pub fn keys(exported: &[u8; EXPORTER_LEN], side: Side, interval: u64) -> (Sealer
         Side::Host => (h2s, s2h),
         Side::Site => (s2h, h2s),
     };
-    (Sealer(Direction::new(tx, interval)), Opener(Direction::new(rx, interval)))
+    (
+        Sealer(Direction::new(tx, interval)),
+        Opener(Direction::new(rx, interval)),
+    )
 }
 
 impl Sealer {
@@ -175,7 +192,9 @@ impl Sealer {
 /// Reads a record header: the total record size (header included) once
 /// the 4 bytes are there, after checking the bound.
 pub fn record_size(buf: &[u8]) -> Result<Option<usize>, RecordError> {
-    let Some(h) = buf.get(..RECORD_HEADER_LEN) else { return Ok(None) };
+    let Some(h) = buf.get(..RECORD_HEADER_LEN) else {
+        return Ok(None);
+    };
     let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
     if (len as usize) > MAX_RECORD_LEN || (len as usize) < TAG_LEN {
         return Err(RecordError::BadLength(len));

@@ -1,1 +1,515 @@
+//! The tunnel protocol state: streams, credit windows, liveness. No I/O,
+//! no clock reads: time comes in as `now`, bytes come in as opened record
+//! plaintext, and frames to send go out through [`Tunnel::take_frames`].
+//!
+//! Call order for a driver (as quinn-proto documents its own):
+//! 1. [`Tunnel::handle_record`] for each opened record, then drain
+//!    [`Tunnel::poll_event`].
+//! 2. Before sending stream bytes, ask [`Tunnel::send_credit`]; after
+//!    writing a DATA frame of `n` bytes, call [`Tunnel::sent`].
+//! 3. After delivering `n` received bytes to the local socket, call
+//!    [`Tunnel::consumed`] (this returns credit to the peer).
+//! 4. After any call, move [`Tunnel::take_frames`] into the outgoing record.
+//! 5. At [`Tunnel::poll_timeout`], call [`Tunnel::handle_timeout`].
 
+use crate::frame::{self, code, Frame, FrameError, Settings, StreamId};
+use crate::record::Side;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Data-channel protocol version.
+pub const VERSION: u8 = 1;
+
+/// Tunnel limits and timers. Every field is a bound on memory or time.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes the peer may send on one stream before we grant more: the
+    /// most a stalled stream can hold in our memory.
+    pub stream_window: u32,
+    /// Bytes the peer may send on all streams together before we grant
+    /// more: the most the tunnel's receive side can hold in our memory.
+    pub tunnel_window: u32,
+    /// Streams the peer may have open at once.
+    pub max_streams: u32,
+    /// Send a PING after this long.
+    pub ping_interval: Duration,
+    /// Declare the tunnel dead when nothing arrived for this long.
+    pub dead_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stream_window: 4 * 1024 * 1024,
+            tunnel_window: 32 * 1024 * 1024,
+            max_streams: 1024,
+            ping_interval: Duration::from_secs(5),
+            dead_after: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer's settings arrived; streams may now send.
+    Ready,
+    /// The site's services.
+    Services(Vec<String>),
+    /// The peer opened a stream to `service`.
+    Opened {
+        /// Stream.
+        id: StreamId,
+        /// Service name.
+        service: String,
+    },
+    /// Stream bytes at `range` of the plaintext buffer given to `handle_record`.
+    Data {
+        /// Stream.
+        id: StreamId,
+        /// Payload location.
+        range: Range<usize>,
+    },
+    /// The peer will send no more on `id`.
+    Ended {
+        /// Stream.
+        id: StreamId,
+    },
+    /// The peer aborted `id`.
+    Reset {
+        /// Stream.
+        id: StreamId,
+        /// Why.
+        code: u8,
+    },
+    /// `id` (0: every stream) may send more.
+    Credit {
+        /// Stream, or 0.
+        id: StreamId,
+    },
+    /// The peer is closing the tunnel.
+    GoAway(u8),
+}
+
+/// Why the tunnel must close. Each closes only this tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelError {
+    /// A frame did not decode.
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer sent more than its credit.
+    #[error("flow control violated on stream {0}")]
+    FlowControl(StreamId),
+    /// The peer broke a protocol rule.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// Nothing arrived within `dead_after`.
+    #[error("peer silent for {0:?}; tunnel dead")]
+    Dead(Duration),
+}
+
+/// Why a local open failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The peer's stream limit is reached.
+    #[error("the peer's stream limit is reached")]
+    Limit,
+    /// The service name is not valid.
+    #[error("invalid service name")]
+    BadName,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Bytes we may still send.
+    send_credit: u64,
+    /// Bytes the peer may still send (enforced).
+    recv_allowed: u64,
+    /// Bytes delivered locally but not yet granted back.
+    recv_unacked: u64,
+    local_ended: bool,
+    remote_ended: bool,
+}
+
+/// One end of a tunnel.
+#[derive(Debug)]
+pub struct Tunnel {
+    side: Side,
+    cfg: Config,
+    peer: Option<Settings>,
+    streams: BTreeMap<StreamId, Stream>,
+    next_local: StreamId,
+    last_peer: StreamId,
+    tunnel_send_credit: u64,
+    tunnel_recv_allowed: u64,
+    tunnel_recv_unacked: u64,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    last_rx: Instant,
+    next_ping: Instant,
+    ping_seq: u64,
+}
+
+impl Tunnel {
+    /// A tunnel end; queues its SETTINGS.
+    pub fn new(side: Side, cfg: Config, now: Instant) -> Self {
+        let mut t = Tunnel {
+            side,
+            peer: None,
+            streams: BTreeMap::new(),
+            // Host-opened streams are odd, site-opened even.
+            next_local: if side == Side::Host { 1 } else { 2 },
+            last_peer: 0,
+            tunnel_send_credit: 0,
+            tunnel_recv_allowed: u64::from(cfg.tunnel_window),
+            tunnel_recv_unacked: 0,
+            out: Vec::new(),
+            events: VecDeque::new(),
+            last_rx: now,
+            next_ping: now + cfg.ping_interval,
+            ping_seq: 0,
+            cfg,
+        };
+        let s = Settings {
+            version: VERSION,
+            stream_window: t.cfg.stream_window,
+            tunnel_window: t.cfg.tunnel_window,
+            max_streams: t.cfg.max_streams,
+        };
+        t.queue(&Frame::Settings(s));
+        t
+    }
+
+    fn queue(&mut self, f: &Frame<'_>) {
+        frame::encode(f, &mut self.out);
+    }
+
+    /// Announces the services this end offers (the site does).
+    pub fn advertise(&mut self, names: &[String]) {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.queue(&Frame::Services(refs));
+    }
+
+    /// Opens a stream to `service`.
+    pub fn open(&mut self, service: &str) -> Result<StreamId, OpenError> {
+        if !frame::valid_service_name(service) {
+            return Err(OpenError::BadName);
+        }
+        let limit = self.peer.map_or(1, |p| p.max_streams) as usize;
+        if self.streams.len() >= limit {
+            return Err(OpenError::Limit);
+        }
+        let id = self.next_local;
+        self.next_local += 2;
+        let send_credit = self.peer.map_or(0, |p| u64::from(p.stream_window));
+        self.streams.insert(id, self.new_stream(send_credit));
+        self.queue(&Frame::Open {
+            stream: id,
+            service,
+        });
+        Ok(id)
+    }
+
+    fn new_stream(&self, send_credit: u64) -> Stream {
+        Stream {
+            send_credit,
+            recv_allowed: u64::from(self.cfg.stream_window),
+            recv_unacked: 0,
+            local_ended: false,
+            remote_ended: false,
+        }
+    }
+
+    /// Bytes `id` may send now.
+    pub fn send_credit(&self, id: StreamId) -> usize {
+        match self.streams.get(&id) {
+            Some(s) if !s.local_ended => s.send_credit.min(self.tunnel_send_credit) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Records that a DATA frame of `n` bytes was written for `id`.
+    pub fn sent(&mut self, id: StreamId, n: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.send_credit = s.send_credit.saturating_sub(n as u64);
+        }
+        self.tunnel_send_credit = self.tunnel_send_credit.saturating_sub(n as u64);
+    }
+
+    /// Records that `n` received bytes of `id` left our memory; grants
+    /// credit back once half a window has been consumed.
+    pub fn consumed(&mut self, id: StreamId, n: usize) {
+        let n = n as u64;
+        self.tunnel_recv_unacked += n;
+        if self.tunnel_recv_unacked >= u64::from(self.cfg.tunnel_window / 2) {
+            let inc = std::mem::take(&mut self.tunnel_recv_unacked);
+            self.tunnel_recv_allowed += inc;
+            self.queue(&Frame::Window {
+                stream: 0,
+                increment: inc as u32,
+            });
+        }
+        let half = u64::from(self.cfg.stream_window / 2);
+        let grant = match self.streams.get_mut(&id) {
+            Some(s) if !s.remote_ended => {
+                s.recv_unacked += n;
+                if s.recv_unacked >= half.max(1) {
+                    let inc = std::mem::take(&mut s.recv_unacked);
+                    s.recv_allowed += inc;
+                    Some(inc)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(inc) = grant {
+            self.queue(&Frame::Window {
+                stream: id,
+                increment: inc as u32,
+            });
+        }
+    }
+
+    /// Half-closes `id`: we send no more.
+    pub fn end(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.local_ended {
+            return;
+        }
+        s.local_ended = true;
+        let done = s.remote_ended;
+        self.queue(&Frame::End { stream: id });
+        if done {
+            self.streams.remove(&id);
+        }
+    }
+
+    /// Aborts `id`.
+    pub fn reset(&mut self, id: StreamId, why: u8) {
+        if self.streams.remove(&id).is_some() {
+            self.queue(&Frame::Reset {
+                stream: id,
+                code: why,
+            });
+        }
+    }
+
+    /// Forgets a stream both sides ended once its received bytes are
+    /// delivered (the driver calls this when it is done with `id`).
+    pub fn finished(&mut self, id: StreamId) {
+        if matches!(self.streams.get(&id), Some(s) if s.local_ended && s.remote_ended) {
+            self.streams.remove(&id);
+        }
+    }
+
+    /// Starts a clean close.
+    pub fn go_away(&mut self, why: u8) {
+        self.queue(&Frame::GoAway(why));
+    }
+
+    /// Live streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when `id` is open (not reset, not fully ended).
+    pub fn is_open(&self, id: StreamId) -> bool {
+        self.streams.contains_key(&id)
+    }
+
+    /// The peer's settings, once known.
+    pub fn peer_settings(&self) -> Option<Settings> {
+        self.peer
+    }
+
+    /// Processes one opened record's plaintext. `base` is added to every
+    /// reported data range (the plaintext's offset in the caller's buffer).
+    pub fn handle_record(
+        &mut self,
+        plain: &[u8],
+        base: usize,
+        now: Instant,
+    ) -> Result<(), TunnelError> {
+        self.last_rx = now;
+        let mut at = 0;
+        while at < plain.len() {
+            let (f, next) = frame::decode(plain, at)?;
+            self.handle_frame(f, base)?;
+            at = next;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, f: Frame<'_>, base: usize) -> Result<(), TunnelError> {
+        match f {
+            Frame::Settings(s) => {
+                if self.peer.is_some() {
+                    return Err(TunnelError::Protocol("second SETTINGS"));
+                }
+                if s.version != VERSION {
+                    return Err(TunnelError::Protocol("unsupported data-channel version"));
+                }
+                self.peer = Some(s);
+                self.tunnel_send_credit += u64::from(s.tunnel_window);
+                for st in self.streams.values_mut() {
+                    st.send_credit += u64::from(s.stream_window);
+                }
+                self.events.push_back(Event::Ready);
+                self.events.push_back(Event::Credit { id: 0 });
+            }
+            Frame::Services(names) => {
+                self.events.push_back(Event::Services(
+                    names.into_iter().map(str::to_string).collect(),
+                ));
+            }
+            Frame::Open { stream, service } => {
+                let peer_parity = if self.side == Side::Host { 0 } else { 1 };
+                if stream % 2 != peer_parity || stream <= self.last_peer {
+                    return Err(TunnelError::Protocol(
+                        "stream id reused or of the wrong side",
+                    ));
+                }
+                self.last_peer = stream;
+                if self.streams.len() >= self.cfg.max_streams as usize {
+                    self.queue(&Frame::Reset {
+                        stream,
+                        code: code::LIMIT,
+                    });
+                    return Ok(());
+                }
+                let send_credit = self.peer.map_or(0, |p| u64::from(p.stream_window));
+                self.streams.insert(stream, self.new_stream(send_credit));
+                self.events.push_back(Event::Opened {
+                    id: stream,
+                    service: service.to_string(),
+                });
+            }
+            Frame::Data { stream, payload } => {
+                let n = payload.len() as u64;
+                if n > self.tunnel_recv_allowed {
+                    return Err(TunnelError::FlowControl(0));
+                }
+                self.tunnel_recv_allowed -= n;
+                let known = self.known(stream);
+                match self.streams.get_mut(&stream) {
+                    Some(s) => {
+                        if s.remote_ended {
+                            return Err(TunnelError::Protocol("DATA after END"));
+                        }
+                        if n > s.recv_allowed {
+                            return Err(TunnelError::FlowControl(stream));
+                        }
+                        s.recv_allowed -= n;
+                        if n > 0 {
+                            self.events.push_back(Event::Data {
+                                id: stream,
+                                range: base + payload.start..base + payload.end,
+                            });
+                        }
+                    }
+                    None if known => {
+                        // A stream we already reset: drop the bytes but
+                        // give their tunnel credit back.
+                        self.consumed(stream, n as usize);
+                    }
+                    None => return Err(TunnelError::Protocol("DATA on a stream never opened")),
+                }
+            }
+            Frame::Window {
+                stream: 0,
+                increment,
+            } => {
+                self.tunnel_send_credit += u64::from(increment);
+                if self.tunnel_send_credit > u64::from(u32::MAX) * 4 {
+                    return Err(TunnelError::FlowControl(0));
+                }
+                self.events.push_back(Event::Credit { id: 0 });
+            }
+            Frame::Window { stream, increment } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.send_credit += u64::from(increment);
+                    if s.send_credit > u64::from(u32::MAX) * 4 {
+                        return Err(TunnelError::FlowControl(stream));
+                    }
+                    self.events.push_back(Event::Credit { id: stream });
+                } else if !self.known(stream) {
+                    return Err(TunnelError::Protocol("WINDOW on a stream never opened"));
+                }
+            }
+            Frame::End { stream } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if s.remote_ended {
+                        return Err(TunnelError::Protocol("second END"));
+                    }
+                    s.remote_ended = true;
+                    if s.local_ended {
+                        self.streams.remove(&stream);
+                    }
+                    self.events.push_back(Event::Ended { id: stream });
+                } else if !self.known(stream) {
+                    return Err(TunnelError::Protocol("END on a stream never opened"));
+                }
+            }
+            Frame::Reset { stream, code } => {
+                if self.streams.remove(&stream).is_some() {
+                    self.events.push_back(Event::Reset { id: stream, code });
+                }
+            }
+            Frame::Ping(v) => self.queue(&Frame::Pong(v)),
+            Frame::Pong(_) => {}
+            Frame::GoAway(c) => self.events.push_back(Event::GoAway(c)),
+        }
+        Ok(())
+    }
+
+    /// True when `id` was opened at some point by either side.
+    fn known(&self, id: StreamId) -> bool {
+        if id % 2 == self.next_local % 2 {
+            id < self.next_local
+        } else {
+            id <= self.last_peer
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Moves encoded frames waiting to be sent into `out`.
+    pub fn take_frames(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.out);
+    }
+
+    /// True when frames wait to be sent.
+    pub fn has_frames(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// When [`Tunnel::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_ping.min(self.last_rx + self.cfg.dead_after)
+    }
+
+    /// Sends pings and detects a dead peer.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), TunnelError> {
+        let silent = now.saturating_duration_since(self.last_rx);
+        if silent >= self.cfg.dead_after {
+            return Err(TunnelError::Dead(silent));
+        }
+        if now >= self.next_ping {
+            self.ping_seq += 1;
+            let seq = self.ping_seq;
+            self.queue(&Frame::Ping(seq));
+            self.next_ping = now + self.cfg.ping_interval;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

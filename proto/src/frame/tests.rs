@@ -2,13 +2,30 @@ use super::*;
 
 fn all_frames() -> Vec<Vec<u8>> {
     let frames = [
-        Frame::Settings(Settings { version: 1, stream_window: 1 << 20, tunnel_window: 1 << 24, max_streams: 1024 }),
+        Frame::Settings(Settings {
+            version: 1,
+            stream_window: 1 << 20,
+            tunnel_window: 1 << 24,
+            max_streams: 1024,
+        }),
         Frame::Services(vec!["http", "rtsp.main"]),
-        Frame::Open { stream: 1, service: "http" },
-        Frame::Window { stream: 0, increment: 5 },
-        Frame::Window { stream: 3, increment: 7 },
+        Frame::Open {
+            stream: 1,
+            service: "http",
+        },
+        Frame::Window {
+            stream: 0,
+            increment: 5,
+        },
+        Frame::Window {
+            stream: 3,
+            increment: 7,
+        },
         Frame::End { stream: 3 },
-        Frame::Reset { stream: 3, code: code::REFUSED },
+        Frame::Reset {
+            stream: 3,
+            code: code::REFUSED,
+        },
         Frame::Ping(42),
         Frame::Pong(42),
         Frame::GoAway(code::SHUTDOWN),
@@ -68,9 +85,18 @@ fn lengths_zero_one_max_max_plus_one_u32_max() {
     one.push(7);
     assert!(matches!(decode(&one, 0), Ok((Frame::Data { .. }, 10))));
     // max: header alone is truncated (not too long); max + 1 and u32::MAX are refused from the header.
-    assert_eq!(decode(&hdr(MAX_FRAME_PAYLOAD as u32), 0), Err(FrameError::Truncated));
-    assert_eq!(decode(&hdr(MAX_FRAME_PAYLOAD as u32 + 1), 0), Err(FrameError::TooLong(MAX_FRAME_PAYLOAD as u32 + 1)));
-    assert_eq!(decode(&hdr(u32::MAX), 0), Err(FrameError::TooLong(u32::MAX)));
+    assert_eq!(
+        decode(&hdr(MAX_FRAME_PAYLOAD as u32), 0),
+        Err(FrameError::Truncated)
+    );
+    assert_eq!(
+        decode(&hdr(MAX_FRAME_PAYLOAD as u32 + 1), 0),
+        Err(FrameError::TooLong(MAX_FRAME_PAYLOAD as u32 + 1))
+    );
+    assert_eq!(
+        decode(&hdr(u32::MAX), 0),
+        Err(FrameError::TooLong(u32::MAX))
+    );
 }
 
 #[test]
@@ -97,7 +123,10 @@ fn malformed_bodies() {
         mk(kind::GOAWAY, 3, &[0]),
     ];
     for c in cases {
-        assert!(matches!(decode(&c, 0), Err(FrameError::Malformed(_))), "{c:?}");
+        assert!(
+            matches!(decode(&c, 0), Err(FrameError::Malformed(_))),
+            "{c:?}"
+        );
     }
     assert_eq!(decode(&mk(99, 0, b""), 0), Err(FrameError::UnknownType(99)));
 }

@@ -1,0 +1,281 @@
+//! Record framing for the data channel, with caller-visible buffers.
+//!
+//! [`Framer`] builds outgoing bytes: frames are appended to an open record,
+//! DATA payloads are read by the caller straight into the slot the framer
+//! hands out (no copy), records are sealed in place when full or when the
+//! batch is taken, and one batch holds several records so one `write`
+//! moves up to [`BATCH_LIMIT`] bytes.
+//!
+//! [`Deframer`] takes incoming bytes (the caller reads into
+//! [`Deframer::read_buf`]), splits off whole records, opens them in place
+//! and returns each as a frozen reference-counted buffer, so DATA payloads
+//! can be handed on as slices without copying.
+
+use crate::frame::{self, Frame, StreamId, FRAME_HEADER_LEN};
+use crate::record::{
+    self, Opener, RecordError, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN, TAG_LEN,
+};
+use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+
+/// Most bytes one taken batch holds (several records).
+pub const BATCH_LIMIT: usize = 1024 * 1024;
+/// Smallest read space [`Deframer::read_buf`] offers.
+pub const MIN_READ: usize = 64 * 1024;
+/// Size of a fresh receive chunk.
+pub const RX_CHUNK: usize = 2 * 1024 * 1024;
+
+/// Builds sealed outgoing batches.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    /// Start of the open record, if one is open.
+    open: Option<usize>,
+    /// Where the last data slot's header sits.
+    slot: Option<usize>,
+    sealer: Sealer,
+    /// Records sealed so far (metrics).
+    pub records: u64,
+}
+
+impl Framer {
+    /// A framer sealing with `sealer`.
+    pub fn new(sealer: Sealer) -> Self {
+        Framer {
+            buf: Vec::with_capacity(BATCH_LIMIT + 64 * 1024),
+            open: None,
+            slot: None,
+            sealer,
+            records: 0,
+        }
+    }
+
+    /// Bytes waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Bytes that can still be added before the batch is full.
+    pub fn room(&self) -> usize {
+        BATCH_LIMIT.saturating_sub(self.buf.len())
+    }
+
+    fn open_record(&mut self, need: usize) {
+        if let Some(start) = self.open {
+            let plain = self.buf.len() - start - RECORD_HEADER_LEN;
+            if plain + need <= MAX_RECORD_PLAINTEXT {
+                return;
+            }
+            self.close_record();
+        }
+        self.open = Some(self.buf.len());
+        self.buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    }
+
+    fn close_record(&mut self) {
+        if let Some(start) = self.open.take() {
+            self.buf.extend_from_slice(&[0; TAG_LEN]);
+            self.sealer.seal(&mut self.buf[start..]);
+            self.records += 1;
+        }
+    }
+
+    /// Appends a non-DATA frame.
+    pub fn push_frame(&mut self, f: &Frame<'_>) {
+        // Control frames are small; 512 bytes bounds the largest SERVICES.
+        self.open_record(FRAME_HEADER_LEN + 64 * 1024);
+        frame::encode(f, &mut self.buf);
+    }
+
+    /// Appends already-encoded frames (as produced by [`crate::tunnel::Tunnel`]).
+    pub fn push_encoded(&mut self, frames: &[u8]) {
+        if frames.is_empty() {
+            return;
+        }
+        self.open_record(frames.len());
+        self.buf.extend_from_slice(frames);
+    }
+
+    /// Opens a DATA frame for `stream` with room for up to `max` payload
+    /// bytes and returns that room. Call [`Framer::commit_data`] next.
+    pub fn data_slot(&mut self, stream: StreamId, max: usize) -> &mut [u8] {
+        let max = max
+            .min(frame::MAX_FRAME_PAYLOAD)
+            .min(MAX_RECORD_PLAINTEXT - FRAME_HEADER_LEN);
+        self.open_record(FRAME_HEADER_LEN + max);
+        let at = self.buf.len();
+        self.buf.resize(at + FRAME_HEADER_LEN + max, 0);
+        frame::write_header(&mut self.buf[at..], frame::kind::DATA, stream, 0);
+        self.slot = Some(at);
+        &mut self.buf[at + FRAME_HEADER_LEN..]
+    }
+
+    /// Keeps `n` bytes of the last data slot (0 removes the frame).
+    pub fn commit_data(&mut self, stream: StreamId, n: usize) {
+        let Some(at) = self.slot.take() else { return };
+        if n == 0 {
+            self.buf.truncate(at);
+            if self.open == Some(at - RECORD_HEADER_LEN) && self.buf.len() == at {
+                // The record holds nothing: drop its header too.
+                self.buf.truncate(at - RECORD_HEADER_LEN);
+                self.open = None;
+            }
+            return;
+        }
+        self.buf.truncate(at + FRAME_HEADER_LEN + n);
+        frame::write_header(&mut self.buf[at..], frame::kind::DATA, stream, n);
+    }
+
+    /// Seals the open record and returns the batch, leaving `spare` (cleared)
+    /// in its place so buffers are reused.
+    pub fn take(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        self.close_record();
+        let mut spare = spare;
+        spare.clear();
+        std::mem::replace(&mut self.buf, spare)
+    }
+
+    /// The sealer (for metrics).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+}
+
+/// Splits and opens incoming records.
+#[derive(Debug)]
+pub struct Deframer {
+    buf: BytesMut,
+    filled: usize,
+    opener: Opener,
+}
+
+impl Deframer {
+    /// A deframer opening with `opener`.
+    pub fn new(opener: Opener) -> Self {
+        Deframer {
+            buf: BytesMut::zeroed(RX_CHUNK),
+            filled: 0,
+            opener,
+        }
+    }
+
+    /// Space to read into; call [`Deframer::advance`] with the count read.
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        let need = match record::record_size(&self.buf[..self.filled]) {
+            Ok(Some(size)) => size.max(self.filled + MIN_READ),
+            _ => self.filled + MIN_READ,
+        };
+        if self.buf.len() < need {
+            let mut fresh = BytesMut::zeroed(need.max(RX_CHUNK));
+            fresh[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+            self.buf = fresh;
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// Records that `n` bytes were read into [`Deframer::read_buf`].
+    pub fn advance(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.buf.len());
+    }
+
+    /// Copies bytes in (tests and fuzzing; the data plane reads in place).
+    pub fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.read_buf();
+            let n = room.len().min(data.len());
+            room[..n].copy_from_slice(&data[..n]);
+            self.advance(n);
+            data = &data[n..];
+        }
+    }
+
+    /// Bytes buffered but not yet a whole record.
+    pub fn pending(&self) -> usize {
+        self.filled
+    }
+
+    /// The next whole record, opened: the buffer and its plaintext range.
+    pub fn next_record(&mut self) -> Result<Option<(Bytes, Range<usize>)>, RecordError> {
+        let Some(size) = record::record_size(&self.buf[..self.filled])? else {
+            return Ok(None);
+        };
+        if self.filled < size {
+            return Ok(None);
+        }
+        let mut rec = self.buf.split_to(size);
+        self.filled -= size;
+        let range = self.opener.open(&mut rec)?;
+        Ok(Some((rec.freeze(), range)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{keys, Side};
+
+    fn pair() -> (Framer, Deframer) {
+        let secrets: [u8; 64] = std::array::from_fn(|i| i as u8);
+        let (tx, _) = keys(&secrets, Side::Host, 5);
+        let (_, rx) = keys(&secrets, Side::Site, 5);
+        (Framer::new(tx), Deframer::new(rx))
+    }
+
+    #[test]
+    fn batches_split_byte_by_byte() {
+        let (mut f, mut d) = pair();
+        let mut sent = Vec::new();
+        for i in 0..40u32 {
+            let slot = f.data_slot(i + 1, 100_000);
+            let n = (i as usize * 7919) % slot.len();
+            slot[..n].fill(i as u8);
+            f.commit_data(i + 1, n);
+            sent.push((i + 1, n));
+            f.push_frame(&Frame::Ping(u64::from(i)));
+        }
+        let batch = f.take(Vec::new());
+        assert!(f.records > 1, "several records in one batch");
+        let mut got = Vec::new();
+        for b in batch {
+            d.push(&[b]);
+            while let Some((rec, range)) = d.next_record().expect("authentic") {
+                let mut at = range.start;
+                while at < range.end {
+                    let (fr, next) = frame::decode(&rec[..range.end], at).expect("frame");
+                    if let Frame::Data { stream, payload } = fr {
+                        assert!(rec[payload.clone()]
+                            .iter()
+                            .all(|&x| x == (stream - 1) as u8));
+                        got.push((stream, payload.len()));
+                    }
+                    at = next;
+                }
+            }
+        }
+        assert_eq!(d.pending(), 0);
+        assert_eq!(
+            got,
+            sent.into_iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn empty_slot_leaves_nothing() {
+        let (mut f, _) = pair();
+        let _ = f.data_slot(1, 10);
+        f.commit_data(1, 0);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_allocating() {
+        let (_, mut d) = pair();
+        d.push(&u32::MAX.to_be_bytes());
+        assert!(d.next_record().is_err());
+    }
+}
