@@ -197,7 +197,7 @@ fn many_streams_interleaved_split_at_odd_sizes() {
         .map(|_| p.host.t.open("svc").expect("open"))
         .collect();
     let data: Vec<Vec<u8>> = (0..20).map(|i| pattern(3_000 + i * 13, i as u8)).collect();
-    let mut at = vec![0usize; 20];
+    let mut at = [0usize; 20];
     while at.iter().zip(&data).any(|(a, d)| *a < d.len()) {
         for i in 0..20 {
             at[i] += send(&mut p.host, ids[i], &data[i][at[i]..]);
@@ -333,9 +333,11 @@ fn data_racing_a_reset_returns_its_tunnel_credit() {
 
 #[test]
 fn silence_is_detected_and_pings_keep_it_alive() {
-    let mut host = Config::default();
-    host.ping_interval = Duration::from_millis(100);
-    host.dead_after = Duration::from_millis(350);
+    let host = Config {
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(350),
+        ..Config::default()
+    };
     let mut p = Pair::new(host.clone(), host, 1000);
     // With pings flowing, 10 simulated seconds pass without a verdict.
     for _ in 0..100 {
