@@ -5,4 +5,6 @@
 //! - [`backoff`]: full-jitter exponential backoff for reconnects.
 
 pub mod backoff;
+pub mod signal;
+pub mod tunnel;
 pub mod site;

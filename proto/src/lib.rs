@@ -13,6 +13,7 @@ pub mod channel;
 pub mod duration;
 pub mod enroll;
 pub mod frame;
+pub mod handoff;
 pub mod hex;
 pub mod keyfile;
 pub mod record;

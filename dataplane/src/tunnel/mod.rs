@@ -1,0 +1,361 @@
+//! The tunnel driver: runs [`revtun_proto::tunnel::Tunnel`] over one TCP
+//! connection on the current glommio executor.
+//!
+//! Tasks per tunnel: a reader (tunnel socket -> records -> events), a
+//! writer (sealed batches -> tunnel socket), a timer (pings, dead-peer
+//! detection, stop requests), and two per stream (local socket -> DATA
+//! frames, queued payloads -> local socket). All share one `RefCell`ed
+//! state; no borrow is ever held across an `.await`, so there are no locks
+//! and no contention: the tunnel lives on one core for its whole life.
+//!
+//! Copies per byte: the local read lands directly in the outgoing batch
+//! (`Framer::data_slot`), is sealed in place and written from there; on
+//! the other side the tunnel read lands in the receive chunk, is opened in
+//! place and written to the local socket from a reference-counted slice of
+//! that chunk. User space copies nothing; see `docs/data-plane.md`.
+
+mod tasks;
+
+use crate::signal::Signal;
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use revtun_proto::channel::{Deframer, Framer};
+use revtun_proto::frame::{code, StreamId};
+use revtun_proto::record::{keys, Side, EXPORTER_LEN};
+use revtun_proto::tunnel::{Config, OpenError, Tunnel as Proto};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest DATA payload read from a local socket in one go. Moderate
+/// frames keep streams fair; batches of many frames keep system calls few.
+pub const READ_CHUNK: usize = 128 * 1024;
+/// A stream reader waits when the outgoing batch has less room than this.
+pub const MIN_ROOM: usize = 16 * 1024;
+
+/// What this end does with streams the peer opens.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// The host: opens streams, accepts none.
+    Host,
+    /// The site: connects each opened stream to its service's target.
+    Site {
+        /// Service name -> local target `HOST:PORT`.
+        services: Rc<HashMap<String, String>>,
+    },
+}
+
+/// How to run one tunnel.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Which end this is.
+    pub side: Side,
+    /// Windows and timers.
+    pub cfg: Config,
+    /// Records per key before the ratchet.
+    pub ratchet_interval: u64,
+    /// Site name, for logs.
+    pub name: String,
+}
+
+/// Counters of one tunnel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Bytes read from the tunnel socket.
+    pub bytes_in: u64,
+    /// Bytes written to the tunnel socket.
+    pub bytes_out: u64,
+    /// Streams opened (either side).
+    pub streams_opened: u64,
+}
+
+/// The local side of one stream.
+#[derive(Debug)]
+struct LocalStream {
+    id: StreamId,
+    sock: RefCell<Option<TcpStream>>,
+    /// Payloads from the peer waiting to be written locally.
+    queue: RefCell<VecDeque<Bytes>>,
+    /// Wakes this stream's reader and writer.
+    sig: Signal,
+    peer_ended: Cell<bool>,
+    reset: Cell<bool>,
+    reader_done: Cell<bool>,
+    writer_done: Cell<bool>,
+}
+
+impl LocalStream {
+    fn new(id: StreamId, sock: Option<TcpStream>) -> Rc<Self> {
+        Rc::new(LocalStream {
+            id,
+            sock: RefCell::new(sock),
+            queue: RefCell::default(),
+            sig: Signal::default(),
+            peer_ended: Cell::new(false),
+            reset: Cell::new(false),
+            reader_done: Cell::new(false),
+            writer_done: Cell::new(false),
+        })
+    }
+
+    /// Shuts the local socket down so pending reads and writes finish.
+    fn shutdown(&self, how: Shutdown) {
+        if let Some(s) = self.sock.borrow().as_ref() {
+            let how = match how {
+                Shutdown::Read => nix::sys::socket::Shutdown::Read,
+                Shutdown::Write => nix::sys::socket::Shutdown::Write,
+                Shutdown::Both => nix::sys::socket::Shutdown::Both,
+            };
+            let _ = nix::sys::socket::shutdown(s.as_raw_fd(), how);
+        }
+    }
+}
+
+struct State {
+    t: Proto,
+    framer: Framer,
+    deframer: Deframer,
+    spare: Vec<u8>,
+    streams: HashMap<StreamId, Rc<LocalStream>>,
+    services: Vec<String>,
+    closed: Option<String>,
+    stats: Stats,
+}
+
+struct Inner {
+    st: RefCell<State>,
+    sock: RefCell<TcpStream>,
+    role: Role,
+    name: String,
+    /// Wakes the writer: there is something to send.
+    writer_wake: Signal,
+    /// The outgoing batch was taken: readers waiting for room may go on.
+    room: Signal,
+    /// The tunnel closed.
+    closed_sig: Signal,
+    /// Set from outside (SIGTERM) to close cleanly.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+/// A running tunnel. Cheap to clone; all clones drive the same tunnel.
+#[derive(Clone)]
+pub struct Tunnel {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+/// Why a host-side open failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The tunnel is closed.
+    #[error("tunnel closed")]
+    Closed,
+    /// The site does not offer this service.
+    #[error("service {0:?} is not offered by the site")]
+    UnknownService(String),
+    /// Too many streams.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+impl Tunnel {
+    /// Starts the tunnel tasks on the current executor.
+    pub fn start(
+        sock: TcpStream,
+        secrets: &[u8; EXPORTER_LEN],
+        spec: Spec,
+        role: Role,
+        advertise: &[String],
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Tunnel {
+        let _ = sock.set_nodelay(true);
+        let (sealer, opener) = keys(secrets, spec.side, spec.ratchet_interval);
+        let mut t = Proto::new(spec.side, spec.cfg, Instant::now());
+        if !advertise.is_empty() {
+            t.advertise(advertise);
+        }
+        let inner = Rc::new(Inner {
+            st: RefCell::new(State {
+                t,
+                framer: Framer::new(sealer),
+                deframer: Deframer::new(opener),
+                spare: Vec::new(),
+                streams: HashMap::new(),
+                services: Vec::new(),
+                closed: None,
+                stats: Stats::default(),
+            }),
+            sock: RefCell::new(sock),
+            role,
+            name: spec.name,
+            writer_wake: Signal::default(),
+            room: Signal::default(),
+            closed_sig: Signal::default(),
+            stop,
+        });
+        let tunnel = Tunnel { inner };
+        glommio::spawn_local(tasks::tunnel_reader(tunnel.clone())).detach();
+        glommio::spawn_local(tasks::tunnel_writer(tunnel.clone())).detach();
+        glommio::spawn_local(tasks::timer(tunnel.clone())).detach();
+        tunnel.pump();
+        tunnel
+    }
+
+    /// Site name (for logs).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.st.borrow().closed.is_some()
+    }
+
+    /// Waits until the tunnel closes; returns why.
+    pub async fn closed(&self) -> String {
+        loop {
+            let w = self.inner.closed_sig.wait();
+            if let Some(r) = self.inner.st.borrow().closed.clone() {
+                return r;
+            }
+            w.await;
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.st.borrow().stats
+    }
+
+    /// Live streams.
+    pub fn stream_count(&self) -> usize {
+        self.inner.st.borrow().streams.len()
+    }
+
+    /// Services the site advertised.
+    pub fn services(&self) -> Vec<String> {
+        self.inner.st.borrow().services.clone()
+    }
+
+    /// Opens a stream to `service` carrying `local` (host side).
+    pub fn open_stream(&self, service: &str, local: TcpStream) -> Result<StreamId, StreamError> {
+        let ls = {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return Err(StreamError::Closed);
+            }
+            if !st.services.iter().any(|s| s == service) {
+                return Err(StreamError::UnknownService(service.to_string()));
+            }
+            let id = st.t.open(service)?;
+            st.stats.streams_opened += 1;
+            let _ = local.set_nodelay(true);
+            let ls = LocalStream::new(id, Some(local));
+            st.streams.insert(id, ls.clone());
+            ls
+        };
+        let id = ls.id;
+        self.spawn_stream(ls);
+        self.pump();
+        Ok(id)
+    }
+
+    fn spawn_stream(&self, ls: Rc<LocalStream>) {
+        glommio::spawn_local(tasks::stream_reader(self.clone(), ls.clone())).detach();
+        glommio::spawn_local(tasks::stream_writer(self.clone(), ls)).detach();
+    }
+
+    /// Moves pending protocol frames into the outgoing batch and wakes the
+    /// writer if anything waits.
+    fn pump(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        pump_frames(&mut st);
+        if !st.framer.is_empty() {
+            self.inner.writer_wake.notify();
+        }
+    }
+
+    /// Closes the tunnel now; every stream is reset. Idempotent.
+    pub fn close(&self, reason: impl Into<String>) {
+        let streams = {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            let reason = reason.into();
+            tracing::info!(site = %self.inner.name, %reason, bytes_in = st.stats.bytes_in,
+                bytes_out = st.stats.bytes_out, "tunnel closed");
+            st.closed = Some(reason);
+            std::mem::take(&mut st.streams)
+        };
+        for ls in streams.values() {
+            ls.reset.set(true);
+            ls.shutdown(Shutdown::Both);
+            ls.sig.notify();
+        }
+        let fd = self.inner.sock.borrow().as_raw_fd();
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        self.inner.writer_wake.notify();
+        self.inner.room.notify();
+        self.inner.closed_sig.notify();
+    }
+
+    /// Sends GOAWAY, gives the writer a moment to flush, then closes.
+    pub async fn close_gracefully(&self, reason: &str) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            st.t.go_away(code::SHUTDOWN);
+        }
+        self.pump();
+        for _ in 0..20 {
+            if self.inner.st.borrow().framer.is_empty() {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.close(reason);
+    }
+
+    /// Drops a stream from the driver once both of its tasks are done.
+    fn maybe_finish(&self, ls: &LocalStream) {
+        if ls.reader_done.get() && ls.writer_done.get() {
+            let mut st = self.inner.st.borrow_mut();
+            st.streams.remove(&ls.id);
+            st.t.finished(ls.id);
+        }
+    }
+
+    /// Aborts one stream (local failure or refusal) and tells the peer.
+    fn reset_stream(&self, ls: &LocalStream, why: u8) {
+        ls.reset.set(true);
+        ls.shutdown(Shutdown::Both);
+        ls.sig.notify();
+        {
+            let mut st = self.inner.st.borrow_mut();
+            st.streams.remove(&ls.id);
+            st.t.reset(ls.id, why);
+        }
+        self.pump();
+    }
+}
+
+fn pump_frames(st: &mut State) {
+    if st.t.has_frames() {
+        let mut frames = Vec::new();
+        st.t.take_frames(&mut frames);
+        st.framer.push_encoded(&frames);
+    }
+}

@@ -1,0 +1,321 @@
+//! The tasks of one tunnel. See the module documentation of `tunnel`.
+
+use super::{pump_frames, LocalStream, Role, Tunnel, MIN_ROOM, READ_CHUNK};
+use futures_lite::{AsyncRead, AsyncWrite};
+use revtun_proto::frame::code;
+use revtun_proto::tunnel::Event;
+use std::future::poll_fn;
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Longest the timer sleeps, so stop requests are seen promptly.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Tunnel socket -> records -> protocol events.
+pub(super) async fn tunnel_reader(tun: Tunnel) {
+    let inner = tun.inner.clone();
+    loop {
+        let read = poll_fn(|cx| {
+            let mut st = inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return Poll::Ready(Ok(0));
+            }
+            let buf = st.deframer.read_buf();
+            match Pin::new(&mut *inner.sock.borrow_mut()).poll_read(cx, buf) {
+                Poll::Ready(Ok(n)) => {
+                    st.deframer.advance(n);
+                    st.stats.bytes_in += n as u64;
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        })
+        .await;
+        match read {
+            Ok(0) => return tun.close("the peer closed the connection"),
+            Err(e) => return tun.close(format!("tunnel read failed: {e}")),
+            Ok(_) => {}
+        }
+        if let Err(reason) = process_records(&tun) {
+            tracing::warn!(site = %inner.name, %reason, "closing tunnel: peer misbehaved");
+            return tun.close(reason);
+        }
+        tun.pump();
+    }
+}
+
+/// Opens every whole record received so far and acts on its events.
+fn process_records(tun: &Tunnel) -> Result<(), String> {
+    let inner = &tun.inner;
+    let now = Instant::now();
+    loop {
+        let mut st = inner.st.borrow_mut();
+        let Some((rec, range)) = st.deframer.next_record().map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        st.t.handle_record(&rec[range.clone()], range.start, now).map_err(|e| e.to_string())?;
+        while let Some(ev) = st.t.poll_event() {
+            match ev {
+                Event::Data { id, range } => match st.streams.get(&id) {
+                    Some(ls) if !ls.reset.get() => {
+                        ls.queue.borrow_mut().push_back(rec.slice(range));
+                        ls.sig.notify();
+                    }
+                    // The local side is gone: the bytes are dropped, their credit returned.
+                    _ => st.t.consumed(id, range.len()),
+                },
+                Event::Opened { id, service } => match &inner.role {
+                    Role::Site { services } => match services.get(&service) {
+                        Some(target) => {
+                            let ls = LocalStream::new(id, None);
+                            st.streams.insert(id, ls.clone());
+                            st.stats.streams_opened += 1;
+                            glommio::spawn_local(connect_target(tun.clone(), ls, target.clone())).detach();
+                        }
+                        None => {
+                            tracing::info!(site = %inner.name, %service, "host asked for an unknown service");
+                            st.t.reset(id, code::REFUSED);
+                        }
+                    },
+                    Role::Host => st.t.reset(id, code::REFUSED),
+                },
+                Event::Ended { id } => {
+                    if let Some(ls) = st.streams.get(&id) {
+                        ls.peer_ended.set(true);
+                        ls.sig.notify();
+                    }
+                }
+                Event::Reset { id, code } => {
+                    if let Some(ls) = st.streams.remove(&id) {
+                        tracing::debug!(site = %inner.name, stream = id, code, "stream reset by peer");
+                        ls.reset.set(true);
+                        ls.shutdown(Shutdown::Both);
+                        ls.sig.notify();
+                    }
+                }
+                Event::Credit { id: 0 } | Event::Ready => {
+                    for ls in st.streams.values() {
+                        ls.sig.notify();
+                    }
+                }
+                Event::Credit { id } => {
+                    if let Some(ls) = st.streams.get(&id) {
+                        ls.sig.notify();
+                    }
+                }
+                Event::Services(list) => st.services = list,
+                Event::GoAway(c) => {
+                    drop(st);
+                    tun.close(format!("the peer is going away (code {c})"));
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sealed batches -> tunnel socket.
+pub(super) async fn tunnel_writer(tun: Tunnel) {
+    let inner = tun.inner.clone();
+    loop {
+        let wake = inner.writer_wake.wait();
+        let batch = {
+            let mut st = inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            pump_frames(&mut st);
+            if st.framer.is_empty() {
+                None
+            } else {
+                let spare = std::mem::take(&mut st.spare);
+                Some(st.framer.take(spare))
+            }
+        };
+        let Some(batch) = batch else {
+            wake.await;
+            continue;
+        };
+        inner.room.notify();
+        let mut off = 0;
+        while off < batch.len() {
+            let r = poll_fn(|cx| Pin::new(&mut *inner.sock.borrow_mut()).poll_write(cx, &batch[off..])).await;
+            match r {
+                Ok(0) => return tun.close("tunnel write returned 0"),
+                Ok(n) => off += n,
+                Err(e) => return tun.close(format!("tunnel write failed: {e}")),
+            }
+        }
+        let mut st = inner.st.borrow_mut();
+        st.stats.bytes_out += batch.len() as u64;
+        st.spare = batch;
+    }
+}
+
+/// Pings, dead-peer detection and stop requests.
+pub(super) async fn timer(tun: Tunnel) {
+    let inner = tun.inner.clone();
+    loop {
+        let due = inner.st.borrow().t.poll_timeout();
+        let nap = due.saturating_duration_since(Instant::now()).min(TICK);
+        glommio::timer::sleep(nap.max(Duration::from_millis(1))).await;
+        if inner.st.borrow().closed.is_some() {
+            return;
+        }
+        if inner.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return tun.close_gracefully("shutting down").await;
+        }
+        let verdict = inner.st.borrow_mut().t.handle_timeout(Instant::now());
+        if let Err(e) = verdict {
+            tracing::warn!(site = %inner.name, reason = %e, "closing tunnel");
+            return tun.close(e.to_string());
+        }
+        tun.pump();
+    }
+}
+
+enum Step {
+    Data,
+    Eof,
+    Failed,
+    Stop,
+}
+
+/// Local socket -> DATA frames, read straight into the outgoing batch.
+pub(super) async fn stream_reader(tun: Tunnel, ls: Rc<LocalStream>) {
+    let inner = tun.inner.clone();
+    let id = ls.id;
+    loop {
+        let step = poll_fn(|cx| {
+            let mut st = inner.st.borrow_mut();
+            if st.closed.is_some() || ls.reset.get() {
+                return Poll::Ready(Step::Stop);
+            }
+            let credit = st.t.send_credit(id);
+            if credit == 0 {
+                ls.sig.register(cx);
+                return Poll::Pending;
+            }
+            let room = st.framer.room();
+            if room < MIN_ROOM {
+                inner.room.register(cx);
+                inner.writer_wake.notify();
+                return Poll::Pending;
+            }
+            // Protocol frames (the OPEN above all) go before the data.
+            pump_frames(&mut st);
+            let max = credit.min(room - 1024).min(READ_CHUNK);
+            let mut sock = ls.sock.borrow_mut();
+            let Some(sock) = sock.as_mut() else { return Poll::Ready(Step::Stop) };
+            let slot = st.framer.data_slot(id, max);
+            match Pin::new(sock).poll_read(cx, slot) {
+                Poll::Ready(Ok(0)) => {
+                    st.framer.commit_data(id, 0);
+                    st.t.end(id);
+                    Poll::Ready(Step::Eof)
+                }
+                Poll::Ready(Ok(n)) => {
+                    st.framer.commit_data(id, n);
+                    st.t.sent(id, n);
+                    Poll::Ready(Step::Data)
+                }
+                Poll::Ready(Err(_)) => {
+                    st.framer.commit_data(id, 0);
+                    Poll::Ready(Step::Failed)
+                }
+                Poll::Pending => {
+                    st.framer.commit_data(id, 0);
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        match step {
+            Step::Data => inner.writer_wake.notify(),
+            Step::Eof => {
+                tun.pump();
+                ls.reader_done.set(true);
+                tun.maybe_finish(&ls);
+                return;
+            }
+            Step::Failed => return tun.reset_stream(&ls, code::LOCAL_ERROR),
+            Step::Stop => {
+                ls.reader_done.set(true);
+                return;
+            }
+        }
+    }
+}
+
+/// Queued payloads -> local socket; credit goes back as bytes leave.
+pub(super) async fn stream_writer(tun: Tunnel, ls: Rc<LocalStream>) {
+    let inner = tun.inner.clone();
+    loop {
+        let wake = ls.sig.wait();
+        let next = ls.queue.borrow_mut().pop_front();
+        let Some(chunk) = next else {
+            if ls.reset.get() || inner.st.borrow().closed.is_some() {
+                ls.writer_done.set(true);
+                return;
+            }
+            if ls.peer_ended.get() {
+                ls.shutdown(Shutdown::Write);
+                ls.writer_done.set(true);
+                tun.maybe_finish(&ls);
+                return;
+            }
+            wake.await;
+            continue;
+        };
+        let mut off = 0;
+        while off < chunk.len() {
+            let r = poll_fn(|cx| {
+                if ls.reset.get() {
+                    return Poll::Ready(Err(std::io::Error::other("reset")));
+                }
+                let mut sock = ls.sock.borrow_mut();
+                match sock.as_mut() {
+                    Some(s) => Pin::new(s).poll_write(cx, &chunk[off..]),
+                    None => Poll::Ready(Err(std::io::Error::other("not connected"))),
+                }
+            })
+            .await;
+            match r {
+                Ok(n) if n > 0 => off += n,
+                _ => {
+                    ls.writer_done.set(true);
+                    if !ls.reset.get() {
+                        tun.reset_stream(&ls, code::LOCAL_ERROR);
+                    }
+                    return;
+                }
+            }
+        }
+        inner.st.borrow_mut().t.consumed(ls.id, chunk.len());
+        tun.pump();
+    }
+}
+
+/// Site side: connects an opened stream to its target, then starts it.
+async fn connect_target(tun: Tunnel, ls: Rc<LocalStream>, target: String) {
+    match glommio::net::TcpStream::connect(target.as_str()).await {
+        Ok(s) => {
+            if ls.reset.get() || tun.is_closed() {
+                return;
+            }
+            let _ = s.set_nodelay(true);
+            *ls.sock.borrow_mut() = Some(s);
+            tun.spawn_stream(ls);
+        }
+        Err(e) => {
+            tracing::info!(site = %tun.inner.name, stream = ls.id, %target, error = %e, "service target refused");
+            ls.reader_done.set(true);
+            ls.writer_done.set(true);
+            tun.reset_stream(&ls, code::REFUSED);
+        }
+    }
+}
