@@ -6,6 +6,7 @@
 //! certificates, and never moves bulk bytes.
 
 pub mod clock;
+pub mod dataplane;
 pub mod limits;
 pub mod pki;
 pub mod server;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use revtun_control::clock::SystemClock;
+use revtun_control::dataplane::{DataPlane, Launch};
 use revtun_control::server::{self, ServerOptions};
 use revtun_control::{limits, state, HostState};
 use std::io::Write;
@@ -35,6 +36,34 @@ struct Args {
     /// Validity of site certificates issued at enrollment.
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     site_cert_ttl: Duration,
+    /// Host port for a site's TCP service: SITE/SERVICE=ADDR:PORT (repeatable).
+    /// A client connecting there reaches SERVICE at SITE through its tunnel.
+    #[arg(long, value_parser = revtun_proto::expose::parse_expose)]
+    expose: Vec<revtun_proto::expose::Expose>,
+    /// Data-plane shards (one glommio executor each); default: one per CPU.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Pin data-plane shard k to CPU k.
+    #[arg(long)]
+    pin: bool,
+    /// Path of revtun-dataplane (default: next to this binary).
+    #[arg(long)]
+    dataplane: Option<PathBuf>,
+    /// Tunnel receive window per stream, bytes.
+    #[arg(long)]
+    stream_window: Option<u32>,
+    /// Tunnel receive window per tunnel, bytes.
+    #[arg(long)]
+    tunnel_window: Option<u32>,
+    /// Streams a site may have open at once.
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// Tunnel heartbeat interval.
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat: Option<Duration>,
+    /// Declare a tunnel dead after this long without a frame.
+    #[arg(long, value_parser = parse_duration)]
+    dead_after: Option<Duration>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -50,6 +79,59 @@ fn main() {
         eprintln!("revtun-control: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
+}
+
+fn launch(args: &Args) -> anyhow::Result<Launch> {
+    let program = match &args.dataplane {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("revtun-dataplane"))
+            .context("cannot locate revtun-dataplane; pass --dataplane")?,
+    };
+    if !program.exists() {
+        anyhow::bail!("{} not found; pass --dataplane PATH", program.display());
+    }
+    let shards = args.shards.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if shards == 0 || shards > 256 {
+        anyhow::bail!("--shards must be between 1 and 256");
+    }
+    let mut extra: Vec<String> = args
+        .expose
+        .iter()
+        .map(|e| format!("--expose={e}"))
+        .collect();
+    extra.push(format!("--log-level={}", args.log_level));
+    if args.pin {
+        extra.push("--pin".into());
+    }
+    let opt = |name: &str, v: Option<String>| v.map(|v| format!("--{name}={v}"));
+    extra.extend(
+        [
+            opt("stream-window", args.stream_window.map(|v| v.to_string())),
+            opt("tunnel-window", args.tunnel_window.map(|v| v.to_string())),
+            opt("max-streams", args.max_streams.map(|v| v.to_string())),
+            opt(
+                "heartbeat",
+                args.heartbeat.map(|d| format!("{}ms", d.as_millis())),
+            ),
+            opt(
+                "dead-after",
+                args.dead_after.map(|d| format!("{}ms", d.as_millis())),
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    Ok(Launch {
+        program,
+        shards,
+        args: extra,
+    })
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -80,6 +162,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_pending_per_addr: args.max_pending_per_addr,
         site_cert_ttl: args.site_cert_ttl,
     };
-    server::serve(listener, state, Arc::new(SystemClock::default()), opts)?;
+    let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;
+    server::serve(
+        listener,
+        state,
+        Arc::new(SystemClock::default()),
+        opts,
+        dataplane,
+    )?;
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! bytes io_uring reads and writes what it produces.
 
 use crate::clock::Clock;
+use crate::dataplane::DataPlane;
 use crate::limits;
 use crate::pki;
 use crate::state::HostState;
 use crate::store::{NewCert, Refusal, StoreError};
 use revtun_proto::enroll::{ClientMsg, MsgError, ServerMsg};
+use revtun_proto::record::{EXPORTER_LABEL, EXPORTER_LEN};
 use rustls::{ServerConfig, ServerConnection};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -120,6 +122,8 @@ struct Ctx {
     clock: Arc<dyn Clock>,
     opts: ServerOptions,
     pending: Rc<RefCell<Pending>>,
+    dataplane: Arc<DataPlane>,
+    conn_ids: std::cell::Cell<u64>,
 }
 
 /// A rustls server connection driven over a tokio-uring socket.
@@ -225,6 +229,7 @@ pub fn serve(
     state: Arc<HostState>,
     clock: Arc<dyn Clock>,
     opts: ServerOptions,
+    dataplane: Arc<DataPlane>,
 ) -> Result<(), crate::tls::TlsSetupError> {
     let tls = crate::tls::server_config(&state)?;
     tokio_uring::start(async move {
@@ -235,10 +240,41 @@ pub fn serve(
             clock,
             opts,
             pending: Rc::default(),
+            dataplane,
+            conn_ids: std::cell::Cell::new(0),
         });
+        tokio_uring::spawn(revocations(ctx.clone()));
         accept_loop(listener, ctx).await;
     });
     Ok(())
+}
+
+/// Tells the data plane to close the tunnels of revoked sites, within one
+/// [`limits::REVOCATION_POLL`] of `revtun-keytool revoke`.
+async fn revocations(ctx: Rc<Ctx>) {
+    let mut since = ctx.clock.now_ms();
+    loop {
+        tokio::time::sleep(limits::REVOCATION_POLL).await;
+        let (state, from) = (ctx.state.clone(), since);
+        let now = ctx.clock.now_ms();
+        match blocking(move || state.store.revoked_since(from)).await {
+            Ok(Ok(sites)) => {
+                for (site, _) in sites {
+                    match ctx.dataplane.revoke(&site) {
+                        Ok(shard) => info!(%site, shard, "site revoked; closing its tunnel"),
+                        Err(e) => {
+                            warn!(%site, error = %e, "cannot tell the data plane about a revocation")
+                        }
+                    }
+                }
+                // Overlap by one poll so a revocation committed during the
+                // query is not missed; a repeated revoke is harmless.
+                since = now - limits::REVOCATION_POLL.as_millis() as i64;
+            }
+            Ok(Err(e)) => warn!(error = %e, "revocation poll failed"),
+            Err(e) => warn!(error = %e, "revocation poll failed"),
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
@@ -302,7 +338,7 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
             let _ = stream.shutdown(Shutdown::Both);
         }
         Ok(Ok(Outcome::Enrolled { site })) => info!(%peer, %site, "site enrolled"),
-        Ok(Ok(Outcome::Ready { site, io })) => hold(ctx, io, site, peer).await,
+        Ok(Ok(Outcome::Ready { site, io })) => hand_off(&ctx, *io, &site, peer),
     }
 }
 
@@ -413,34 +449,34 @@ async fn hello(ctx: &Rc<Ctx>, io: &TlsIo, site: &str) -> Result<(), ConnError> {
         .map_err(ConnError::Refused)
 }
 
-/// Holds an authenticated tunnel connection until the site closes it or is
-/// revoked (checked every [`limits::REVOCATION_POLL`]).
-async fn hold(ctx: Rc<Ctx>, mut io: Box<TlsIo>, site: String, peer: SocketAddr) {
-    info!(%peer, %site, "site authenticated; tunnel up");
-    let stream = io.stream.clone();
-    let (state, site2) = (ctx.state.clone(), site.clone());
-    let watcher = tokio_uring::spawn(async move {
-        loop {
-            tokio::time::sleep(limits::REVOCATION_POLL).await;
-            let (state, site) = (state.clone(), site2.clone());
-            let revoked = blocking(move || state.store.is_revoked(&site)).await;
-            if matches!(revoked, Ok(Ok(true))) {
-                info!(site = %site2, "site revoked; closing its tunnel");
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
+/// Passes an authenticated connection to the data plane with its session
+/// keys. Control's own descriptor closes when `io` drops; the socket lives
+/// on in the data plane.
+fn hand_off(ctx: &Ctx, io: TlsIo, site: &str, peer: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    let conn_id = ctx.conn_ids.get() + 1;
+    ctx.conn_ids.set(conn_id);
+    let secrets = match io
+        .conn
+        .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, %site, error = %e, "key export failed; closing");
+            let _ = io.stream.shutdown(Shutdown::Both);
+            return;
         }
-    });
-    // The data channel is not spoken here; anything but TLS housekeeping
-    // ends the session.
-    while io.read_some().await.is_ok() {
-        let mut sink = [0u8; 1];
-        let idle = matches!(io.conn.reader().read(&mut sink), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        if !idle {
-            break;
+    };
+    match ctx
+        .dataplane
+        .hand_off(site, secrets, conn_id, io.stream.as_raw_fd())
+    {
+        Ok(shard) => {
+            info!(%peer, %site, conn_id, shard, "site authenticated; tunnel handed to the data plane")
+        }
+        Err(e) => {
+            warn!(%peer, %site, error = %e, "hand-off failed; closing");
+            let _ = io.stream.shutdown(Shutdown::Both);
         }
     }
-    watcher.abort();
-    let _ = io.stream.shutdown(Shutdown::Both);
-    info!(%peer, %site, "tunnel closed");
 }

@@ -429,6 +429,17 @@ impl Store {
         Ok(!matches!(r, Some(None)))
     }
 
+    /// Sites revoked at or after `since`, with their revocation time.
+    pub fn revoked_since(
+        &self,
+        since: UnixMillis,
+    ) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT name, revoked_at FROM sites WHERE revoked_at >= ?1")?;
+        let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every site with its state, for `list`.
     pub fn list(&self, now: UnixMillis) -> Result<Vec<SiteSummary>, StoreError> {
         let conn = self.lock();

@@ -4,7 +4,10 @@
 //!   enrollment, hello) and the site's own state directory.
 //! - [`backoff`]: full-jitter exponential backoff for reconnects.
 
+pub mod agent;
 pub mod backoff;
+pub mod config;
+pub mod host;
 pub mod signal;
-pub mod tunnel;
 pub mod site;
+pub mod tunnel;

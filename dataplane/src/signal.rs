@@ -32,7 +32,10 @@ impl Signal {
 
     /// Resolves at the next `notify` after this call.
     pub fn wait(&self) -> Wait<'_> {
-        Wait { signal: self, start: self.generation.get() }
+        Wait {
+            signal: self,
+            start: self.generation.get(),
+        }
     }
 }
 

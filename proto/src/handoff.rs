@@ -35,7 +35,9 @@ pub enum Handoff {
 impl std::fmt::Debug for Handoff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Handoff::Tunnel { site, conn_id, .. } => write!(f, "Tunnel {{ site: {site}, conn_id: {conn_id} }}"),
+            Handoff::Tunnel { site, conn_id, .. } => {
+                write!(f, "Tunnel {{ site: {site}, conn_id: {conn_id} }}")
+            }
             Handoff::Revoke { site } => write!(f, "Revoke {{ site: {site} }}"),
         }
     }
@@ -53,7 +55,10 @@ impl Handoff {
         let name = &site.as_bytes()[..site.len().min(crate::MAX_SITE_NAME_LEN)];
         out.push(name.len() as u8);
         out.extend_from_slice(name);
-        if let Handoff::Tunnel { secrets, conn_id, .. } = self {
+        if let Handoff::Tunnel {
+            secrets, conn_id, ..
+        } = self
+        {
             out.extend_from_slice(secrets);
             out.extend_from_slice(&conn_id.to_be_bytes());
         }
@@ -74,9 +79,15 @@ impl Handoff {
                 secrets.copy_from_slice(&rest[..EXPORTER_LEN]);
                 let mut id = [0u8; 8];
                 id.copy_from_slice(&rest[EXPORTER_LEN..]);
-                Some(Handoff::Tunnel { site: site.to_string(), secrets, conn_id: u64::from_be_bytes(id) })
+                Some(Handoff::Tunnel {
+                    site: site.to_string(),
+                    secrets,
+                    conn_id: u64::from_be_bytes(id),
+                })
             }
-            T_REVOKE if rest.is_empty() => Some(Handoff::Revoke { site: site.to_string() }),
+            T_REVOKE if rest.is_empty() => Some(Handoff::Revoke {
+                site: site.to_string(),
+            }),
             _ => None,
         }
     }
@@ -99,7 +110,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let a = Handoff::Tunnel { site: "s-1".into(), secrets: [9; 64], conn_id: 77 };
+        let a = Handoff::Tunnel {
+            site: "s-1".into(),
+            secrets: [9; 64],
+            conn_id: 77,
+        };
         let b = Handoff::Revoke { site: "s-1".into() };
         for m in [a, b] {
             assert_eq!(Handoff::decode(&m.encode()), Some(m.clone()));
@@ -108,7 +123,15 @@ mod tests {
                 assert_eq!(Handoff::decode(&e[..cut]), None);
             }
         }
-        assert!(!format!("{:?}", Handoff::Tunnel { site: "s".into(), secrets: [0xab; 64], conn_id: 1 }).contains("171"));
+        assert!(!format!(
+            "{:?}",
+            Handoff::Tunnel {
+                site: "s".into(),
+                secrets: [0xab; 64],
+                conn_id: 1
+            }
+        )
+        .contains("171"));
         assert!(shard_for("abc", 4) < 4);
         assert_eq!(shard_for("abc", 1), 0);
     }

@@ -12,6 +12,7 @@
 pub mod channel;
 pub mod duration;
 pub mod enroll;
+pub mod expose;
 pub mod frame;
 pub mod handoff;
 pub mod hex;

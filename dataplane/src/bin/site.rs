@@ -2,11 +2,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use revtun_dataplane::backoff::{random_unit, Backoff};
+use revtun_dataplane::agent::{self, AgentConfig};
+use revtun_dataplane::config::{parse_service, TunnelArgs};
 use revtun_dataplane::site::{self, Identity, SiteError, DEFAULT_SITE_STATE_DIR};
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// revtun site agent: enrolls with a keyfile, then holds the tunnel to the
 /// host over one outbound connection.
@@ -49,6 +52,11 @@ enum Cmd {
         /// Longest wait between reconnect attempts.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         max_backoff: Duration,
+        /// A site service the host may open, NAME=HOST:PORT (repeatable).
+        #[arg(long = "service", value_parser = parse_service)]
+        services: Vec<(String, String)>,
+        #[command(flatten)]
+        tunnel: TunnelArgs,
     },
 }
 
@@ -104,44 +112,35 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             state_dir,
             keyfile,
             max_backoff,
+            services,
+            tunnel,
         } => {
+            let mut map = HashMap::new();
+            for (name, target) in services {
+                if map.insert(name.clone(), target).is_some() {
+                    anyhow::bail!("--service {name} given twice");
+                }
+            }
             let id = if Identity::exists(&state_dir) {
                 Identity::load(&state_dir)?
             } else {
                 let kf = keyfile.ok_or(SiteError::NotEnrolled(state_dir.clone()))?;
                 do_enroll(&kf, &state_dir)?
             };
-            hold_forever(&id, max_backoff).context("tunnel")?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
+            }
+            let cfg = AgentConfig {
+                services: map,
+                tunnel: tunnel.config(),
+                max_backoff,
+                stop,
+            };
+            agent::run(id, cfg).context("tunnel")?;
+            println!("stopped");
         }
     }
     Ok(())
-}
-
-/// Connection that stayed up this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
-
-fn hold_forever(id: &Identity, max_backoff: Duration) -> Result<(), SiteError> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
-    loop {
-        let started = Instant::now();
-        match site::hello(id) {
-            Ok(mut s) => {
-                tracing::info!(site = %id.site, endpoint = %s.endpoint, "tunnel up");
-                println!("tunnel up via {}", s.endpoint);
-                // Until the data channel exists, the tunnel is held idle:
-                // wait for the host to close it.
-                let mut sink = [0u8; 1024];
-                while matches!(s.stream.read(&mut sink), Ok(n) if n > 0) {}
-                tracing::warn!(site = %id.site, "tunnel closed by the host");
-            }
-            Err(e) if e.is_transient() => tracing::warn!(error = %e, "cannot reach the host"),
-            Err(e) => return Err(e),
-        }
-        if started.elapsed() >= STABLE_AFTER {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay(random_unit());
-        tracing::info!(?delay, "reconnecting");
-        std::thread::sleep(delay);
-    }
 }

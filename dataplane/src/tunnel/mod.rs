@@ -150,7 +150,9 @@ pub struct Tunnel {
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel").field("name", &self.inner.name).finish_non_exhaustive()
+        f.debug_struct("Tunnel")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -211,6 +213,11 @@ impl Tunnel {
         tunnel
     }
 
+    /// True when both handles drive the same tunnel.
+    pub fn same(&self, other: &Tunnel) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Site name (for logs).
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -251,13 +258,24 @@ impl Tunnel {
     pub fn open_stream(&self, service: &str, local: TcpStream) -> Result<StreamId, StreamError> {
         let ls = {
             let mut st = self.inner.st.borrow_mut();
-            if st.closed.is_some() {
-                return Err(StreamError::Closed);
+            let refused = if st.closed.is_some() {
+                Some(StreamError::Closed)
+            } else if !st.services.iter().any(|s| s == service) {
+                Some(StreamError::UnknownService(service.to_string()))
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                reject(local);
+                return Err(e);
             }
-            if !st.services.iter().any(|s| s == service) {
-                return Err(StreamError::UnknownService(service.to_string()));
-            }
-            let id = st.t.open(service)?;
+            let id = match st.t.open(service) {
+                Ok(id) => id,
+                Err(e) => {
+                    reject(local);
+                    return Err(e.into());
+                }
+            };
             st.stats.streams_opened += 1;
             let _ = local.set_nodelay(true);
             let ls = LocalStream::new(id, Some(local));
@@ -350,6 +368,12 @@ impl Tunnel {
         }
         self.pump();
     }
+}
+
+/// Closes a client connection with a reset, so the client fails at once.
+pub fn reject(conn: TcpStream) {
+    let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+    drop(conn);
 }
 
 fn pump_frames(st: &mut State) {

@@ -57,7 +57,8 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
         let Some((rec, range)) = st.deframer.next_record().map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        st.t.handle_record(&rec[range.clone()], range.start, now).map_err(|e| e.to_string())?;
+        st.t.handle_record(&rec[range.clone()], range.start, now)
+            .map_err(|e| e.to_string())?;
         while let Some(ev) = st.t.poll_event() {
             match ev {
                 Event::Data { id, range } => match st.streams.get(&id) {
@@ -74,7 +75,8 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                             let ls = LocalStream::new(id, None);
                             st.streams.insert(id, ls.clone());
                             st.stats.streams_opened += 1;
-                            glommio::spawn_local(connect_target(tun.clone(), ls, target.clone())).detach();
+                            glommio::spawn_local(connect_target(tun.clone(), ls, target.clone()))
+                                .detach();
                         }
                         None => {
                             tracing::info!(site = %inner.name, %service, "host asked for an unknown service");
@@ -143,7 +145,9 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
         inner.room.notify();
         let mut off = 0;
         while off < batch.len() {
-            let r = poll_fn(|cx| Pin::new(&mut *inner.sock.borrow_mut()).poll_write(cx, &batch[off..])).await;
+            let r =
+                poll_fn(|cx| Pin::new(&mut *inner.sock.borrow_mut()).poll_write(cx, &batch[off..]))
+                    .await;
             match r {
                 Ok(0) => return tun.close("tunnel write returned 0"),
                 Ok(n) => off += n,
@@ -166,7 +170,11 @@ pub(super) async fn timer(tun: Tunnel) {
         if inner.st.borrow().closed.is_some() {
             return;
         }
-        if inner.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+        if inner
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
             return tun.close_gracefully("shutting down").await;
         }
         let verdict = inner.st.borrow_mut().t.handle_timeout(Instant::now());
@@ -210,7 +218,9 @@ pub(super) async fn stream_reader(tun: Tunnel, ls: Rc<LocalStream>) {
             pump_frames(&mut st);
             let max = credit.min(room - 1024).min(READ_CHUNK);
             let mut sock = ls.sock.borrow_mut();
-            let Some(sock) = sock.as_mut() else { return Poll::Ready(Step::Stop) };
+            let Some(sock) = sock.as_mut() else {
+                return Poll::Ready(Step::Stop);
+            };
             let slot = st.framer.data_slot(id, max);
             match Pin::new(sock).poll_read(cx, slot) {
                 Poll::Ready(Ok(0)) => {

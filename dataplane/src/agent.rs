@@ -1,0 +1,110 @@
+//! The site agent (the Reverse Tunnel role): authenticate, run the tunnel,
+//! reconnect with full-jitter backoff across the endpoints, stop cleanly.
+
+use crate::backoff::{random_unit, Backoff};
+use crate::site::{self, Identity, SiteError};
+use crate::tunnel::{Role, Spec, Tunnel};
+use revtun_proto::record::{Side, EXPORTER_LABEL, EXPORTER_LEN, RATCHET_INTERVAL};
+use revtun_proto::tunnel::Config;
+use std::collections::HashMap;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A connection that stayed up this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// First backoff step.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Service name -> local target.
+    pub services: HashMap<String, String>,
+    /// Tunnel windows and timers.
+    pub tunnel: Config,
+    /// Longest wait between reconnects.
+    pub max_backoff: Duration,
+    /// Set to stop (SIGTERM).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs the agent until stopped or definitively refused.
+pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
+    let ex = glommio::LocalExecutorBuilder::default()
+        .name("revtun-site")
+        .make()
+        .map_err(|e| SiteError::Local(format!("cannot start the executor: {e}")))?;
+    ex.run(agent_loop(id, cfg))
+}
+
+async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
+    let services = Rc::new(cfg.services.clone());
+    let names: Vec<String> = {
+        let mut v: Vec<String> = cfg.services.keys().cloned().collect();
+        v.sort();
+        v
+    };
+    let mut backoff = Backoff::new(BACKOFF_BASE, cfg.max_backoff);
+    loop {
+        if cfg.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match site::hello(&id) {
+            Ok(session) => {
+                let secrets = session
+                    .tls
+                    .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
+                    .map_err(|e| SiteError::Local(format!("key export: {e}")))?;
+                session
+                    .stream
+                    .set_nonblocking(true)
+                    .map_err(|e| SiteError::Local(e.to_string()))?;
+                let sock = glommio::net::TcpStream::from(socket2::Socket::from(session.stream));
+                tracing::info!(site = %id.site, endpoint = %session.endpoint, "tunnel up");
+                println!("tunnel up via {}", session.endpoint);
+                let _ = std::io::stdout().flush();
+                let spec = Spec {
+                    side: Side::Site,
+                    cfg: cfg.tunnel.clone(),
+                    ratchet_interval: RATCHET_INTERVAL,
+                    name: id.site.clone(),
+                };
+                let t = Tunnel::start(
+                    sock,
+                    &secrets,
+                    spec,
+                    Role::Site {
+                        services: services.clone(),
+                    },
+                    &names,
+                    Some(cfg.stop.clone()),
+                );
+                let reason = t.closed().await;
+                tracing::warn!(site = %id.site, %reason, "tunnel closed");
+            }
+            Err(e) if e.is_transient() => tracing::warn!(error = %e, "cannot reach the host"),
+            Err(e) => return Err(e),
+        }
+        if cfg.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(random_unit());
+        tracing::info!(?delay, "reconnecting");
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !cfg.stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            )
+            .await;
+        }
+    }
+}

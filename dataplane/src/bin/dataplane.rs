@@ -1,0 +1,59 @@
+//! `revtun-dataplane`: the host data plane. Started and supervised by
+//! `revtun-control`, which hands it authenticated tunnel sockets.
+
+use clap::Parser;
+use revtun_dataplane::config::{parse_expose, Expose, TunnelArgs};
+use revtun_dataplane::host::{self, HostConfig};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// revtun host data plane (started by revtun-control; not run by hand).
+#[derive(Debug, Parser)]
+#[command(name = "revtun-dataplane", version)]
+struct Args {
+    /// Unix socket to control, one per shard (inherited descriptor numbers).
+    #[arg(long = "control-fd", required = true)]
+    control_fds: Vec<RawFd>,
+    /// Host port for a site's TCP service, SITE/SERVICE=ADDR:PORT.
+    #[arg(long, value_parser = parse_expose)]
+    expose: Vec<Expose>,
+    /// Pin shard k to CPU k.
+    #[arg(long)]
+    pin: bool,
+    #[command(flatten)]
+    tunnel: TunnelArgs,
+    /// Log filter.
+    #[arg(long, env = "REVTUN_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
+        eprintln!("revtun-dataplane: bad --log-level: {e}");
+        std::process::exit(2);
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut fds = Vec::new();
+    for raw in &args.control_fds {
+        if *raw < 3 || !std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists() {
+            eprintln!("revtun-dataplane: --control-fd {raw} is not an open descriptor (this binary is started by revtun-control)");
+            std::process::exit(2);
+        }
+        // SAFETY: the descriptor is open (checked above) and was passed to
+        // this process for its exclusive use by revtun-control.
+        fds.push(unsafe { OwnedFd::from_raw_fd(*raw) });
+    }
+    let cfg = HostConfig {
+        exposes: args.expose,
+        tunnel: args.tunnel.config(),
+        pin: args.pin,
+    };
+    if let Err(e) = host::run(fds, cfg) {
+        eprintln!("revtun-dataplane: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,91 @@
+//! Command-line pieces shared by the host data plane and the site agent.
+
+use revtun_proto::tunnel::Config;
+use std::time::Duration;
+
+/// Tunnel flags (both ends).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TunnelArgs {
+    /// Receive window per stream, bytes: the most one stalled stream holds.
+    #[arg(long, default_value_t = Config::default().stream_window)]
+    pub stream_window: u32,
+    /// Receive window per tunnel, bytes: the most one tunnel's receive side holds.
+    #[arg(long, default_value_t = Config::default().tunnel_window)]
+    pub tunnel_window: u32,
+    /// Streams the peer may have open at once.
+    #[arg(long, default_value_t = Config::default().max_streams)]
+    pub max_streams: u32,
+    /// Heartbeat: send a ping after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Declare the tunnel dead when nothing arrived for this long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub dead_after: Duration,
+}
+
+impl TunnelArgs {
+    /// The protocol configuration.
+    pub fn config(&self) -> Config {
+        Config {
+            stream_window: self.stream_window.max(1),
+            tunnel_window: self.tunnel_window.max(1),
+            max_streams: self.max_streams.max(1),
+            ping_interval: self.heartbeat,
+            dead_after: self.dead_after.max(self.heartbeat),
+        }
+    }
+
+    /// The same flags as arguments (control passes them to the data plane).
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            format!("--stream-window={}", self.stream_window),
+            format!("--tunnel-window={}", self.tunnel_window),
+            format!("--max-streams={}", self.max_streams),
+            format!("--heartbeat={}ms", self.heartbeat.as_millis()),
+            format!("--dead-after={}ms", self.dead_after.as_millis()),
+        ]
+    }
+}
+
+/// Parses a duration flag.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    revtun_proto::duration::parse(s)
+}
+
+/// `NAME=HOST:PORT`, for `--service`.
+pub fn parse_service(s: &str) -> Result<(String, String), String> {
+    let (name, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=HOST:PORT"))?;
+    if !revtun_proto::frame::valid_service_name(name) {
+        return Err(format!(
+            "service name {name:?} must be 1-64 of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if !target.contains(':') {
+        return Err(format!("service target {target:?} is not HOST:PORT"));
+    }
+    Ok((name.to_string(), target.to_string()))
+}
+
+pub use revtun_proto::expose::{parse_expose, Expose};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags() {
+        assert_eq!(
+            parse_service("web=127.0.0.1:80"),
+            Ok(("web".into(), "127.0.0.1:80".into()))
+        );
+        assert!(parse_service("web").is_err());
+        assert!(parse_service("we b=h:1").is_err());
+        let e = parse_expose("site-a/web=127.0.0.1:8080").expect("parses");
+        assert_eq!(e.to_string(), "site-a/web=127.0.0.1:8080");
+        assert!(parse_expose("site-a=127.0.0.1:1").is_err());
+        assert!(parse_expose("Site/web=127.0.0.1:1").is_err());
+        assert!(parse_expose("s/web=nowhere").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The host data plane: one glommio executor per shard. A shard owns the
+//! tunnels of the sites that hash to it and those sites' service ports, so
+//! a client connection and its tunnel always meet on one core.
+//!
+//! Each shard reads hand-offs from its own Unix socket to control
+//! (SOCK_SEQPACKET): a tunnel socket (`SCM_RIGHTS`) with its session
+//! secrets, or a revocation. When control goes away the shard exits, and so
+//! does the process; control restarts it.
+
+use crate::config::Expose;
+use crate::tunnel::{Role, Spec, Tunnel};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use revtun_proto::handoff::{shard_for, Handoff, MAX_HANDOFF_LEN};
+use revtun_proto::record::{Side, RATCHET_INTERVAL};
+use revtun_proto::tunnel::Config;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+/// Host data-plane settings.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Service ports.
+    pub exposes: Vec<Expose>,
+    /// Tunnel windows and timers.
+    pub tunnel: Config,
+    /// Pin shard `k` to CPU `k` (perf lab placement).
+    pub pin: bool,
+}
+
+/// Runs one executor per control socket until control goes away.
+pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
+    let shards = control_fds.len();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut handles = Vec::new();
+    for (k, fd) in control_fds.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        let placement = if cfg.pin {
+            glommio::Placement::Fixed(k % cpus)
+        } else {
+            glommio::Placement::Unbound
+        };
+        let h = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("revtun-dp{k}"))
+            .spawn(move || shard(k, shards, fd, cfg))
+            .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
+        handles.push(h);
+    }
+    for h in handles {
+        h.join().map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    }
+    Ok(())
+}
+
+type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
+
+async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
+    let registry: Registry = Rc::default();
+    for e in cfg
+        .exposes
+        .iter()
+        .filter(|e| shard_for(&e.site, shards) == k)
+    {
+        match glommio::net::TcpListener::bind(e.listen) {
+            Ok(l) => {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(shard = k, expose = %e, "service port listening");
+                println!("exposing {}/{} on {addr}", e.site, e.service);
+                let _ = std::io::stdout().flush();
+                glommio::spawn_local(serve_port(l, e.clone(), registry.clone())).detach();
+            }
+            Err(err) => tracing::error!(shard = k, expose = %e, error = %err, "cannot listen"),
+        }
+    }
+    // SAFETY: `control` is an open socket we own; ownership moves into the
+    // glommio stream, which closes it on drop.
+    let ctl_fd = control.as_raw_fd();
+    let ctl = unsafe { glommio::net::UnixStream::from_raw_fd(control.into_raw_fd()) };
+    let mut probe = [0u8; 1];
+    loop {
+        match ctl.peek(&mut probe).await {
+            Ok(0) | Err(_) => {
+                tracing::info!(shard = k, "control went away; data plane exiting");
+                std::process::exit(0);
+            }
+            Ok(_) => {}
+        }
+        loop {
+            match recv_handoff(ctl_fd) {
+                Ok(Some((msg, fd))) => handle(k, &registry, msg, fd, &cfg),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(shard = k, error = %e, "control socket failed; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+fn handle(k: usize, registry: &Registry, msg: Vec<u8>, fd: Option<OwnedFd>, cfg: &HostConfig) {
+    match (Handoff::decode(&msg), fd) {
+        (
+            Some(Handoff::Tunnel {
+                site,
+                secrets,
+                conn_id,
+            }),
+            Some(fd),
+        ) => {
+            let std = std::net::TcpStream::from(fd);
+            if let Err(e) = std.set_nonblocking(true) {
+                tracing::warn!(%site, error = %e, "handed-off socket unusable");
+                return;
+            }
+            let sock = glommio::net::TcpStream::from(socket2::Socket::from(std));
+            if let Some(old) = registry.borrow_mut().remove(&site) {
+                tracing::warn!(%site, conn_id, "a second connection for this site: replacing the old tunnel");
+                old.close("replaced by a newer connection of the same site");
+            }
+            let spec = Spec {
+                side: Side::Host,
+                cfg: cfg.tunnel.clone(),
+                ratchet_interval: RATCHET_INTERVAL,
+                name: site.clone(),
+            };
+            let t = Tunnel::start(sock, &secrets, spec, Role::Host, &[], None);
+            tracing::info!(shard = k, %site, conn_id, "tunnel started");
+            registry.borrow_mut().insert(site.clone(), t.clone());
+            let registry = registry.clone();
+            glommio::spawn_local(async move {
+                t.closed().await;
+                let mut r = registry.borrow_mut();
+                if r.get(&site).is_some_and(|cur| cur.same(&t)) {
+                    r.remove(&site);
+                }
+            })
+            .detach();
+        }
+        (Some(Handoff::Revoke { site }), _) => {
+            if let Some(t) = registry.borrow_mut().remove(&site) {
+                tracing::info!(%site, "site revoked: closing its tunnel");
+                t.close("site revoked");
+            }
+        }
+        (decoded, _) => tracing::error!(
+            shard = k,
+            ?decoded,
+            "malformed hand-off from control; ignored"
+        ),
+    }
+}
+
+/// Receives one message and the socket attached to it, if any.
+fn recv_handoff(fd: RawFd) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    let mut buf = [0u8; MAX_HANDOFF_LEN];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = match recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Err(Errno::EAGAIN) => return Ok(None),
+        r => r?,
+    };
+    let n = msg.bytes;
+    let mut owned: Option<OwnedFd> = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed `raw` in our table for this
+                // message; nothing else refers to it, so we take ownership
+                // (extra descriptors are closed by dropping them).
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                if owned.is_none() {
+                    owned = Some(fd);
+                }
+            }
+        }
+    }
+    if n == 0 && owned.is_none() {
+        return Err(Errno::ECONNRESET);
+    }
+    Ok(Some((buf[..n].to_vec(), owned)))
+}
+
+/// Accepts clients on a service port and opens a stream for each.
+async fn serve_port(listener: glommio::net::TcpListener, e: Expose, registry: Registry) {
+    loop {
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(expose = %e, error = %err, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let tunnel = registry
+            .borrow()
+            .get(&e.site)
+            .filter(|t| !t.is_closed())
+            .cloned();
+        match tunnel {
+            Some(t) => {
+                if let Err(err) = t.open_stream(&e.service, conn) {
+                    tracing::info!(expose = %e, error = %err, "client refused");
+                }
+            }
+            None => {
+                tracing::info!(expose = %e, "site offline: client refused");
+                crate::tunnel::reject(conn);
+            }
+        }
+    }
+}
