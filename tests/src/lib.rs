@@ -284,3 +284,126 @@ pub fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+pub mod service;
+
+/// A free loopback port: bind port 0, note the port, release it.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A host with one exposed service and a site agent serving it.
+#[derive(Debug)]
+pub struct Bench {
+    /// The host (control + data plane).
+    pub host: Host,
+    /// The site agent.
+    pub agent: Proc,
+    /// The site state directory.
+    pub site_dir: PathBuf,
+    /// Host address of the service port.
+    pub port: SocketAddr,
+    /// The site's target service.
+    pub target: SocketAddr,
+    /// Extra site-agent flags, reused on restart.
+    pub agent_args: Vec<String>,
+}
+
+impl Bench {
+    /// Starts everything: a service at the site, a host exposing it as
+    /// `bench/svc`, and the agent. `host_extra` and `agent_extra` are flags.
+    pub fn start(host_extra: &[&str], agent_extra: &[&str]) -> Result<Bench> {
+        let target = service::start()?;
+        let port: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let expose = format!("bench/svc={port}");
+        let mut flags = vec!["--expose", &expose];
+        flags.extend_from_slice(host_extra);
+        let host = Host::start(&flags)?;
+        let kf = host.issue("bench", &[])?;
+        let site_dir = host.path("bench-site");
+        let mut agent_args: Vec<String> = vec![format!("--service=svc={target}")];
+        agent_args.extend(agent_extra.iter().map(|s| s.to_string()));
+        let o = site(&[
+            "enroll",
+            "--keyfile",
+            &kf.to_string_lossy(),
+            "--state-dir",
+            &site_dir.to_string_lossy(),
+        ])?;
+        if !o.status.success() {
+            bail!("enroll: {}", stderr(&o));
+        }
+        let agent = Self::spawn_agent(&site_dir, &agent_args)?;
+        let b = Bench {
+            host,
+            agent,
+            site_dir,
+            port,
+            target,
+            agent_args,
+        };
+        b.wait_ready(Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    fn spawn_agent(dir: &Path, extra: &[String]) -> Result<Proc> {
+        let p = Proc::spawn(
+            Command::new(bin("revtun-site"))
+                .arg("run")
+                .arg("--state-dir")
+                .arg(dir)
+                .args(extra),
+        )?;
+        p.wait_stdout("tunnel up", Duration::from_secs(10))?;
+        Ok(p)
+    }
+
+    /// Restarts the site agent (after it was killed).
+    pub fn restart_agent(&mut self) -> Result<()> {
+        self.agent = Self::spawn_agent(&self.site_dir, &self.agent_args)?;
+        Ok(())
+    }
+
+    /// Waits until a client gets through to the service.
+    pub fn wait_ready(&self, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.sink_roundtrip(b"ping").is_ok() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "service not reachable through the tunnel within {limit:?}; host log:\n{}",
+                    self.host.control.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connects to the host port.
+    pub fn connect(&self) -> Result<std::net::TcpStream> {
+        let s = std::net::TcpStream::connect(self.port)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// Sends `data` to the SINK command, half-closes, returns the reply line.
+    pub fn sink_roundtrip(&self, data: &[u8]) -> Result<String> {
+        use std::io::Write;
+        let mut s = self.connect()?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"SINK\n")?;
+        s.write_all(data)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        if reply.is_empty() {
+            bail!("empty reply");
+        }
+        Ok(reply.trim().to_string())
+    }
+}
