@@ -46,6 +46,9 @@ struct Args {
     /// Pin data-plane shard k to CPU k.
     #[arg(long)]
     pin: bool,
+    /// Data-plane shards busy-poll this long before sleeping (lower latency, more CPU).
+    #[arg(long, value_parser = parse_duration)]
+    spin: Option<Duration>,
     /// Path of revtun-dataplane (default: next to this binary).
     #[arg(long)]
     dataplane: Option<PathBuf>,

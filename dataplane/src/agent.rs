@@ -29,12 +29,21 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// Set to stop (SIGTERM).
     pub stop: Arc<AtomicBool>,
+    /// Pin the agent's executor to this CPU (perf lab placement).
+    pub cpu: Option<usize>,
+    /// Busy-poll this long before the idle executor sleeps.
+    pub spin: Duration,
 }
 
 /// Runs the agent until stopped or definitively refused.
 pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
-    let ex = glommio::LocalExecutorBuilder::default()
+    let placement = match cfg.cpu {
+        Some(c) => glommio::Placement::Fixed(c),
+        None => glommio::Placement::Unbound,
+    };
+    let ex = glommio::LocalExecutorBuilder::new(placement)
         .name("revtun-site")
+        .spin_before_park(cfg.spin)
         .make()
         .map_err(|e| SiteError::Local(format!("cannot start the executor: {e}")))?;
     ex.run(agent_loop(id, cfg))

@@ -29,6 +29,8 @@ pub struct HostConfig {
     pub tunnel: Config,
     /// Pin shard `k` to CPU `k` (perf lab placement).
     pub pin: bool,
+    /// Busy-poll this long before parking an idle executor (latency vs CPU).
+    pub spin: std::time::Duration,
 }
 
 /// Runs one executor per control socket until control goes away.
@@ -47,6 +49,7 @@ pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
         };
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("revtun-dp{k}"))
+            .spin_before_park(cfg.spin)
             .spawn(move || shard(k, shards, fd, cfg))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);

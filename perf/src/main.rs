@@ -5,10 +5,11 @@
 //! `baseline` measured in the same run (raw loopback TCP), never as a bare
 //! number: absolute figures drift 10-30% between runs on shared machines.
 //!
-//! Scenarios so far: `baseline`. The tunnel scenarios arrive with the
-//! tunnel (see the open issues).
+//! Scenarios: `baseline` (raw loopback TCP), `throughput`, `latency`,
+//! `connect` (tunnel vs raw, same run).
 
 mod baseline;
+mod tunnel;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline), or 'all'.
+    /// Scenario to run (baseline, throughput, latency, connect), or 'all'.
     scenario: String,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -30,7 +31,7 @@ struct Args {
 }
 
 /// Scenario names in the order `all` runs them.
-const SCENARIOS: &[&str] = &["baseline"];
+const SCENARIOS: &[&str] = &["baseline", "throughput", "latency", "connect"];
 
 fn main() {
     let args = Args::parse();
@@ -54,6 +55,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("== {name}");
         let value: Value = match name {
             "baseline" => baseline::run(args.quick)?,
+            "throughput" => tunnel::throughput(args.quick)?,
+            "latency" => tunnel::latency(args.quick)?,
+            "connect" => tunnel::connect_time(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

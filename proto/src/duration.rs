@@ -1,4 +1,4 @@
-//! Human durations for command-line flags: `500ms`, `10s`, `30m`, `24h`, `7d`.
+//! Human durations for command-line flags: `50us`, `500ms`, `10s`, `30m`, `24h`, `7d`.
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("duration {text:?} is too large"))?;
     let secs_per_unit = match unit {
+        "us" => return Ok(Duration::from_micros(n)),
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
         "m" => 60,
@@ -23,7 +24,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => {
             return Err(format!(
-                "duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+                "duration {text:?} has unknown unit {unit:?}; use us, ms, s, m, h or d"
             ))
         }
     };
@@ -42,6 +43,7 @@ mod tests {
         assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse("10").is_err());
         assert!(parse("h").is_err());

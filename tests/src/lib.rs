@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary next to the test executable's profile dir.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let path = dir.join(name);
+    // Next to a binary (target/<profile>/revtun-perf), or one level up
+    // from a test (target/<profile>/deps/<test>).
+    let here = exe.parent().expect("executable directory");
+    let path = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.exists(),
         "{} is missing: run 'cargo build --workspace --bins' before the tests",

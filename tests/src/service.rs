@@ -5,6 +5,8 @@
 //!   (so the client can half-close and still read the reply).
 //! - `SOURCE <bytes> <seed>\n`: sends `<bytes>` of [`fill`] data, closes.
 //! - `ECHO\n`: echoes everything until EOF.
+//! - `DISCARD\n`: reads until EOF, answers `<bytes>\n` (perf: no hashing).
+//! - `ZEROS <bytes>\n`: sends `<bytes>` zero bytes, closes (perf: no generation).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -100,6 +102,28 @@ fn serve(c: TcpStream) -> std::io::Result<()> {
             while left > 0 {
                 let k = left.min(buf.len() as u64) as usize;
                 fill(&mut buf[..k], &mut state);
+                w.write_all(&buf[..k])?;
+                left -= k as u64;
+            }
+        }
+        ["DISCARD"] => {
+            let mut total = r.buffer().len() as u64;
+            let mut inner = r.into_inner();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = inner.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            writeln!(w, "{total}")?;
+        }
+        ["ZEROS", n] => {
+            let mut left: u64 = n.parse().unwrap_or(0);
+            let buf = vec![0u8; 1 << 20];
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
                 w.write_all(&buf[..k])?;
                 left -= k as u64;
             }

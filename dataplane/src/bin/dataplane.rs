@@ -19,6 +19,9 @@ struct Args {
     /// Pin shard k to CPU k.
     #[arg(long)]
     pin: bool,
+    /// Busy-poll this long before an idle shard sleeps (lower latency, more CPU).
+    #[arg(long, default_value = "0ms", value_parser = revtun_dataplane::config::parse_duration)]
+    spin: std::time::Duration,
     #[command(flatten)]
     tunnel: TunnelArgs,
     /// Log filter.
@@ -51,6 +54,7 @@ fn main() {
         exposes: args.expose,
         tunnel: args.tunnel.config(),
         pin: args.pin,
+        spin: args.spin,
     };
     if let Err(e) = host::run(fds, cfg) {
         eprintln!("revtun-dataplane: {e:#}");

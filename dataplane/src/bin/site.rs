@@ -57,6 +57,12 @@ enum Cmd {
         services: Vec<(String, String)>,
         #[command(flatten)]
         tunnel: TunnelArgs,
+        /// Pin the agent to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Busy-poll this long before the idle agent sleeps (lower latency, more CPU).
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        spin: Duration,
     },
 }
 
@@ -114,6 +120,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             max_backoff,
             services,
             tunnel,
+            cpu,
+            spin,
         } => {
             let mut map = HashMap::new();
             for (name, target) in services {
@@ -137,6 +145,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 tunnel: tunnel.config(),
                 max_backoff,
                 stop,
+                cpu,
+                spin,
             };
             agent::run(id, cfg).context("tunnel")?;
             println!("stopped");

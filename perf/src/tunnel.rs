@@ -1,0 +1,229 @@
+//! Tunnel scenarios: each measures the tunnel and raw loopback TCP (the
+//! same client, the same service, no tunnel) in the same run, interleaved.
+//!
+//! Placement: the host data plane runs one shard pinned to CPU 0, the site
+//! agent is pinned to CPU 1 (PERF_NOTES: both ends on one core costs a
+//! third of the throughput); control, clients and the service float.
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+use revtun_tests::Bench;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Starts a host and site placed on different cores.
+pub fn bench() -> Result<Bench> {
+    let spin = std::env::var("REVTUN_PERF_SPIN").unwrap_or_else(|_| "0us".into());
+    let pin = std::env::var("REVTUN_PERF_PIN")
+        .map(|v| v != "0")
+        .unwrap_or(true);
+    let mut host = vec!["--shards", "1", "--log-level", "warn", "--spin", &spin];
+    let site_spin = format!("--spin={spin}");
+    let mut site = vec!["--log-level=warn", &site_spin];
+    if pin {
+        host.push("--pin");
+        site.push("--cpu=1");
+    }
+    Bench::start(&host, &site)
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    Ok(s)
+}
+
+/// Pushes zeros to DISCARD for `dur`; returns bytes confirmed by the service.
+fn push(addr: SocketAddr, dur: Duration) -> Result<(u64, Duration)> {
+    let mut s = connect(addr)?;
+    s.write_all(b"DISCARD\n")?;
+    let buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let took = start.elapsed();
+    let n: u64 = line
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad DISCARD reply {line:?}"))?;
+    Ok((n, took))
+}
+
+fn gbit(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
+}
+
+/// `n` concurrent pushes; per-stream Gbit/s.
+fn pushes(addr: SocketAddr, n: usize, dur: Duration) -> Result<Vec<f64>> {
+    let ts: Vec<_> = (0..n)
+        .map(|_| std::thread::spawn(move || push(addr, dur)))
+        .collect();
+    let mut out = Vec::new();
+    for t in ts {
+        let (b, d) = t.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        out.push(gbit(b, d));
+    }
+    Ok(out)
+}
+
+/// Median of a sample.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `throughput`: one stream and 8 streams, tunnel vs raw.
+pub fn throughput(quick: bool) -> Result<Value> {
+    let b = bench()?;
+    let (reps, dur) = if quick {
+        (1, Duration::from_millis(500))
+    } else {
+        (5, Duration::from_secs(3))
+    };
+    let (mut raw1, mut tun1, mut raw8, mut tun8, mut fair) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..reps {
+        raw1.push(pushes(b.target, 1, dur)?[0]);
+        tun1.push(pushes(b.port, 1, dur)?[0]);
+        raw8.push(pushes(b.target, 8, dur)?.iter().sum());
+        let per = pushes(b.port, 8, dur)?;
+        let total: f64 = per.iter().sum();
+        let share = total / 8.0;
+        let worst = per
+            .iter()
+            .map(|x| (x - share).abs() / share)
+            .fold(0.0, f64::max);
+        fair.push(worst);
+        tun8.push(total);
+    }
+    let (r1, t1, r8, t8) = (
+        median(raw1.clone()),
+        median(tun1.clone()),
+        median(raw8.clone()),
+        median(tun8.clone()),
+    );
+    Ok(json!({
+        "what": "host port -> tunnel -> site service (DISCARD), 1 MiB client writes; raw = same client straight to the service",
+        "placement": "data plane shard pinned to CPU 0, site agent to CPU 1",
+        "repetitions": reps,
+        "seconds_each": dur.as_secs_f64(),
+        "raw_one_gbit_s": r1,
+        "tunnel_one_gbit_s": t1,
+        "ratio_one": t1 / r1,
+        "raw_eight_gbit_s": r8,
+        "tunnel_eight_gbit_s": t8,
+        "ratio_eight": t8 / r8,
+        "eight_over_one": t8 / t1,
+        "eight_worst_deviation_from_fair_share": median(fair.clone()),
+        "targets": { "ratio_one": 0.40, "eight_over_one": 1.0, "fair_share_deviation": 0.20 },
+        "samples": { "raw_one": raw1, "tunnel_one": tun1, "raw_eight": raw8, "tunnel_eight": tun8, "fairness": fair },
+    }))
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// 64-byte ping-pongs over one ECHO connection.
+fn pingpong(addr: SocketAddr, n: usize) -> Result<Histogram<u64>> {
+    let mut s = connect(addr)?;
+    s.write_all(b"ECHO\n")?;
+    let msg = [0x42u8; 64];
+    let mut back = [0u8; 64];
+    let mut h = hist();
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+        if i >= n / 10 {
+            // The first tenth warms caches and is not recorded.
+            h.record(t.elapsed().as_nanos() as u64)?;
+        }
+    }
+    if back != msg {
+        bail!("echo mismatch");
+    }
+    Ok(h)
+}
+
+fn pct(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50_us": h.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_us": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "p999_us": h.value_at_quantile(0.999) as f64 / 1000.0,
+        "max_us": h.max() as f64 / 1000.0,
+        "count": h.len(),
+    })
+}
+
+fn ratios(t: &Histogram<u64>, r: &Histogram<u64>) -> Value {
+    let q = |h: &Histogram<u64>, p| h.value_at_quantile(p) as f64;
+    json!({
+        "p50": q(t, 0.5) / q(r, 0.5),
+        "p99": q(t, 0.99) / q(r, 0.99),
+        "p999": q(t, 0.999) / q(r, 0.999),
+    })
+}
+
+/// Histogram as (value_us, cumulative fraction) points for the report.
+pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    [
+        0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999,
+    ]
+    .iter()
+    .map(|&q| (h.value_at_quantile(q) as f64 / 1000.0, q))
+    .collect()
+}
+
+/// `latency`: 64-byte request/response round trips, tunnel vs direct.
+pub fn latency(quick: bool) -> Result<Value> {
+    let b = bench()?;
+    let n = if quick { 2_000 } else { 50_000 };
+    let (mut raw, mut tun) = (hist(), hist());
+    for _ in 0..if quick { 1 } else { 3 } {
+        raw.add(pingpong(b.target, n)?)?;
+        tun.add(pingpong(b.port, n)?)?;
+    }
+    Ok(json!({
+        "what": "64-byte ping-pong over one connection (ECHO service)",
+        "round_trips_each": n,
+        "raw": pct(&raw),
+        "tunnel": pct(&tun),
+        "ratio": ratios(&tun, &raw),
+        "targets": { "p50": 1.6, "p99": 2.0 },
+        "cdf_us": { "raw": cdf(&raw), "tunnel": cdf(&tun) },
+    }))
+}
+
+/// `connect`: new connection + first round trip, tunnel vs direct.
+pub fn connect_time(quick: bool) -> Result<Value> {
+    let b = bench()?;
+    let n = if quick { 50 } else { 2_000 };
+    let one = |addr: SocketAddr| -> Result<u64> {
+        let t = Instant::now();
+        let mut s = connect(addr)?;
+        s.write_all(b"ECHO\nx")?;
+        let mut c = [0u8; 1];
+        s.read_exact(&mut c)?;
+        Ok(t.elapsed().as_nanos() as u64)
+    };
+    let (mut raw, mut tun) = (hist(), hist());
+    for _ in 0..n {
+        raw.record(one(b.target)?)?;
+        tun.record(one(b.port)?)?;
+    }
+    Ok(json!({
+        "what": "TCP connect, 'ECHO' and a 1-byte round trip on a new connection (a new stream through the tunnel)",
+        "connections_each": n,
+        "raw": pct(&raw),
+        "tunnel": pct(&tun),
+        "ratio": ratios(&tun, &raw),
+    }))
+}
