@@ -113,6 +113,14 @@ impl DataPlane {
         })?;
         drop(children);
         tracing::info!(pid = child.id(), shards = self.shards, "data plane started");
+        // On stdout too, whatever the log level: operators and the test
+        // harness find the process by it.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "data plane started pid={}", child.id());
+            let _ = out.flush();
+        }
         *self.lock() = Some(parents);
         Ok(child)
     }

@@ -153,12 +153,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     let listener =
         server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, ca = %state.ca.fingerprint(), "control listening");
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {local}")?;
-        out.flush()?;
-    }
     let opts = ServerOptions {
         handshake_timeout: args.handshake_timeout,
         max_pending: args.max_pending,
@@ -166,6 +160,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         site_cert_ttl: args.site_cert_ttl,
     };
     let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;
+    tracing::info!(listen = %local, ca = %state.ca.fingerprint(), "control listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}")?;
+        out.flush()?;
+    }
     server::serve(
         listener,
         state,

@@ -11,3 +11,7 @@ pub mod host;
 pub mod signal;
 pub mod site;
 pub mod tunnel;
+
+/// The socket type glommio streams convert from (for callers building
+/// tunnels from std sockets, like the perf lab).
+pub use socket2::Socket as Socket2;

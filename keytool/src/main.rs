@@ -5,9 +5,8 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use revtun_control::clock::{format_ms, to_datetime, Clock, SystemClock};
-use revtun_control::{pki, state, HostState};
-use revtun_proto::keyfile::{Endpoint, Keyfile};
-use revtun_proto::token::Token;
+use revtun_control::{provision, state, HostState};
+use revtun_proto::keyfile::Endpoint;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -147,45 +146,25 @@ fn issue(
         );
     }
     let st = HostState::load(dir)?;
-    let now = clock.now_ms();
-    let expires = now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-    let token = Token {
-        id: pki::random_bytes()?,
-        secret: pki::random_bytes()?,
-    };
-    let kf = Keyfile {
-        site: site.to_string(),
-        endpoints,
-        created: to_datetime(now)
-            .replace_millisecond(0)
-            .unwrap_or(to_datetime(now)),
-        expires: to_datetime(expires)
-            .replace_millisecond(0)
-            .unwrap_or(to_datetime(expires)),
-        ca_fingerprint: st.ca.fingerprint(),
-        token,
-        ca_cert_pem: st.ca_cert_pem.clone(),
-    };
-    // Write the file first (create_new, 0600), then record the token: a
-    // failed write leaves no live token behind.
+    // Create the file first (create_new, 0600) so a path problem leaves no
+    // live token behind; record the token; then write the contents.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
         .with_context(|| format!("--out {}", out.display()))?;
+    let kf = match provision::issue(&st, site, endpoints, ttl, reissue, clock.now_ms()) {
+        Ok(kf) => kf,
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            return Err(e.into());
+        }
+    };
     f.write_all(kf.to_text().as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", out.display()))?;
-    // The store compares against the truncated expiry written in the file.
     let file_expires = kf.expires.unix_timestamp() * 1000;
-    if let Err(e) = st
-        .store
-        .add_token(site, &kf.token, now, file_expires, reissue)
-    {
-        let _ = std::fs::remove_file(out);
-        return Err(e.into());
-    }
     println!(
         "keyfile for site {site} written to {} (expires {})",
         out.display(),

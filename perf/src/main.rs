@@ -6,9 +6,10 @@
 //! number: absolute figures drift 10-30% between runs on shared machines.
 //!
 //! Scenarios: `baseline` (raw loopback TCP), `throughput`, `latency`,
-//! `connect` (tunnel vs raw, same run).
+//! `connect` (tunnel vs raw, same run), `idle` (memory per idle tunnel).
 
 mod baseline;
+mod idle;
 mod tunnel;
 
 use anyhow::{bail, Context};
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect), or 'all'.
+    /// Scenario to run (baseline, throughput, latency, connect, idle), or 'all'.
     scenario: String,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -31,7 +32,7 @@ struct Args {
 }
 
 /// Scenario names in the order `all` runs them.
-const SCENARIOS: &[&str] = &["baseline", "throughput", "latency", "connect"];
+const SCENARIOS: &[&str] = &["baseline", "throughput", "latency", "connect", "idle"];
 
 fn main() {
     let args = Args::parse();
@@ -58,6 +59,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "throughput" => tunnel::throughput(args.quick)?,
             "latency" => tunnel::latency(args.quick)?,
             "connect" => tunnel::connect_time(args.quick)?,
+            "idle" => idle::run(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

@@ -237,6 +237,18 @@ impl Host {
         Ok(Host { dir, control, addr })
     }
 
+    /// PID of the current data plane (from control's stdout).
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        self.control
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("data plane started pid="))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
     /// The host state directory.
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("host")

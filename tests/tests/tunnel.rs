@@ -194,15 +194,6 @@ fn offline_site_port_refuses_at_once() -> Result<()> {
     Ok(())
 }
 
-fn pid_of_dataplane(log: &str) -> Option<i32> {
-    log.lines()
-        .rev()
-        .find(|l| l.contains("data plane started"))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-}
-
 #[test]
 fn a_frozen_site_is_detected_by_heartbeat_and_comes_back() -> Result<()> {
     use nix::sys::signal::{kill, Signal};
@@ -242,8 +233,10 @@ fn killing_the_data_plane_recovers_within_3s() -> Result<()> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let b = Bench::start(&[], &[])?;
-    let pid = pid_of_dataplane(&b.host.control.log())
-        .ok_or_else(|| anyhow::anyhow!("no data plane pid in log"))?;
+    let pid = b
+        .host
+        .dataplane_pid()
+        .ok_or_else(|| anyhow::anyhow!("no data plane pid"))?;
     kill(Pid::from_raw(pid), Signal::SIGKILL)?;
     let t = Instant::now();
     // Wait until the new data plane runs, then until the service answers.
@@ -253,7 +246,7 @@ fn killing_the_data_plane_recovers_within_3s() -> Result<()> {
     b.wait_ready(Duration::from_secs(3))?;
     let took = t.elapsed();
     assert!(took < Duration::from_secs(3), "service back after {took:?}");
-    let new_pid = pid_of_dataplane(&b.host.control.log());
+    let new_pid = b.host.dataplane_pid();
     assert!(
         new_pid.is_some_and(|p| p != pid),
         "a new data plane was started"
@@ -283,7 +276,10 @@ fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> 
         &["--stream-window", "1048576", "--tunnel-window", "8388608"],
         &[],
     )?;
-    let dp = pid_of_dataplane(&b.host.control.log()).ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let dp = b
+        .host
+        .dataplane_pid()
+        .ok_or_else(|| anyhow::anyhow!("no pid"))?;
     let before = rss_kib(dp).unwrap_or(0);
     // Stream A asks for 1 GiB and never reads.
     let mut stalled = b.connect()?;
