@@ -30,7 +30,8 @@ fn deliver(from: &mut End, to: &mut End, split: usize, now: Instant) {
     let mut frames = Vec::new();
     from.t.take_frames(&mut frames);
     from.f.push_encoded(&frames);
-    let wire = from.f.take(Vec::new());
+    let (buf, len) = from.f.take(Vec::new());
+    let wire = &buf[..len];
     for chunk in wire.chunks(split.max(1)) {
         to.d.push(chunk);
         while let Some((rec, range)) = to.d.next_record().expect("authentic") {

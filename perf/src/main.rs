@@ -10,6 +10,8 @@
 
 mod baseline;
 mod idle;
+mod multi;
+mod report;
 mod tunnel;
 
 use anyhow::{bail, Context};
@@ -22,13 +24,16 @@ use std::path::PathBuf;
 #[command(name = "revtun-perf", version)]
 struct Args {
     /// Scenario to run (baseline, throughput, latency, connect, idle), or 'all'.
-    scenario: String,
+    scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
     quick: bool,
-    /// Write the results as JSON to this file.
+    /// Write the results as JSON to this file (and an SVG report beside it).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Render the SVG report from an existing JSON results file and exit.
+    #[arg(long)]
+    render: Option<PathBuf>,
 }
 
 /// Scenario names in the order `all` runs them.
@@ -43,7 +48,17 @@ fn main() {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let names: Vec<&str> = match args.scenario.as_str() {
+    if let Some(path) = &args.render {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let out = path.with_extension("svg");
+        std::fs::write(&out, report::svg(&v))?;
+        println!("report: {}", out.display());
+        return Ok(());
+    }
+    let Some(scenario) = args.scenario.as_deref() else {
+        bail!("name a scenario ({} or all)", SCENARIOS.join(", "));
+    };
+    let names: Vec<&str> = match scenario {
         "all" => SCENARIOS.to_vec(),
         s if SCENARIOS.contains(&s) => vec![s],
         other => bail!(
@@ -73,6 +88,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
+        let svg = path.with_extension("svg");
+        std::fs::write(&svg, report::svg(&report))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        eprintln!("results: {} and {}", path.display(), svg.display());
     }
     Ok(())
 }

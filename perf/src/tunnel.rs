@@ -9,12 +9,17 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use revtun_tests::Bench;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Starts a host and site placed on different cores.
 pub fn bench() -> Result<Bench> {
+    bench_with(&[], &[])
+}
+
+/// [`bench`] with extra host and site flags.
+pub fn bench_with(host_extra: &[&str], site_extra: &[&str]) -> Result<Bench> {
     let spin = std::env::var("REVTUN_PERF_SPIN").unwrap_or_else(|_| "0us".into());
     let pin = std::env::var("REVTUN_PERF_PIN")
         .map(|v| v != "0")
@@ -26,6 +31,8 @@ pub fn bench() -> Result<Bench> {
         host.push("--pin");
         site.push("--cpu=1");
     }
+    host.extend_from_slice(host_extra);
+    site.extend_from_slice(site_extra);
     Bench::start(&host, &site)
 }
 
@@ -36,52 +43,21 @@ fn connect(addr: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// Pushes zeros to DISCARD for `dur`; returns bytes confirmed by the service.
-fn push(addr: SocketAddr, dur: Duration) -> Result<(u64, Duration)> {
-    let mut s = connect(addr)?;
-    s.write_all(b"DISCARD\n")?;
-    let buf = vec![0u8; 1 << 20];
-    let start = Instant::now();
-    while start.elapsed() < dur {
-        s.write_all(&buf)?;
-    }
-    s.shutdown(Shutdown::Write)?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let took = start.elapsed();
-    let n: u64 = line
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("bad DISCARD reply {line:?}"))?;
-    Ok((n, took))
-}
-
-fn gbit(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
-}
-
-/// `n` concurrent pushes; per-stream Gbit/s.
-fn pushes(addr: SocketAddr, n: usize, dur: Duration) -> Result<Vec<f64>> {
-    let ts: Vec<_> = (0..n)
-        .map(|_| std::thread::spawn(move || push(addr, dur)))
-        .collect();
-    let mut out = Vec::new();
-    for t in ts {
-        let (b, d) = t.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-        out.push(gbit(b, d));
-    }
-    Ok(out)
-}
-
 /// Median of a sample.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// `throughput`: one stream and 8 streams, tunnel vs raw.
+/// `throughput`: one stream and 8 streams, tunnel vs raw. One thread
+/// drives all streams and one thread sinks them (see `multi`).
 pub fn throughput(quick: bool) -> Result<Value> {
-    let b = bench()?;
+    let sink = crate::multi::start_sink()?;
+    let port: SocketAddr = format!("127.0.0.1:{}", revtun_tests::free_port()?).parse()?;
+    let b = bench_with(
+        &["--expose", &format!("bench/sink={port}")],
+        &[&format!("--service=sink={sink}")],
+    )?;
     let (reps, dur) = if quick {
         (1, Duration::from_millis(500))
     } else {
@@ -89,20 +65,22 @@ pub fn throughput(quick: bool) -> Result<Value> {
     };
     let (mut raw1, mut tun1, mut raw8, mut tun8, mut fair) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let push = crate::multi::push;
     for _ in 0..reps {
-        raw1.push(pushes(b.target, 1, dur)?[0]);
-        tun1.push(pushes(b.port, 1, dur)?[0]);
-        raw8.push(pushes(b.target, 8, dur)?.iter().sum());
-        let per = pushes(b.port, 8, dur)?;
+        raw1.push(push(sink, 1, dur)?[0]);
+        tun1.push(push(port, 1, dur)?[0]);
+        raw8.push(push(sink, 8, dur)?.iter().sum());
+        let per = push(port, 8, dur)?;
         let total: f64 = per.iter().sum();
         let share = total / 8.0;
-        let worst = per
-            .iter()
-            .map(|x| (x - share).abs() / share)
-            .fold(0.0, f64::max);
-        fair.push(worst);
+        fair.push(
+            per.iter()
+                .map(|x| (x - share).abs() / share)
+                .fold(0.0, f64::max),
+        );
         tun8.push(total);
     }
+    drop(b);
     let (r1, t1, r8, t8) = (
         median(raw1.clone()),
         median(tun1.clone()),
@@ -110,8 +88,8 @@ pub fn throughput(quick: bool) -> Result<Value> {
         median(tun8.clone()),
     );
     Ok(json!({
-        "what": "host port -> tunnel -> site service (DISCARD), 1 MiB client writes; raw = same client straight to the service",
-        "placement": "data plane shard pinned to CPU 0, site agent to CPU 1",
+        "what": "host port -> tunnel -> site sink; raw = the same client straight to the sink. One client thread and one sink thread for all streams, 1 MiB writes",
+        "placement": "data plane shard pinned to CPU 0, site agent to CPU 1; client, sink and control float",
         "repetitions": reps,
         "seconds_each": dur.as_secs_f64(),
         "raw_one_gbit_s": r1,

@@ -26,9 +26,14 @@ pub const MIN_READ: usize = 64 * 1024;
 pub const RX_CHUNK: usize = 2 * 1024 * 1024;
 
 /// Builds sealed outgoing batches.
+///
+/// The buffer keeps its full length between batches (a cursor marks the
+/// filled part), so handing out a data slot never zero-fills memory.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// Bytes of `buf` that belong to the current batch.
+    filled: usize,
     /// Start of the open record, if one is open.
     open: Option<usize>,
     /// Where the last data slot's header sits.
@@ -38,11 +43,17 @@ pub struct Framer {
     pub records: u64,
 }
 
+/// Size a batch buffer grows to: the batch limit plus one maximal frame,
+/// record header and tag.
+const BATCH_BUF: usize = BATCH_LIMIT + MAX_RECORD_PLAINTEXT + 64;
+
 impl Framer {
-    /// A framer sealing with `sealer`.
+    /// A framer sealing with `sealer`. Its buffer grows on first use, so an
+    /// idle tunnel costs no batch memory.
     pub fn new(sealer: Sealer) -> Self {
         Framer {
-            buf: Vec::with_capacity(BATCH_LIMIT + 64 * 1024),
+            buf: Vec::new(),
+            filled: 0,
             open: None,
             slot: None,
             sealer,
@@ -52,44 +63,60 @@ impl Framer {
 
     /// Bytes waiting to be taken.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.filled
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.filled == 0
     }
 
     /// Bytes that can still be added before the batch is full.
     pub fn room(&self) -> usize {
-        BATCH_LIMIT.saturating_sub(self.buf.len())
+        BATCH_LIMIT.saturating_sub(self.filled)
+    }
+
+    fn ensure(&mut self, need: usize) {
+        let want = self.filled + need;
+        if self.buf.len() < want {
+            // Small batches (control frames) stay small; data grows the
+            // buffer once to its full size.
+            let size = if want <= 4096 {
+                4096
+            } else {
+                BATCH_BUF.max(want)
+            };
+            self.buf.resize(size, 0);
+        }
     }
 
     fn open_record(&mut self, need: usize) {
         if let Some(start) = self.open {
-            let plain = self.buf.len() - start - RECORD_HEADER_LEN;
+            let plain = self.filled - start - RECORD_HEADER_LEN;
             if plain + need <= MAX_RECORD_PLAINTEXT {
                 return;
             }
             self.close_record();
         }
-        self.open = Some(self.buf.len());
-        self.buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+        self.ensure(RECORD_HEADER_LEN + need + TAG_LEN);
+        self.open = Some(self.filled);
+        self.filled += RECORD_HEADER_LEN;
     }
 
     fn close_record(&mut self) {
         if let Some(start) = self.open.take() {
-            self.buf.extend_from_slice(&[0; TAG_LEN]);
-            self.sealer.seal(&mut self.buf[start..]);
+            self.ensure(TAG_LEN);
+            self.filled += TAG_LEN;
+            self.sealer.seal(&mut self.buf[start..self.filled]);
             self.records += 1;
         }
     }
 
     /// Appends a non-DATA frame.
     pub fn push_frame(&mut self, f: &Frame<'_>) {
-        // Control frames are small; 512 bytes bounds the largest SERVICES.
-        self.open_record(FRAME_HEADER_LEN + 64 * 1024);
-        frame::encode(f, &mut self.buf);
+        let mut tmp = Vec::new();
+        frame::encode(f, &mut tmp);
+        self.push_encoded(&tmp);
     }
 
     /// Appends already-encoded frames (as produced by [`crate::tunnel::Tunnel`]).
@@ -98,7 +125,9 @@ impl Framer {
             return;
         }
         self.open_record(frames.len());
-        self.buf.extend_from_slice(frames);
+        self.ensure(frames.len() + TAG_LEN);
+        self.buf[self.filled..self.filled + frames.len()].copy_from_slice(frames);
+        self.filled += frames.len();
     }
 
     /// Opens a DATA frame for `stream` with room for up to `max` payload
@@ -108,36 +137,35 @@ impl Framer {
             .min(frame::MAX_FRAME_PAYLOAD)
             .min(MAX_RECORD_PLAINTEXT - FRAME_HEADER_LEN);
         self.open_record(FRAME_HEADER_LEN + max);
-        let at = self.buf.len();
-        self.buf.resize(at + FRAME_HEADER_LEN + max, 0);
+        self.ensure(FRAME_HEADER_LEN + max + TAG_LEN);
+        let at = self.filled;
         frame::write_header(&mut self.buf[at..], frame::kind::DATA, stream, 0);
         self.slot = Some(at);
-        &mut self.buf[at + FRAME_HEADER_LEN..]
+        &mut self.buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + max]
     }
 
     /// Keeps `n` bytes of the last data slot (0 removes the frame).
     pub fn commit_data(&mut self, stream: StreamId, n: usize) {
         let Some(at) = self.slot.take() else { return };
         if n == 0 {
-            self.buf.truncate(at);
-            if self.open == Some(at - RECORD_HEADER_LEN) && self.buf.len() == at {
+            if self.open == Some(at - RECORD_HEADER_LEN) && self.filled == at {
                 // The record holds nothing: drop its header too.
-                self.buf.truncate(at - RECORD_HEADER_LEN);
+                self.filled = at - RECORD_HEADER_LEN;
                 self.open = None;
             }
             return;
         }
-        self.buf.truncate(at + FRAME_HEADER_LEN + n);
         frame::write_header(&mut self.buf[at..], frame::kind::DATA, stream, n);
+        self.filled = at + FRAME_HEADER_LEN + n;
     }
 
-    /// Seals the open record and returns the batch, leaving `spare` (cleared)
-    /// in its place so buffers are reused.
-    pub fn take(&mut self, spare: Vec<u8>) -> Vec<u8> {
+    /// Seals the open record and returns the batch buffer and how many of
+    /// its bytes to send. `spare` (a buffer returned from an earlier batch)
+    /// takes its place, so buffers are reused without zero-filling.
+    pub fn take(&mut self, spare: Vec<u8>) -> (Vec<u8>, usize) {
         self.close_record();
-        let mut spare = spare;
-        spare.clear();
-        std::mem::replace(&mut self.buf, spare)
+        let len = std::mem::take(&mut self.filled);
+        (std::mem::replace(&mut self.buf, spare), len)
     }
 
     /// The sealer (for metrics).
@@ -151,6 +179,8 @@ impl Framer {
 pub struct Deframer {
     buf: BytesMut,
     filled: usize,
+    /// Size of the next chunk; doubles with use up to [`RX_CHUNK`].
+    chunk: usize,
     opener: Opener,
 }
 
@@ -158,22 +188,31 @@ impl Deframer {
     /// A deframer opening with `opener`.
     pub fn new(opener: Opener) -> Self {
         Deframer {
-            buf: BytesMut::zeroed(RX_CHUNK),
+            buf: BytesMut::new(),
             filled: 0,
+            chunk: MIN_READ,
             opener,
         }
     }
 
     /// Space to read into; call [`Deframer::advance`] with the count read.
+    ///
+    /// When the chunk runs out, its allocation is reclaimed if every record
+    /// handed out from it has been dropped (the usual case once the data
+    /// was written on), else a new chunk is allocated; the partial record
+    /// at the end moves to the front either way.
     pub fn read_buf(&mut self) -> &mut [u8] {
         let need = match record::record_size(&self.buf[..self.filled]) {
             Ok(Some(size)) => size.max(self.filled + MIN_READ),
             _ => self.filled + MIN_READ,
         };
         if self.buf.len() < need {
-            let mut fresh = BytesMut::zeroed(need.max(RX_CHUNK));
-            fresh[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-            self.buf = fresh;
+            let size = need.max(self.chunk);
+            self.buf.truncate(self.filled);
+            self.buf.reserve(size - self.filled);
+            self.buf.resize(size, 0);
+            // Busy tunnels get big chunks; idle ones stay small.
+            self.chunk = (self.chunk * 2).min(RX_CHUNK);
         }
         &mut self.buf[self.filled..]
     }
@@ -238,10 +277,10 @@ mod tests {
             sent.push((i + 1, n));
             f.push_frame(&Frame::Ping(u64::from(i)));
         }
-        let batch = f.take(Vec::new());
+        let (batch, len) = f.take(Vec::new());
         assert!(f.records > 1, "several records in one batch");
         let mut got = Vec::new();
-        for b in batch {
+        for &b in &batch[..len] {
             d.push(&[b]);
             while let Some((rec, range)) = d.next_record().expect("authentic") {
                 let mut at = range.start;

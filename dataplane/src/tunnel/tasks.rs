@@ -138,16 +138,17 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
                 Some(st.framer.take(spare))
             }
         };
-        let Some(batch) = batch else {
+        let Some((batch, len)) = batch else {
             wake.await;
             continue;
         };
         inner.room.notify();
         let mut off = 0;
-        while off < batch.len() {
-            let r =
-                poll_fn(|cx| Pin::new(&mut *inner.sock.borrow_mut()).poll_write(cx, &batch[off..]))
-                    .await;
+        while off < len {
+            let r = poll_fn(|cx| {
+                Pin::new(&mut *inner.sock.borrow_mut()).poll_write(cx, &batch[off..len])
+            })
+            .await;
             match r {
                 Ok(0) => return tun.close("tunnel write returned 0"),
                 Ok(n) => off += n,
@@ -155,7 +156,7 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
             }
         }
         let mut st = inner.st.borrow_mut();
-        st.stats.bytes_out += batch.len() as u64;
+        st.stats.bytes_out += len as u64;
         st.spare = batch;
     }
 }

@@ -90,7 +90,8 @@ impl Pair {
         if from.framer.is_empty() {
             return Ok(false);
         }
-        let wire = from.framer.take(Vec::new());
+        let (buf, len) = from.framer.take(Vec::new());
+        let wire = &buf[..len];
         for chunk in wire.chunks(split) {
             to.deframer.push(chunk);
             while let Some((rec, range)) = to.deframer.next_record().expect("authentic records") {
