@@ -299,3 +299,60 @@ fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> 
     assert!(stalled.read(&mut buf)? > 0);
     Ok(())
 }
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let b = Bench::start(&[], &[])?;
+    kill(Pid::from_raw(b.agent.pid() as i32), Signal::SIGTERM)?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = b.agent.try_wait() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "agent exit status {status}");
+    b.agent.wait_stdout("stopped", Duration::from_secs(1))?;
+    // The host heard a GOAWAY, not a dropped connection.
+    b.host.control.wait_log("the peer is going away", Duration::from_secs(3))?;
+    Ok(())
+}
+
+#[test]
+fn malformed_records_close_only_that_tunnel() -> Result<()> {
+    use revtun_dataplane::site::{hello, Identity};
+    let b = Bench::start(&[], &[])?;
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("oversized length", u32::MAX.to_be_bytes().to_vec()),
+        ("forged record", {
+            let mut v = 64u32.to_be_bytes().to_vec();
+            v.extend_from_slice(&[0x5a; 64]);
+            v
+        }),
+        ("too short for a tag", 3u32.to_be_bytes().to_vec()),
+    ];
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let dir = b.host.enroll(&format!("evil-{i}"))?;
+        let mut s = hello(&Identity::load(&dir)?)?;
+        b.host.control.wait_log(&format!("site=evil-{i} conn_id"), Duration::from_secs(5))?;
+        s.stream.write_all(bytes)?;
+        s.stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // The host closes this tunnel (its SETTINGS may arrive first).
+        let mut sink = vec![0u8; 4096];
+        let closed = loop {
+            match s.stream.read(&mut sink) {
+                Ok(0) | Err(_) => break true,
+                Ok(_) => continue,
+            }
+        };
+        assert!(closed, "{what}: tunnel not closed");
+        b.host.control.wait_log("peer misbehaved", Duration::from_secs(5))?;
+        // The good site's tunnel is untouched.
+        assert_eq!(b.sink_roundtrip(what.as_bytes())?.split(' ').next(), Some(&*what.len().to_string()), "{what}");
+    }
+    assert!(!b.host.control.log().contains("panicked"));
+    Ok(())
+}
