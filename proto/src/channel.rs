@@ -20,9 +20,9 @@ use std::ops::Range;
 
 /// Most bytes one taken batch holds (several records).
 pub const BATCH_LIMIT: usize = 1024 * 1024;
-/// Smallest read space [`Deframer::read_buf`] offers.
-pub const MIN_READ: usize = 64 * 1024;
-/// Size of a fresh receive chunk.
+/// Receive chunk of a new tunnel (grows while reads fill it).
+pub const FIRST_CHUNK: usize = 4 * 1024;
+/// Largest receive chunk.
 pub const RX_CHUNK: usize = 2 * 1024 * 1024;
 
 /// Builds sealed outgoing batches.
@@ -190,7 +190,7 @@ impl Deframer {
         Deframer {
             buf: BytesMut::new(),
             filled: 0,
-            chunk: MIN_READ,
+            chunk: FIRST_CHUNK,
             opener,
         }
     }
@@ -202,23 +202,28 @@ impl Deframer {
     /// was written on), else a new chunk is allocated; the partial record
     /// at the end moves to the front either way.
     pub fn read_buf(&mut self) -> &mut [u8] {
+        let min_free = (self.chunk / 4).max(1024);
         let need = match record::record_size(&self.buf[..self.filled]) {
-            Ok(Some(size)) => size.max(self.filled + MIN_READ),
-            _ => self.filled + MIN_READ,
+            Ok(Some(size)) => size.max(self.filled + min_free),
+            _ => self.filled + min_free,
         };
         if self.buf.len() < need {
             let size = need.max(self.chunk);
             self.buf.truncate(self.filled);
             self.buf.reserve(size - self.filled);
             self.buf.resize(size, 0);
-            // Busy tunnels get big chunks; idle ones stay small.
-            self.chunk = (self.chunk * 2).min(RX_CHUNK);
         }
         &mut self.buf[self.filled..]
     }
 
     /// Records that `n` bytes were read into [`Deframer::read_buf`].
     pub fn advance(&mut self, n: usize) {
+        let offered = self.buf.len() - self.filled;
+        if n == offered {
+            // The read filled all the space: a busy tunnel gets big chunks,
+            // an idle one stays at a few KiB.
+            self.chunk = (self.chunk * 2).min(RX_CHUNK);
+        }
         self.filled = (self.filled + n).min(self.buf.len());
     }
 

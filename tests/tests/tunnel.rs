@@ -311,13 +311,18 @@ fn sigterm_stops_the_agent_cleanly() -> Result<()> {
         if let Some(s) = b.agent.try_wait() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "agent ignored SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "agent ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "agent exit status {status}");
     b.agent.wait_stdout("stopped", Duration::from_secs(1))?;
     // The host heard a GOAWAY, not a dropped connection.
-    b.host.control.wait_log("the peer is going away", Duration::from_secs(3))?;
+    b.host
+        .control
+        .wait_log("the peer is going away", Duration::from_secs(3))?;
     Ok(())
 }
 
@@ -337,7 +342,9 @@ fn malformed_records_close_only_that_tunnel() -> Result<()> {
     for (i, (what, bytes)) in cases.iter().enumerate() {
         let dir = b.host.enroll(&format!("evil-{i}"))?;
         let mut s = hello(&Identity::load(&dir)?)?;
-        b.host.control.wait_log(&format!("site=evil-{i} conn_id"), Duration::from_secs(5))?;
+        b.host
+            .control
+            .wait_log(&format!("site=evil-{i} conn_id"), Duration::from_secs(5))?;
         s.stream.write_all(bytes)?;
         s.stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         // The host closes this tunnel (its SETTINGS may arrive first).
@@ -349,9 +356,15 @@ fn malformed_records_close_only_that_tunnel() -> Result<()> {
             }
         };
         assert!(closed, "{what}: tunnel not closed");
-        b.host.control.wait_log("peer misbehaved", Duration::from_secs(5))?;
+        b.host
+            .control
+            .wait_log("peer misbehaved", Duration::from_secs(5))?;
         // The good site's tunnel is untouched.
-        assert_eq!(b.sink_roundtrip(what.as_bytes())?.split(' ').next(), Some(&*what.len().to_string()), "{what}");
+        assert_eq!(
+            b.sink_roundtrip(what.as_bytes())?.split(' ').next(),
+            Some(&*what.len().to_string()),
+            "{what}"
+        );
     }
     assert!(!b.host.control.log().contains("panicked"));
     Ok(())
