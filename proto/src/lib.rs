@@ -18,6 +18,8 @@ pub mod handoff;
 pub mod hex;
 pub mod keyfile;
 pub mod record;
+pub mod rtp;
+pub mod rtsp;
 pub mod token;
 pub mod tunnel;
 
