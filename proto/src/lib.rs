@@ -13,6 +13,7 @@ pub mod channel;
 pub mod duration;
 pub mod enroll;
 pub mod expose;
+pub mod fanout;
 pub mod frame;
 pub mod handoff;
 pub mod hex;
