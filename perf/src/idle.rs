@@ -30,7 +30,8 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-fn enroll_many(host: &Host, n: usize) -> Result<Vec<Identity>> {
+/// Issues and enrolls `n` sites in this process (4 threads).
+pub fn enroll_many(host: &Host, n: usize) -> Result<Vec<Identity>> {
     let state = HostState::load(&host.state())?;
     let ep = vec![Endpoint {
         host: "127.0.0.1".into(),
@@ -38,7 +39,7 @@ fn enroll_many(host: &Host, n: usize) -> Result<Vec<Identity>> {
     }];
     let mut jobs = Vec::new();
     for i in 0..n {
-        let site = format!("idle-{i}");
+        let site = format!("lab-{}-{i}", revtun_tests::unique());
         let kf = provision::issue(
             &state,
             &site,

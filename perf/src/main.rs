@@ -6,9 +6,11 @@
 //! number: absolute figures drift 10-30% between runs on shared machines.
 //!
 //! Scenarios: `baseline` (raw loopback TCP), `throughput`, `latency`,
-//! `connect` (tunnel vs raw, same run), `idle` (memory per idle tunnel).
+//! `connect` (tunnel vs raw, same run), `idle` (memory per idle tunnel),
+//! `handshake` (control's rates, data plane under a handshake flood).
 
 mod baseline;
+mod handshake;
 mod idle;
 mod multi;
 mod report;
@@ -23,7 +25,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle), or 'all'.
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake), or 'all'.
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -37,7 +39,14 @@ struct Args {
 }
 
 /// Scenario names in the order `all` runs them.
-const SCENARIOS: &[&str] = &["baseline", "throughput", "latency", "connect", "idle"];
+const SCENARIOS: &[&str] = &[
+    "baseline",
+    "throughput",
+    "latency",
+    "connect",
+    "idle",
+    "handshake",
+];
 
 fn main() {
     let args = Args::parse();
@@ -75,6 +84,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "latency" => tunnel::latency(args.quick)?,
             "connect" => tunnel::connect_time(args.quick)?,
             "idle" => idle::run(args.quick)?,
+            "handshake" => handshake::run(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);
