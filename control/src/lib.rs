@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dataplane;
 pub mod limits;
 pub mod pki;
+pub mod priority;
 pub mod provision;
 pub mod server;
 pub mod state;

@@ -67,6 +67,10 @@ struct Args {
     /// Declare a tunnel dead after this long without a frame.
     #[arg(long, value_parser = parse_duration)]
     dead_after: Option<Duration>,
+    /// Nice value for control's own threads after the data plane started
+    /// (handshake floods then cost control CPU, not data-plane CPU).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    nice: i32,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -160,6 +164,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         site_cert_ttl: args.site_cert_ttl,
     };
     let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;
+    // The supervisor thread started above keeps the default priority, so
+    // restarted data planes do too; only control's handshake threads (this
+    // one and those it spawns from now on) yield to the data plane.
+    revtun_control::priority::lower_this_thread(args.nice);
     tracing::info!(listen = %local, ca = %state.ca.fingerprint(), "control listening");
     {
         let mut out = std::io::stdout().lock();

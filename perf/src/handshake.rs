@@ -134,6 +134,6 @@ pub fn run(quick: bool) -> Result<Value> {
         "tunnel_gbit_s_quiet": quiet,
         "tunnel_gbit_s_flooded": under,
         "flooded_over_quiet": under / quiet,
-        "note": "control floats on both cores; the data plane shard is pinned to CPU 0 and the site to CPU 1",
+        "note": "control floats on both cores at nice 10 (its default --nice); the data plane shard is pinned to CPU 0 and the site to CPU 1; the flooding clients run in this process at nice 19, standing in for remote attackers",
     }))
 }
