@@ -15,10 +15,11 @@ use revtun_proto::handoff::{shard_for, Handoff, MAX_HANDOFF_LEN};
 use revtun_proto::record::{Side, RATCHET_INTERVAL};
 use revtun_proto::tunnel::Config;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Host data-plane settings.
 #[derive(Debug, Clone)]
@@ -62,8 +63,56 @@ pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
 
 type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
 
+/// Replacements of a site's live tunnel within [`FLAP_WINDOW`] that mean
+/// two agents share one identity (threat 3).
+pub const FLAP_LIMIT: usize = 4;
+/// Window over which replacements are counted.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// How long new connections of a flapping site are refused while its
+/// current tunnel is kept.
+pub const FLAP_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// Per-site record of tunnels replacing each other.
+#[derive(Debug, Default)]
+struct Flaps {
+    replaced: VecDeque<Instant>,
+    quarantined_until: Option<Instant>,
+}
+
+impl Flaps {
+    /// Decides whether a new connection may replace the live tunnel.
+    fn admit(&mut self, site: &str, now: Instant) -> bool {
+        if self.quarantined_until.is_some_and(|t| now < t) {
+            tracing::warn!(%site, "refusing a connection: this site's identity is in use by another agent");
+            return false;
+        }
+        while self
+            .replaced
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FLAP_WINDOW)
+        {
+            self.replaced.pop_front();
+        }
+        self.replaced.push_back(now);
+        if self.replaced.len() >= FLAP_LIMIT {
+            tracing::error!(
+                %site,
+                replacements = self.replaced.len(),
+                window = ?FLAP_WINDOW,
+                "connections of this site keep replacing each other: two agents appear to share the identity; \
+                 keeping the current tunnel and refusing new connections for a while (revoke and re-issue if the identity was copied)"
+            );
+            self.quarantined_until = Some(now + FLAP_COOLDOWN);
+            self.replaced.clear();
+            return false;
+        }
+        true
+    }
+}
+
 async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
     let registry: Registry = Rc::default();
+    let mut flaps: HashMap<String, Flaps> = HashMap::new();
     for e in cfg
         .exposes
         .iter()
@@ -95,7 +144,7 @@ async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
         }
         loop {
             match recv_handoff(ctl_fd) {
-                Ok(Some((msg, fd))) => handle(k, &registry, msg, fd, &cfg),
+                Ok(Some((msg, fd))) => handle(k, &registry, &mut flaps, msg, fd, &cfg),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(shard = k, error = %e, "control socket failed; exiting");
@@ -106,7 +155,14 @@ async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
     }
 }
 
-fn handle(k: usize, registry: &Registry, msg: Vec<u8>, fd: Option<OwnedFd>, cfg: &HostConfig) {
+fn handle(
+    k: usize,
+    registry: &Registry,
+    flaps: &mut HashMap<String, Flaps>,
+    msg: Vec<u8>,
+    fd: Option<OwnedFd>,
+    cfg: &HostConfig,
+) {
     match (Handoff::decode(&msg), fd) {
         (
             Some(Handoff::Tunnel {
@@ -120,6 +176,15 @@ fn handle(k: usize, registry: &Registry, msg: Vec<u8>, fd: Option<OwnedFd>, cfg:
             if let Err(e) = std.set_nonblocking(true) {
                 tracing::warn!(%site, error = %e, "handed-off socket unusable");
                 return;
+            }
+            let live = registry.borrow().get(&site).is_some_and(|t| !t.is_closed());
+            if live
+                && !flaps
+                    .entry(site.clone())
+                    .or_default()
+                    .admit(&site, Instant::now())
+            {
+                return; // dropping `std` closes the refused connection
             }
             let sock = glommio::net::TcpStream::from(socket2::Socket::from(std));
             if let Some(old) = registry.borrow_mut().remove(&site) {

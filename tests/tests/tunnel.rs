@@ -369,3 +369,42 @@ fn malformed_records_close_only_that_tunnel() -> Result<()> {
     assert!(!b.host.control.log().contains("panicked"));
     Ok(())
 }
+
+#[test]
+fn two_agents_sharing_an_identity_are_detected_not_left_flapping() -> Result<()> {
+    let b = Bench::start(&[], &[])?;
+    // A copied site identity: a second agent with the same certificate.
+    let copy = b.host.path("bench-site-copy");
+    std::fs::create_dir_all(&copy)?;
+    for f in ["site.conf", "ca.crt", "site.crt", "site.key"] {
+        std::fs::copy(b.site_dir.join(f), copy.join(f))?;
+    }
+    let twin = revtun_tests::Proc::spawn(
+        std::process::Command::new(revtun_tests::bin("revtun-site")).args([
+            "run",
+            "--state-dir",
+            &copy.to_string_lossy(),
+            &format!("--service=svc={}", b.target),
+        ]),
+    )?;
+    b.host.control.wait_log(
+        "two agents appear to share the identity",
+        Duration::from_secs(15),
+    )?;
+    // Once detected, the replacing stops: no new tunnel for this site.
+    let count = |log: &str| log.matches("tunnel started shard").count();
+    let before = count(&b.host.control.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(&b.host.control.log()),
+        before,
+        "tunnels still replacing each other"
+    );
+    // One agent keeps serving.
+    assert_eq!(
+        b.sink_roundtrip(b"still served")?.split(' ').next(),
+        Some("12")
+    );
+    drop(twin);
+    Ok(())
+}
