@@ -41,7 +41,7 @@ step "host: start control (and its data plane) on a free loopback port, exposing
 $BIN/revtun-control --state-dir "$WORK/host" --listen 127.0.0.1:0 \
     --expose "demo-site/web=127.0.0.1:$HOST_PORT" >"$WORK/control.out" 2>"$WORK/control.log" &
 PIDS+=($!)
-for _ in $(seq 100); do grep -q "listening on" "$WORK/control.out" 2>/dev/null && break; sleep 0.05; done
+for _ in $(seq 100); do grep -q "^listening on" "$WORK/control.out" 2>/dev/null && break; sleep 0.05; done
 ADDR=$(sed -n 's/^listening on //p' "$WORK/control.out")
 [ -n "$ADDR" ] || { echo "control did not start:"; cat "$WORK/control.log"; exit 1; }
 echo "control listening on $ADDR"

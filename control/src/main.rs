@@ -40,6 +40,9 @@ struct Args {
     /// A client connecting there reaches SERVICE at SITE through its tunnel.
     #[arg(long, value_parser = revtun_proto::expose::parse_expose)]
     expose: Vec<revtun_proto::expose::Expose>,
+    /// Host redirector (RTSP) address: viewers open rtsp://ADDR/SITE/CAMERA.
+    #[arg(long)]
+    rtsp_listen: Option<SocketAddr>,
     /// Data-plane shards (one glommio executor each); default: one per CPU.
     #[arg(long)]
     shards: Option<usize>,
@@ -115,6 +118,9 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     extra.push(format!("--log-level={}", args.log_level));
     if args.pin {
         extra.push("--pin".into());
+    }
+    if let Some(a) = args.rtsp_listen {
+        extra.push(format!("--rtsp-listen={a}"));
     }
     let opt = |name: &str, v: Option<String>| v.map(|v| format!("--{name}={v}"));
     extra.extend(

@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub cpu: Option<usize>,
     /// Busy-poll this long before the idle executor sleeps.
     pub spin: Duration,
+    /// Camera name -> RTSP URL (site redirector).
+    pub cameras: HashMap<String, String>,
 }
 
 /// Runs the agent until stopped or definitively refused.
@@ -51,8 +53,14 @@ pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
 
 async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     let services = Rc::new(cfg.services.clone());
+    let handlers = Rc::new(crate::video::site::handlers(&cfg.cameras));
     let names: Vec<String> = {
-        let mut v: Vec<String> = cfg.services.keys().cloned().collect();
+        let mut v: Vec<String> = cfg
+            .services
+            .keys()
+            .cloned()
+            .chain(handlers.keys().cloned())
+            .collect();
         v.sort();
         v
     };
@@ -88,6 +96,7 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
                     spec,
                     Role::Site {
                         services: services.clone(),
+                        handlers: handlers.clone(),
                     },
                     &names,
                     Some(cfg.stop.clone()),

@@ -32,6 +32,10 @@ pub struct HostConfig {
     pub pin: bool,
     /// Busy-poll this long before parking an idle executor (latency vs CPU).
     pub spin: std::time::Duration,
+    /// Host redirector (RTSP) address, served by shard 0.
+    pub rtsp_listen: Option<std::net::SocketAddr>,
+    /// Redirector limits.
+    pub video: crate::video::host::VideoConfig,
 }
 
 /// Runs one executor per control socket until control goes away.
@@ -127,6 +131,22 @@ async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
                 glommio::spawn_local(serve_port(l, e.clone(), registry.clone())).detach();
             }
             Err(err) => tracing::error!(shard = k, expose = %e, error = %err, "cannot listen"),
+        }
+    }
+    if k == 0 {
+        if let Some(addr) = cfg.rtsp_listen {
+            match glommio::net::TcpListener::bind(addr) {
+                Ok(l) => {
+                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(listen = %bound, "rtsp redirector listening");
+                    println!("rtsp listening on {bound}");
+                    let _ = std::io::stdout().flush();
+                    let r =
+                        crate::video::host::Redirector::new(registry.clone(), cfg.video.clone());
+                    glommio::spawn_local(r.serve(l)).detach();
+                }
+                Err(err) => tracing::error!(%addr, error = %err, "cannot listen for RTSP"),
+            }
         }
     }
     // SAFETY: `control` is an open socket we own; ownership moves into the

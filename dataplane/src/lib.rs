@@ -11,6 +11,7 @@ pub mod host;
 pub mod signal;
 pub mod site;
 pub mod tunnel;
+pub mod video;
 
 /// The socket type glommio streams convert from (for callers building
 /// tunnels from std sockets, like the perf lab).

@@ -119,6 +119,7 @@ pub fn run(quick: bool) -> Result<Value> {
                     spec,
                     Role::Site {
                         services: Rc::new(HashMap::new()),
+                        handlers: Rc::new(HashMap::new()),
                     },
                     &[],
                     None,

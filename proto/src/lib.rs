@@ -23,6 +23,7 @@ pub mod rtp;
 pub mod rtsp;
 pub mod token;
 pub mod tunnel;
+pub mod video;
 
 /// TLS server name every control listener certificate carries.
 ///

@@ -208,6 +208,86 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> 
     Ok(Some((req, start + body_len)))
 }
 
+/// A parsed response (the site redirector talks to cameras).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (the SDP of a DESCRIBE).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Largest response body accepted from a camera (an SDP is ~1 KiB).
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Parses one response from the front of `buf`, like [`parse_request`].
+pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, RtspError> {
+    let window = &buf[..buf.len().min(MAX_HEAD + 4)];
+    let Some(end) = find(window, b"\r\n\r\n") else {
+        if buf.len() > MAX_HEAD {
+            return Err(RtspError::HeadTooLarge);
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| RtspError::Malformed("not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let mut parts = first.splitn(3, ' ');
+    if parts.next() != Some("RTSP/1.0") {
+        return Err(RtspError::Malformed("status line"));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .ok_or(RtspError::Malformed("status code"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        if headers.len() == MAX_HEADERS {
+            return Err(RtspError::TooManyHeaders);
+        }
+        let (k, v) = line
+            .split_once(':')
+            .ok_or(RtspError::Malformed("header without ':'"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let body_len = match headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+    {
+        Some((_, v)) => v
+            .parse::<usize>()
+            .map_err(|_| RtspError::Malformed("Content-Length"))?,
+        None => 0,
+    };
+    if body_len > MAX_RESPONSE_BODY {
+        return Err(RtspError::BodyTooLarge);
+    }
+    let start = end + 4;
+    let Some(body) = buf.get(start..start + body_len) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Response {
+            status,
+            headers,
+            body: body.to_vec(),
+        },
+        start + body_len,
+    )))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -135,6 +135,24 @@ impl Proc {
         .with_context(|| format!("no stdout line with {needle:?}; stderr:\n{}", self.log()))
     }
 
+    /// Waits until a stdout line starts with `prefix`; returns that line.
+    pub fn wait_stdout_prefix(&self, prefix: &str, limit: Duration) -> Result<String> {
+        self.wait_for(limit, |p| {
+            p.stdout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned()
+        })
+        .with_context(|| {
+            format!(
+                "no stdout line starting with {prefix:?}; stderr:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// Waits until the stderr log contains `needle`.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> Result<()> {
         self.wait_for(limit, |p| p.log().contains(needle).then_some(()))
@@ -229,7 +247,7 @@ impl Host {
                 .args(["--listen", "127.0.0.1:0"])
                 .args(extra),
         )?;
-        let line = control.wait_stdout("listening on ", Duration::from_secs(20))?;
+        let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
         let addr = line
             .trim_start_matches("listening on ")
             .parse()

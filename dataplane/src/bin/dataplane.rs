@@ -16,6 +16,9 @@ struct Args {
     /// Host port for a site's TCP service, SITE/SERVICE=ADDR:PORT.
     #[arg(long, value_parser = parse_expose)]
     expose: Vec<Expose>,
+    /// Host redirector (RTSP) listen address.
+    #[arg(long)]
+    rtsp_listen: Option<std::net::SocketAddr>,
     /// Pin shard k to CPU k.
     #[arg(long)]
     pin: bool,
@@ -55,6 +58,8 @@ fn main() {
         tunnel: args.tunnel.config(),
         pin: args.pin,
         spin: args.spin,
+        rtsp_listen: args.rtsp_listen,
+        video: Default::default(),
     };
     if let Err(e) = host::run(fds, cfg) {
         eprintln!("revtun-dataplane: {e:#}");

@@ -57,6 +57,10 @@ enum Cmd {
         services: Vec<(String, String)>,
         #[command(flatten)]
         tunnel: TunnelArgs,
+        /// A camera for the site redirector, NAME=rtsp://HOST:PORT/PATH
+        /// (repeatable); viewers reach it at the host as rtsp://HOST:PORT/SITE/NAME.
+        #[arg(long = "camera", value_parser = parse_camera)]
+        cameras: Vec<(String, String)>,
         /// Pin the agent to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -64,6 +68,21 @@ enum Cmd {
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         spin: Duration,
     },
+}
+
+fn parse_camera(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=rtsp://HOST:PORT/PATH"))?;
+    if !revtun_proto::frame::valid_service_name(name) || name.len() > 60 {
+        return Err(format!(
+            "camera name {name:?} must be 1-60 of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if !url.starts_with("rtsp://") {
+        return Err(format!("camera URL {url:?} must start with rtsp://"));
+    }
+    Ok((name.to_string(), url.to_string()))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,6 +139,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             max_backoff,
             services,
             tunnel,
+            cameras,
             cpu,
             spin,
         } => {
@@ -147,6 +167,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 stop,
                 cpu,
                 spin,
+                cameras: cameras.into_iter().collect(),
             };
             agent::run(id, cfg).context("tunnel")?;
             println!("stopped");

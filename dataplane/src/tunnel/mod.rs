@@ -14,7 +14,10 @@
 //! place and written to the local socket from a reference-counted slice of
 //! that chunk. User space copies nothing; see `docs/data-plane.md`.
 
+mod pipe;
 mod tasks;
+
+pub use pipe::Pipe;
 
 use crate::signal::Signal;
 use bytes::Bytes;
@@ -39,7 +42,7 @@ pub const READ_CHUNK: usize = 128 * 1024;
 pub const MIN_ROOM: usize = 16 * 1024;
 
 /// What this end does with streams the peer opens.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Role {
     /// The host: opens streams, accepts none.
     Host,
@@ -47,8 +50,27 @@ pub enum Role {
     Site {
         /// Service name -> local target `HOST:PORT`.
         services: Rc<HashMap<String, String>>,
+        /// Services served in process (cameras): name -> handler, which
+        /// gets the stream's pipe.
+        handlers: Rc<HashMap<String, PipeHandler>>,
     },
 }
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Host => f.write_str("Host"),
+            Role::Site { services, handlers } => f
+                .debug_struct("Site")
+                .field("services", services)
+                .field("handlers", &handlers.keys().collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// Serves a stream opened to an in-process service.
+pub type PipeHandler = Rc<dyn Fn(Pipe)>;
 
 /// How to run one tunnel.
 #[derive(Debug, Clone)]
@@ -252,6 +274,26 @@ impl Tunnel {
     /// Services the site advertised.
     pub fn services(&self) -> Vec<String> {
         self.inner.st.borrow().services.clone()
+    }
+
+    /// Opens a stream to `service` whose local end is in this process.
+    pub fn open_pipe(&self, service: &str) -> Result<Pipe, StreamError> {
+        let ls = {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return Err(StreamError::Closed);
+            }
+            if !st.services.iter().any(|s| s == service) {
+                return Err(StreamError::UnknownService(service.to_string()));
+            }
+            let id = st.t.open(service)?;
+            st.stats.streams_opened += 1;
+            let ls = LocalStream::new(id, None);
+            st.streams.insert(id, ls.clone());
+            ls
+        };
+        self.pump();
+        Ok(Pipe::new(self.clone(), ls))
     }
 
     /// Opens a stream to `service` carrying `local` (host side).

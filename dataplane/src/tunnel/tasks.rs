@@ -70,7 +70,15 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                     _ => st.t.consumed(id, range.len()),
                 },
                 Event::Opened { id, service } => match &inner.role {
-                    Role::Site { services } => match services.get(&service) {
+                    Role::Site { handlers, .. } if handlers.contains_key(&service) => {
+                        let ls = LocalStream::new(id, None);
+                        st.streams.insert(id, ls.clone());
+                        st.stats.streams_opened += 1;
+                        if let Some(h) = handlers.get(&service) {
+                            h(super::Pipe::new(tun.clone(), ls));
+                        }
+                    }
+                    Role::Site { services, .. } => match services.get(&service) {
                         Some(target) => {
                             let ls = LocalStream::new(id, None);
                             st.streams.insert(id, ls.clone());

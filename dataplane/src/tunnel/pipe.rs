@@ -1,0 +1,116 @@
+//! In-process stream ends: a stream whose local side is a task in this
+//! data plane (a video feed) instead of a TCP socket.
+
+use super::{LocalStream, StreamError, Tunnel, MIN_ROOM, READ_CHUNK};
+use bytes::Bytes;
+use revtun_proto::frame::code;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+
+/// One end of a stream, driven from inside the data plane.
+#[derive(Debug)]
+pub struct Pipe {
+    tun: Tunnel,
+    ls: Rc<LocalStream>,
+    finished: bool,
+}
+
+impl Pipe {
+    pub(super) fn new(tun: Tunnel, ls: Rc<LocalStream>) -> Pipe {
+        Pipe {
+            tun,
+            ls,
+            finished: false,
+        }
+    }
+
+    /// The next chunk from the peer, without copying; `None` at the peer's
+    /// END, on reset, or when the tunnel closes. Credit goes back as chunks
+    /// are taken.
+    pub async fn recv(&self) -> Option<Bytes> {
+        loop {
+            let wake = self.ls.sig.wait();
+            let next = self.ls.queue.borrow_mut().pop_front();
+            if let Some(chunk) = next {
+                self.tun
+                    .inner
+                    .st
+                    .borrow_mut()
+                    .t
+                    .consumed(self.ls.id, chunk.len());
+                self.tun.pump();
+                return Some(chunk);
+            }
+            if self.ls.reset.get() || self.ls.peer_ended.get() || self.tun.is_closed() {
+                return None;
+            }
+            wake.await;
+        }
+    }
+
+    /// Sends `data` as it gets credit (one copy into the outgoing batch).
+    pub async fn send(&self, data: &[u8]) -> Result<(), StreamError> {
+        let inner = self.tun.inner.clone();
+        let id = self.ls.id;
+        let mut off = 0;
+        while off < data.len() {
+            let n = poll_fn(|cx| {
+                let mut st = inner.st.borrow_mut();
+                if st.closed.is_some() || self.ls.reset.get() {
+                    return Poll::Ready(Err(StreamError::Closed));
+                }
+                let credit = st.t.send_credit(id);
+                if credit == 0 {
+                    self.ls.sig.register(cx);
+                    return Poll::Pending;
+                }
+                let room = st.framer.room();
+                if room < MIN_ROOM {
+                    inner.room.register(cx);
+                    inner.writer_wake.notify();
+                    return Poll::Pending;
+                }
+                super::pump_frames(&mut st);
+                let max = credit
+                    .min(room - 1024)
+                    .min(READ_CHUNK)
+                    .min(data.len() - off);
+                let slot = st.framer.data_slot(id, max);
+                let n = slot.len().min(max);
+                slot[..n].copy_from_slice(&data[off..off + n]);
+                st.framer.commit_data(id, n);
+                st.t.sent(id, n);
+                Poll::Ready(Ok(n))
+            })
+            .await?;
+            off += n;
+            inner.writer_wake.notify();
+        }
+        Ok(())
+    }
+
+    /// Half-closes: the peer sees END after the bytes sent so far.
+    pub fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.ls.reader_done.set(true);
+            self.tun.inner.st.borrow_mut().t.end(self.ls.id);
+            self.tun.pump();
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if !self.finished && !self.ls.reset.get() && !self.tun.is_closed() {
+            self.tun.reset_stream(&self.ls, code::NORMAL);
+        } else {
+            self.ls.writer_done.set(true);
+            self.ls.reader_done.set(true);
+            let mut st = self.tun.inner.st.borrow_mut();
+            st.streams.remove(&self.ls.id);
+            st.t.finished(self.ls.id);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The video redirectors: the site side pulls a camera's RTSP stream and
+//! sends access units through the tunnel once; the host side serves RTSP
+//! viewers and fans each access unit out without copying it per viewer.
+
+pub mod host;
+pub mod site;

@@ -1,0 +1,236 @@
+//! Site redirector: when the host opens stream `cam.NAME`, connect to the
+//! camera (RTSP, RTP interleaved over TCP), group its packets into access
+//! units (keyframes and parameter sets found once, here) and send one feed
+//! message per access unit on the stream.
+
+use crate::tunnel::{Pipe, PipeHandler};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use revtun_proto::rtp::{self, Assembler};
+use revtun_proto::rtsp::{self, Response};
+use revtun_proto::video::{self, FLAG_DISCONTINUITY, FLAG_KEY, FLAG_PARAMS};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Service-name prefix of cameras on the tunnel.
+pub const CAMERA_PREFIX: &str = "cam.";
+/// Largest buffered camera input before a whole frame must have parsed.
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// Time allowed for the camera's RTSP handshake.
+const CAMERA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tunnel handlers for the configured cameras (`NAME -> rtsp://...`).
+pub fn handlers(cameras: &HashMap<String, String>) -> HashMap<String, PipeHandler> {
+    cameras
+        .iter()
+        .map(|(name, url)| {
+            let (name2, url) = (name.clone(), url.clone());
+            let h: PipeHandler = Rc::new(move |pipe: Pipe| {
+                let (name, url) = (name2.clone(), url.clone());
+                glommio::spawn_local(async move {
+                    let mut pipe = pipe;
+                    match feed(&pipe, &url).await {
+                        Ok(()) => tracing::info!(camera = %name, "feed ended"),
+                        Err(e) => {
+                            tracing::warn!(camera = %name, error = %e, "camera feed failed");
+                            let mut msg = Vec::new();
+                            video::header(video::KIND_GONE, e.len(), &mut msg);
+                            msg.extend_from_slice(e.as_bytes());
+                            let _ = pipe.send(&msg).await;
+                        }
+                    }
+                    pipe.finish();
+                })
+                .detach();
+            });
+            (format!("{CAMERA_PREFIX}{name}"), h)
+        })
+        .collect()
+}
+
+struct Camera {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    cseq: u32,
+    session: Option<String>,
+}
+
+impl Camera {
+    async fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        self.cseq += 1;
+        let mut req = format!(
+            "{method} {uri} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: revtun-site\r\n",
+            self.cseq
+        );
+        if let Some(s) = &self.session {
+            req.push_str(&format!("Session: {s}\r\n"));
+        }
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.sock
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("camera write: {e}"))?;
+        loop {
+            match rtsp::parse_response(&self.buf) {
+                Ok(Some((resp, used))) => {
+                    self.buf.drain(..used);
+                    if resp.status != 200 {
+                        return Err(format!("camera answered {method} with {}", resp.status));
+                    }
+                    return Ok(resp);
+                }
+                Ok(None) => self.fill().await?,
+                Err(e) => return Err(format!("camera response: {e}")),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.buf.len() > MAX_PENDING {
+            return Err("camera sent too much unparsed data".into());
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = self
+            .sock
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("camera read: {e}"))?;
+        if n == 0 {
+            return Err("the camera closed the connection".into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// Connects to the camera and pumps access units into `pipe` until either
+/// side goes away.
+async fn feed(pipe: &Pipe, url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("rtsp://")
+        .ok_or_else(|| format!("{url:?} is not an rtsp:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("camera URLs with credentials are not supported yet".into());
+    }
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:554")
+    };
+    let sock = glommio::timer::timeout(CAMERA_TIMEOUT, async {
+        TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
+    })
+    .await
+    .map_err(|e| format!("cannot reach camera {addr}: {e}"))?;
+    let _ = sock.set_nodelay(true);
+    let mut cam = Camera {
+        sock,
+        buf: Vec::new(),
+        cseq: 0,
+        session: None,
+    };
+    let desc = cam
+        .request("DESCRIBE", url, &[("Accept", "application/sdp")])
+        .await?;
+    let sdp = String::from_utf8(desc.body.clone()).map_err(|_| "SDP is not UTF-8".to_string())?;
+    let track = video::video_track(&sdp).ok_or("the camera offers no H.264 or H.265 video")?;
+    let base = desc
+        .header("Content-Base")
+        .map(str::to_string)
+        .unwrap_or_else(|| url.to_string());
+    let setup_url = video::resolve(&base, track.control.as_deref());
+    let setup = cam
+        .request(
+            "SETUP",
+            &setup_url,
+            &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+        )
+        .await?;
+    let session = setup.header("Session").ok_or("no Session in SETUP reply")?;
+    cam.session = Some(
+        session
+            .split(';')
+            .next()
+            .unwrap_or(session)
+            .trim()
+            .to_string(),
+    );
+    cam.request("PLAY", &base, &[("Range", "npt=0.000-")])
+        .await?;
+    let mut msg = Vec::new();
+    video::header(video::KIND_SDP, sdp.len(), &mut msg);
+    msg.extend_from_slice(sdp.as_bytes());
+    pipe.send(&msg).await.map_err(|e| e.to_string())?;
+    let mut asm = Assembler::new(track.codec);
+    let mut seq = 0u32;
+    // Packets of the unit being assembled, by arrival index (the camera
+    // input buffer moves on, so each packet is kept until its unit leaves).
+    let mut held: std::collections::BTreeMap<usize, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut next_idx = 0usize;
+    loop {
+        // Everything after PLAY is interleaved data (or a stray response).
+        loop {
+            if cam.buf.first() == Some(&b'R') {
+                match rtsp::parse_response(&cam.buf) {
+                    Ok(Some((_, used))) => {
+                        cam.buf.drain(..used);
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("camera response: {e}")),
+                }
+            }
+            let Some((channel, range, used)) =
+                rtp::interleaved(&cam.buf).map_err(|e| e.to_string())?
+            else {
+                break;
+            };
+            if channel == 0 {
+                let pkt = &cam.buf[range.clone()];
+                let idx = next_idx;
+                next_idx += 1;
+                held.insert(idx, pkt.to_vec());
+                let units = asm.push(pkt, idx..idx + 1).map_err(|e| e.to_string())?;
+                if held.len() > asm.max_packets + 1 {
+                    return Err("camera sent an access unit beyond the packet limit".into());
+                }
+                for unit in units {
+                    let mut flags = 0;
+                    if unit.keyframe {
+                        flags |= FLAG_KEY;
+                    }
+                    if unit.params {
+                        flags |= FLAG_PARAMS;
+                    }
+                    if unit.discontinuity {
+                        flags |= FLAG_DISCONTINUITY;
+                    }
+                    let taken: Vec<Vec<u8>> = unit
+                        .packets
+                        .iter()
+                        .filter_map(|r| held.remove(&r.start))
+                        .collect();
+                    let packets: Vec<&[u8]> = taken.iter().map(Vec::as_slice).collect();
+                    msg.clear();
+                    video::encode_unit(flags, unit.timestamp, seq, &packets, &mut msg);
+                    seq = seq.wrapping_add(1);
+                    pipe.send(&msg).await.map_err(|e| e.to_string())?;
+                }
+            }
+            cam.buf.drain(..used);
+        }
+        cam.fill().await?;
+    }
+}

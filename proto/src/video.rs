@@ -1,0 +1,209 @@
+//! The video feed carried on one tunnel stream from the site redirector to
+//! the host redirector, and the bits of SDP both ends need.
+//!
+//! Messages: `len: u32 BE | kind: u8 | body` (len counts kind and body,
+//! at most [`MAX_MESSAGE`]).
+//! - `SDP` (first): the camera's session description, UTF-8.
+//! - `UNIT`: one access unit: `flags: u8` (1 keyframe, 2 parameter sets,
+//!   4 discontinuity), `rtp_timestamp: u32`, `sequence: u32` (per feed,
+//!   gaps show drops), `count: u16`, then `count` times `len: u16 | RTP
+//!   packet`. The original RTP packets are kept byte for byte.
+//! - `GONE`: the camera went away; reason text.
+
+use crate::rtp::Codec;
+use std::ops::Range;
+
+/// Largest message (an 8 Mbit/s keyframe is well under 1 MiB).
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Message kinds.
+pub const KIND_SDP: u8 = 1;
+/// An access unit.
+pub const KIND_UNIT: u8 = 2;
+/// The camera went away.
+pub const KIND_GONE: u8 = 3;
+
+/// Unit flags.
+pub const FLAG_KEY: u8 = 1;
+/// Parameter sets present.
+pub const FLAG_PARAMS: u8 = 2;
+/// Loss before or inside the unit.
+pub const FLAG_DISCONTINUITY: u8 = 4;
+
+/// Appends a message header for a body of `body_len` bytes.
+pub fn header(kind: u8, body_len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&((body_len + 1) as u32).to_be_bytes());
+    out.push(kind);
+}
+
+/// Encodes an access unit from its RTP packets.
+pub fn encode_unit(flags: u8, timestamp: u32, sequence: u32, packets: &[&[u8]], out: &mut Vec<u8>) {
+    let body = 1 + 4 + 4 + 2 + packets.iter().map(|p| 2 + p.len()).sum::<usize>();
+    header(KIND_UNIT, body, out);
+    out.push(flags);
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&(packets.len() as u16).to_be_bytes());
+    for p in packets {
+        out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+}
+
+/// A malformed feed message. Ends the feed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// Length over [`MAX_MESSAGE`] or zero.
+    #[error("feed message length {0} out of bounds")]
+    Length(u32),
+    /// Body does not match its kind.
+    #[error("malformed feed message")]
+    Malformed,
+}
+
+/// Size of the message at the front of `buf` (header included), once known.
+pub fn message_size(buf: &[u8]) -> Result<Option<usize>, FeedError> {
+    let Some(h) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    if len == 0 || len as usize > MAX_MESSAGE {
+        return Err(FeedError::Length(len));
+    }
+    Ok(Some(4 + len as usize))
+}
+
+/// A decoded access unit; packet ranges index the message given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Flags.
+    pub flags: u8,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Feed sequence.
+    pub sequence: u32,
+    /// Packet ranges within the message.
+    pub packets: Vec<Range<usize>>,
+}
+
+/// Decodes a UNIT message (whole message, header included).
+pub fn decode_unit(msg: &[u8]) -> Result<Unit, FeedError> {
+    let b = msg.get(5..).ok_or(FeedError::Malformed)?;
+    if msg.get(4) != Some(&KIND_UNIT) || b.len() < 11 {
+        return Err(FeedError::Malformed);
+    }
+    let count = usize::from(u16::from_be_bytes([b[9], b[10]]));
+    let mut at = 5 + 11;
+    let mut packets = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        let l = msg.get(at..at + 2).ok_or(FeedError::Malformed)?;
+        let n = usize::from(u16::from_be_bytes([l[0], l[1]]));
+        if msg.len() < at + 2 + n || n < 12 {
+            return Err(FeedError::Malformed);
+        }
+        packets.push(at + 2..at + 2 + n);
+        at += 2 + n;
+    }
+    if at != msg.len() {
+        return Err(FeedError::Malformed);
+    }
+    Ok(Unit {
+        flags: b[0],
+        timestamp: u32::from_be_bytes([b[1], b[2], b[3], b[4]]),
+        sequence: u32::from_be_bytes([b[5], b[6], b[7], b[8]]),
+        packets,
+    })
+}
+
+/// What the redirectors read from an SDP: the first video track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoTrack {
+    /// Codec from `a=rtpmap`.
+    pub codec: Codec,
+    /// The track's control attribute (relative or absolute URL), if any.
+    pub control: Option<String>,
+}
+
+/// Finds the first H.264 or H.265 video track of an SDP.
+pub fn video_track(sdp: &str) -> Option<VideoTrack> {
+    let mut in_video = false;
+    let mut codec = None;
+    let mut control = None;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_video && codec.is_some() {
+                break;
+            }
+            in_video = m.starts_with("video");
+            continue;
+        }
+        if !in_video {
+            continue;
+        }
+        if let Some(map) = line.strip_prefix("a=rtpmap:") {
+            let enc = map
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            if enc.starts_with("H264/") {
+                codec = Some(Codec::H264);
+            } else if enc.starts_with("H265/") {
+                codec = Some(Codec::H265);
+            }
+        } else if let Some(c) = line.strip_prefix("a=control:") {
+            control = Some(c.to_string());
+        }
+    }
+    codec.map(|codec| VideoTrack { codec, control })
+}
+
+/// Resolves a track control attribute against the session's base URL.
+pub fn resolve(base: &str, control: Option<&str>) -> String {
+    match control {
+        None | Some("*") => base.to_string(),
+        Some(c) if c.starts_with("rtsp://") || c.starts_with("rtsps://") => c.to_string(),
+        Some(c) => format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            c.trim_start_matches('/')
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_round_trip_and_garbage() {
+        let p1 = [0x80u8; 20];
+        let p2 = [0x81u8; 13];
+        let mut out = Vec::new();
+        encode_unit(FLAG_KEY | FLAG_PARAMS, 9000, 7, &[&p1, &p2], &mut out);
+        assert_eq!(message_size(&out), Ok(Some(out.len())));
+        let u = decode_unit(&out).expect("valid");
+        assert_eq!((u.flags, u.timestamp, u.sequence), (3, 9000, 7));
+        assert_eq!(&out[u.packets[0].clone()], &p1);
+        assert_eq!(&out[u.packets[1].clone()], &p2);
+        for cut in 5..out.len() {
+            assert!(decode_unit(&out[..cut]).is_err(), "cut {cut}");
+        }
+        assert!(message_size(&u32::MAX.to_be_bytes()).is_err());
+        assert!(message_size(&0u32.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn sdp_video_track_and_control_urls() {
+        let sdp = "v=0\r\nm=audio 0 RTP/AVP 0\r\na=control:audio\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:stream=0\r\n";
+        let t = video_track(sdp).expect("video");
+        assert_eq!(t.codec, Codec::H264);
+        assert_eq!(t.control.as_deref(), Some("stream=0"));
+        assert_eq!(
+            resolve("rtsp://h:1/test/", t.control.as_deref()),
+            "rtsp://h:1/test/stream=0"
+        );
+        assert_eq!(resolve("rtsp://h:1/test", Some("rtsp://x/y")), "rtsp://x/y");
+        assert_eq!(resolve("rtsp://h:1/test", None), "rtsp://h:1/test");
+        assert!(video_track("v=0\r\nm=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n").is_none());
+    }
+}
