@@ -44,10 +44,11 @@ pub struct VideoConfig {
 impl Default for VideoConfig {
     fn default() -> Self {
         VideoConfig {
-            viewer_max_bytes: 4 * 1024 * 1024,
+            viewer_max_bytes: 8 * 1024 * 1024,
             viewer_max_age: Duration::from_secs(2),
             viewer_stuck: Duration::from_secs(10),
-            cache_bytes: 8 * 1024 * 1024,
+            // Below the viewer bound, so a joiner's queue takes the whole group.
+            cache_bytes: 4 * 1024 * 1024,
             cache_frames: 300,
             max_streams_per_site: 16,
             linger: Duration::from_secs(5),
@@ -372,8 +373,13 @@ impl Redirector {
                             gone: Cell::new(false),
                         });
                         // A new viewer starts at the cached keyframe at once.
+                        // Their age counts from now: they enter this
+                        // viewer's queue now, however old the group is.
+                        let now = Instant::now();
                         for (meta, f) in feed.cache.borrow().frames() {
-                            v.queue.borrow_mut().offer(*meta, f.clone());
+                            v.queue
+                                .borrow_mut()
+                                .offer(Meta { at: now, ..*meta }, f.clone());
                         }
                         feed.viewers.borrow_mut().push(v.clone());
                         feed.last_viewer_left.set(None);
