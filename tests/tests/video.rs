@@ -229,3 +229,55 @@ fn unknown_site_or_camera_is_404_and_bad_requests_get_rtsp_errors() -> Result<()
     assert!(!v.host.control.log().contains("panicked"));
     Ok(())
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stalled_viewer_costs_only_itself() -> Result<()> {
+    use std::io::{Read, Write};
+    let v = Video::start(25)?;
+    let dp = v.host.dataplane_pid().context("data plane pid")?;
+    // A viewer that sets up, plays, then never reads.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", v.rtsp))?;
+    stalled.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let url = v.url("s1/cam1");
+    let mut reply = vec![0u8; 8192];
+    for (i, req) in [
+        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+        format!("SETUP {url}/stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
+        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        stalled.write_all(req.as_bytes())?;
+        let n = stalled.read(&mut reply)?;
+        let text = String::from_utf8_lossy(&reply[..n]).to_string();
+        assert!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
+    }
+    let before = rss_kib(dp);
+    // Meanwhile a real viewer keeps every frame for 10 s.
+    let (frames, err) = ffprobe_frames(&url, 10)?;
+    assert!(frames >= 200, "healthy viewer decoded {frames}: {err}");
+    assert!(err.trim().is_empty(), "{err}");
+    let grew = rss_kib(dp).saturating_sub(before);
+    assert!(
+        grew < 32 * 1024,
+        "data plane grew {grew} KiB while a viewer stalled"
+    );
+    // The stalled viewer is either cut off or resumes at a keyframe; it
+    // never blocked the camera or the other viewer.
+    assert_eq!(v.camera_clients(), 1);
+    drop(stalled);
+    Ok(())
+}

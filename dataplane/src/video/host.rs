@@ -493,9 +493,16 @@ async fn write_all(conn: &Rc<RefCell<TcpStream>>, data: &[u8]) -> std::io::Resul
 /// Writes queued access units to one viewer: per packet a 4-byte `$`
 /// header of this viewer and the packet straight from the shared buffer.
 async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck: Duration) {
+    let close = |conn: &Rc<RefCell<TcpStream>>| {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    };
     loop {
         let wake = v.sig.wait();
         if v.gone.get() {
+            // The feed ended (camera gone, site offline) or the viewer
+            // left: close the connection so the player sees the end.
+            close(&conn);
             return;
         }
         let next = v.queue.borrow_mut().pop(Instant::now());
@@ -507,6 +514,7 @@ async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck:
             .await;
             if idle.is_err() && v.queue.borrow().stuck(Instant::now(), stuck) {
                 v.gone.set(true);
+                close(&conn);
                 return;
             }
             continue;
@@ -525,10 +533,15 @@ async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck:
             {
                 Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
                 Err(_) => {
-                    tracing::info!("viewer stuck or gone; disconnecting");
+                    let stats = v.queue.borrow().stats;
+                    tracing::info!(
+                        sent = stats.sent,
+                        dropped = stats.dropped,
+                        resyncs = stats.resyncs,
+                        "viewer stuck or gone; disconnecting"
+                    );
                     v.gone.set(true);
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
-                    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                    close(&conn);
                     return;
                 }
             }
