@@ -90,13 +90,14 @@ fn half_close_still_reads_the_reply() -> Result<()> {
     let b = Bench::start(&[], &[])?;
     // The SINK service answers only after our EOF arrives through the tunnel.
     let reply = b.sink_roundtrip(b"half-closed but listening")?;
+    let mut h = Hasher::default();
+    h.update(b"half-closed but listening");
     assert_eq!(
         reply,
-        format!("25 {}", {
-            let mut h = Hasher::default();
-            h.update(b"half-closed but listening");
-            h.hex()
-        })
+        format!("25 {}", h.hex()),
+        "host log:\n{}\nagent log:\n{}",
+        b.host.control.log(),
+        b.agent.log()
     );
     // Echo after half-close: everything sent comes back, then EOF.
     let mut s = b.connect()?;
