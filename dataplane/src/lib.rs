@@ -8,6 +8,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod host;
+pub mod logging;
 pub mod signal;
 pub mod site;
 pub mod tunnel;

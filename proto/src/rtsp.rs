@@ -142,9 +142,17 @@ impl RtspError {
     }
 }
 
-/// Parses one request from the front of `buf`: `Ok(None)` when more bytes
-/// are needed, else the request and the bytes it used.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> {
+/// A message head split from the front of a buffer.
+struct Head<'a> {
+    first: &'a str,
+    headers: Vec<(String, String)>,
+    body: &'a [u8],
+    used: usize,
+}
+
+/// Splits the start line, headers and body (by Content-Length, at most
+/// `max_body`) from the front of `buf`; `Ok(None)` when more bytes are needed.
+fn split_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, RtspError> {
     let window = &buf[..buf.len().min(MAX_HEAD + 4)];
     let Some(end) = find(window, b"\r\n\r\n") else {
         if buf.len() > MAX_HEAD {
@@ -155,21 +163,6 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> 
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| RtspError::Malformed("not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or("");
-    let mut parts = first.split(' ');
-    let (m, uri, ver) = (parts.next(), parts.next(), parts.next());
-    let (Some(m), Some(uri), Some(ver), None) = (m, uri, ver, parts.next()) else {
-        return Err(RtspError::Malformed("request line"));
-    };
-    if !ver.starts_with("RTSP/") {
-        return Err(RtspError::Malformed("request line"));
-    }
-    if ver != "RTSP/1.0" {
-        return Err(RtspError::Version);
-    }
-    let method = Method::parse(m).ok_or(RtspError::NotImplemented)?;
-    if uri.is_empty() {
-        return Err(RtspError::Malformed("empty URI"));
-    }
     let mut headers = Vec::new();
     for line in lines {
         if headers.len() == MAX_HEADERS {
@@ -192,20 +185,49 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> 
             .map_err(|_| RtspError::Malformed("Content-Length"))?,
         None => 0,
     };
-    if body_len > MAX_BODY {
+    if body_len > max_body {
         return Err(RtspError::BodyTooLarge);
     }
     let start = end + 4;
     let Some(body) = buf.get(start..start + body_len) else {
         return Ok(None);
     };
+    Ok(Some(Head {
+        first,
+        headers,
+        body,
+        used: start + body_len,
+    }))
+}
+
+/// Parses one request from the front of `buf`: `Ok(None)` when more bytes
+/// are needed, else the request and the bytes it used.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> {
+    let Some(h) = split_head(buf, MAX_BODY)? else {
+        return Ok(None);
+    };
+    let mut parts = h.first.split(' ');
+    let (m, uri, ver) = (parts.next(), parts.next(), parts.next());
+    let (Some(m), Some(uri), Some(ver), None) = (m, uri, ver, parts.next()) else {
+        return Err(RtspError::Malformed("request line"));
+    };
+    if !ver.starts_with("RTSP/") {
+        return Err(RtspError::Malformed("request line"));
+    }
+    if ver != "RTSP/1.0" {
+        return Err(RtspError::Version);
+    }
+    let method = Method::parse(m).ok_or(RtspError::NotImplemented)?;
+    if uri.is_empty() {
+        return Err(RtspError::Malformed("empty URI"));
+    }
     let req = Request {
         method,
         uri: uri.to_string(),
-        headers,
-        body: body.to_vec(),
+        headers: h.headers,
+        body: h.body.to_vec(),
     };
-    Ok(Some((req, start + body_len)))
+    Ok(Some((req, h.used)))
 }
 
 /// A parsed response (the site redirector talks to cameras).
@@ -234,17 +256,10 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// Parses one response from the front of `buf`, like [`parse_request`].
 pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, RtspError> {
-    let window = &buf[..buf.len().min(MAX_HEAD + 4)];
-    let Some(end) = find(window, b"\r\n\r\n") else {
-        if buf.len() > MAX_HEAD {
-            return Err(RtspError::HeadTooLarge);
-        }
+    let Some(h) = split_head(buf, MAX_RESPONSE_BODY)? else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| RtspError::Malformed("not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let first = lines.next().unwrap_or("");
-    let mut parts = first.splitn(3, ' ');
+    let mut parts = h.first.splitn(3, ' ');
     if parts.next() != Some("RTSP/1.0") {
         return Err(RtspError::Malformed("status line"));
     }
@@ -252,39 +267,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, RtspError
         .next()
         .and_then(|c| c.parse().ok())
         .ok_or(RtspError::Malformed("status code"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        if headers.len() == MAX_HEADERS {
-            return Err(RtspError::TooManyHeaders);
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or(RtspError::Malformed("header without ':'"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let body_len = match headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
-    {
-        Some((_, v)) => v
-            .parse::<usize>()
-            .map_err(|_| RtspError::Malformed("Content-Length"))?,
-        None => 0,
-    };
-    if body_len > MAX_RESPONSE_BODY {
-        return Err(RtspError::BodyTooLarge);
-    }
-    let start = end + 4;
-    let Some(body) = buf.get(start..start + body_len) else {
-        return Ok(None);
-    };
     Ok(Some((
         Response {
             status,
-            headers,
-            body: body.to_vec(),
+            headers: h.headers,
+            body: h.body.to_vec(),
         },
-        start + body_len,
+        h.used,
     )))
 }
 

@@ -124,33 +124,26 @@ impl Proc {
 
     /// Waits until a stdout line contains `needle`; returns that line.
     pub fn wait_stdout(&self, needle: &str, limit: Duration) -> Result<String> {
-        self.wait_for(limit, |p| {
-            p.stdout
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned()
-        })
-        .with_context(|| format!("no stdout line with {needle:?}; stderr:\n{}", self.log()))
+        self.wait_line(limit, |l| l.contains(needle))
+            .with_context(|| format!("no stdout line with {needle:?}"))
     }
 
     /// Waits until a stdout line starts with `prefix`; returns that line.
     pub fn wait_stdout_prefix(&self, prefix: &str, limit: Duration) -> Result<String> {
+        self.wait_line(limit, |l| l.starts_with(prefix))
+            .with_context(|| format!("no stdout line starting with {prefix:?}"))
+    }
+
+    fn wait_line(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String> {
         self.wait_for(limit, |p| {
             p.stdout
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .find(|l| l.starts_with(prefix))
+                .find(|l| want(l))
                 .cloned()
         })
-        .with_context(|| {
-            format!(
-                "no stdout line starting with {prefix:?}; stderr:\n{}",
-                self.log()
-            )
-        })
+        .with_context(|| format!("stderr:\n{}", self.log()))
     }
 
     /// Waits until the stderr log contains `needle`.
@@ -318,6 +311,19 @@ pub fn unique() -> u64 {
 }
 
 pub mod service;
+
+/// Resident memory of a process in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
 
 /// A free loopback port: bind port 0, note the port, release it.
 pub fn free_port() -> Result<u16> {

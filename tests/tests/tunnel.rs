@@ -259,17 +259,6 @@ fn killing_the_data_plane_recovers_within_3s() -> Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> Result<()> {
     // Small windows: a stalled stream may park at most 1 MiB in the host.
@@ -281,7 +270,7 @@ fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> 
         .host
         .dataplane_pid()
         .ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    let before = rss_kib(dp).unwrap_or(0);
+    let before = revtun_tests::rss_kib(dp);
     // Stream A asks for 1 GiB and never reads.
     let mut stalled = b.connect()?;
     writeln!(stalled, "SOURCE {} 3", GIB)?;
@@ -290,7 +279,7 @@ fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> 
     let (n, d) = download(&b, 256 << 20, 4)?;
     assert_eq!(n, 256 << 20);
     assert_eq!(d, expected(256 << 20, 4));
-    let after = rss_kib(dp).unwrap_or(0);
+    let after = revtun_tests::rss_kib(dp);
     let grew = after.saturating_sub(before);
     // Windows (1 + 8 MiB) plus receive chunks and allocator slack.
     assert!(grew < 48 * 1024, "data plane grew by {grew} KiB");

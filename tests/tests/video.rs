@@ -2,8 +2,8 @@
 //! RTSP server as the camera at the site (tests/peers/camera.py), ffprobe
 //! and ffmpeg as viewers at the host.
 
-use anyhow::{bail, Context, Result};
-use revtun_tests::{bin, free_port, run, site, stderr, Host, Proc};
+use anyhow::{Context, Result};
+use revtun_tests::{bin, free_port, run, stderr, Host, Proc};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,18 +37,7 @@ impl Video {
             "--rtsp-listen",
             &format!("127.0.0.1:{rtsp}"),
         ])?;
-        let kf = host.issue("s1", &[])?;
-        let dir = host.path("s1-site");
-        let o = site(&[
-            "enroll",
-            "--keyfile",
-            &kf.to_string_lossy(),
-            "--state-dir",
-            &dir.to_string_lossy(),
-        ])?;
-        if !o.status.success() {
-            bail!("enroll: {}", stderr(&o));
-        }
+        let dir = host.enroll("s1")?;
         let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
             "run",
             "--state-dir",
@@ -230,18 +219,6 @@ fn unknown_site_or_camera_is_404_and_bad_requests_get_rtsp_errors() -> Result<()
     Ok(())
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_stalled_viewer_costs_only_itself() -> Result<()> {
     use std::io::{Read, Write};
@@ -265,12 +242,12 @@ fn a_stalled_viewer_costs_only_itself() -> Result<()> {
         let text = String::from_utf8_lossy(&reply[..n]).to_string();
         assert!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
     }
-    let before = rss_kib(dp);
+    let before = revtun_tests::rss_kib(dp);
     // Meanwhile a real viewer keeps every frame for 10 s.
     let (frames, err) = ffprobe_frames(&url, 10)?;
     assert!(frames >= 200, "healthy viewer decoded {frames}: {err}");
     assert!(err.trim().is_empty(), "{err}");
-    let grew = rss_kib(dp).saturating_sub(before);
+    let grew = revtun_tests::rss_kib(dp).saturating_sub(before);
     assert!(
         grew < 32 * 1024,
         "data plane grew {grew} KiB while a viewer stalled"

@@ -34,15 +34,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
-        eprintln!("revtun-dataplane: bad --log-level: {e}");
-        std::process::exit(2);
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    revtun_dataplane::logging::init("revtun-dataplane", &args.log_level);
     let mut fds = Vec::new();
     for raw in &args.control_fds {
         if *raw < 3 || !std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists() {

@@ -91,18 +91,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let args = Args::parse();
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("revtun-site: bad --log-level {:?}: {e}", args.log_level);
-            std::process::exit(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    revtun_dataplane::logging::init("revtun-site", &args.log_level);
     if let Err(e) = run(args.cmd) {
         eprintln!("revtun-site: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);

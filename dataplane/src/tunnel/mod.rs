@@ -418,6 +418,35 @@ pub fn reject(conn: TcpStream) {
     drop(conn);
 }
 
+/// How many bytes stream `ls` may put into the outgoing batch now:
+/// `Ready(None)` when it must stop (tunnel closed, stream reset), `Pending`
+/// (with the waker registered) while it lacks credit or batch room.
+/// Protocol frames waiting (the OPEN above all) are moved in first.
+fn reserve(
+    inner: &Inner,
+    st: &mut State,
+    ls: &LocalStream,
+    cx: &std::task::Context<'_>,
+) -> std::task::Poll<Option<usize>> {
+    use std::task::Poll;
+    if st.closed.is_some() || ls.reset.get() {
+        return Poll::Ready(None);
+    }
+    let credit = st.t.send_credit(ls.id);
+    if credit == 0 {
+        ls.sig.register(cx);
+        return Poll::Pending;
+    }
+    let room = st.framer.room();
+    if room < MIN_ROOM {
+        inner.room.register(cx);
+        inner.writer_wake.notify();
+        return Poll::Pending;
+    }
+    pump_frames(st);
+    Poll::Ready(Some(credit.min(room - 1024).min(READ_CHUNK)))
+}
+
 fn pump_frames(st: &mut State) {
     if st.t.has_frames() {
         let mut frames = Vec::new();

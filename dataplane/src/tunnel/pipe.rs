@@ -1,7 +1,7 @@
 //! In-process stream ends: a stream whose local side is a task in this
 //! data plane (a video feed) instead of a TCP socket.
 
-use super::{LocalStream, StreamError, Tunnel, MIN_ROOM, READ_CHUNK};
+use super::{LocalStream, StreamError, Tunnel};
 use bytes::Bytes;
 use revtun_proto::frame::code;
 use std::future::poll_fn;
@@ -57,25 +57,11 @@ impl Pipe {
         while off < data.len() {
             let n = poll_fn(|cx| {
                 let mut st = inner.st.borrow_mut();
-                if st.closed.is_some() || self.ls.reset.get() {
-                    return Poll::Ready(Err(StreamError::Closed));
-                }
-                let credit = st.t.send_credit(id);
-                if credit == 0 {
-                    self.ls.sig.register(cx);
-                    return Poll::Pending;
-                }
-                let room = st.framer.room();
-                if room < MIN_ROOM {
-                    inner.room.register(cx);
-                    inner.writer_wake.notify();
-                    return Poll::Pending;
-                }
-                super::pump_frames(&mut st);
-                let max = credit
-                    .min(room - 1024)
-                    .min(READ_CHUNK)
-                    .min(data.len() - off);
+                let max = match super::reserve(&inner, &mut st, &self.ls, cx) {
+                    Poll::Ready(Some(max)) => max.min(data.len() - off),
+                    Poll::Ready(None) => return Poll::Ready(Err(StreamError::Closed)),
+                    Poll::Pending => return Poll::Pending,
+                };
                 let slot = st.framer.data_slot(id, max);
                 let n = slot.len().min(max);
                 slot[..n].copy_from_slice(&data[off..off + n]);

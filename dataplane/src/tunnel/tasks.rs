@@ -1,6 +1,6 @@
 //! The tasks of one tunnel. See the module documentation of `tunnel`.
 
-use super::{pump_frames, LocalStream, Role, Tunnel, MIN_ROOM, READ_CHUNK};
+use super::{pump_frames, LocalStream, Role, Tunnel};
 use futures_lite::{AsyncRead, AsyncWrite};
 use revtun_proto::frame::code;
 use revtun_proto::tunnel::Event;
@@ -209,23 +209,11 @@ pub(super) async fn stream_reader(tun: Tunnel, ls: Rc<LocalStream>) {
     loop {
         let step = poll_fn(|cx| {
             let mut st = inner.st.borrow_mut();
-            if st.closed.is_some() || ls.reset.get() {
-                return Poll::Ready(Step::Stop);
-            }
-            let credit = st.t.send_credit(id);
-            if credit == 0 {
-                ls.sig.register(cx);
-                return Poll::Pending;
-            }
-            let room = st.framer.room();
-            if room < MIN_ROOM {
-                inner.room.register(cx);
-                inner.writer_wake.notify();
-                return Poll::Pending;
-            }
-            // Protocol frames (the OPEN above all) go before the data.
-            pump_frames(&mut st);
-            let max = credit.min(room - 1024).min(READ_CHUNK);
+            let max = match super::reserve(&inner, &mut st, &ls, cx) {
+                Poll::Ready(Some(max)) => max,
+                Poll::Ready(None) => return Poll::Ready(Step::Stop),
+                Poll::Pending => return Poll::Pending,
+            };
             let mut sock = ls.sock.borrow_mut();
             let Some(sock) = sock.as_mut() else {
                 return Poll::Ready(Step::Stop);
