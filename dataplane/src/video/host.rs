@@ -67,6 +67,9 @@ struct Viewer {
     queue: RefCell<ViewerQueue<Rc<Frame>>>,
     sig: Signal,
     gone: Cell<bool>,
+    /// RTSP replies after PLAY: the writer sends them between access
+    /// units, so they never land inside an interleaved frame.
+    replies: RefCell<Vec<u8>>,
 }
 
 struct Feed {
@@ -371,6 +374,7 @@ impl Redirector {
                             )),
                             sig: Signal::default(),
                             gone: Cell::new(false),
+                            replies: RefCell::default(),
                         });
                         // A new viewer starts at the cached keyframe at once.
                         // Their age counts from now: they enter this
@@ -404,8 +408,14 @@ impl Redirector {
                     rtsp::response(200, cseq.as_deref(), sess, b"")
                 }
                 Method::Teardown => {
-                    let _ =
-                        write_all(&conn, &rtsp::response(200, cseq.as_deref(), sess, b"")).await;
+                    let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
+                    match &viewer {
+                        // The writer sends it, then closes.
+                        Some(v) => v.replies.borrow_mut().extend_from_slice(&reply),
+                        None => {
+                            let _ = write_all(&conn, &reply).await;
+                        }
+                    }
                     break;
                 }
                 Method::Pause => rtsp::response(
@@ -418,7 +428,10 @@ impl Redirector {
                     b"",
                 ),
             };
-            if write_all(&conn, &reply).await.is_err() {
+            if let Some(v) = &viewer {
+                v.replies.borrow_mut().extend_from_slice(&reply);
+                v.sig.notify();
+            } else if write_all(&conn, &reply).await.is_err() {
                 break;
             }
         }
@@ -490,8 +503,62 @@ async fn write_all(conn: &Rc<RefCell<TcpStream>>, data: &[u8]) -> std::io::Resul
     Ok(())
 }
 
+/// Writes `parts` in order with as few system calls as the socket allows:
+/// a non-blocking `sendmsg` of all remaining parts at once, and, when the
+/// socket is full, glommio's write of the next part (which waits for room).
+async fn write_vectored_all(conn: &Rc<RefCell<TcpStream>>, parts: &[&[u8]]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, MsgFlags};
+    use std::io::IoSlice;
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < parts.len() {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
+        let iov: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[idx][off..]))
+            .chain(parts[idx + 1..].iter().take(1023).map(|p| IoSlice::new(p)))
+            .collect();
+        let n = match sendmsg::<()>(
+            fd,
+            &iov,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => {
+                // Full: let glommio wait for room while writing the next part.
+                std::future::poll_fn(|cx| {
+                    futures_lite::AsyncWrite::poll_write(
+                        std::pin::Pin::new(&mut *conn.borrow_mut()),
+                        cx,
+                        &parts[idx][off..],
+                    )
+                })
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Advance over what was written.
+        let mut left = n;
+        while left > 0 && idx < parts.len() {
+            let here = parts[idx].len() - off;
+            if left >= here {
+                left -= here;
+                idx += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes queued access units to one viewer: per packet a 4-byte `$`
-/// header of this viewer and the packet straight from the shared buffer.
+/// header of this viewer and the packet straight from the shared buffer,
+/// a whole access unit per `sendmsg` where the socket takes it.
 async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck: Duration) {
     let close = |conn: &Rc<RefCell<TcpStream>>| {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
@@ -499,6 +566,10 @@ async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck:
     };
     loop {
         let wake = v.sig.wait();
+        let replies = std::mem::take(&mut *v.replies.borrow_mut());
+        if !replies.is_empty() && write_all(&conn, &replies).await.is_err() {
+            v.gone.set(true);
+        }
         if v.gone.get() {
             // The feed ended (camera gone, site offline) or the viewer
             // left: close the connection so the player sees the end.
@@ -519,31 +590,39 @@ async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck:
             }
             continue;
         };
-        for r in &frame.packets {
-            let len = (r.end - r.start) as u16;
-            let hdr = [b'$', channel, (len >> 8) as u8, len as u8];
-            let write = async {
-                write_all(&conn, &hdr).await?;
-                write_all(&conn, &frame.msg[r.clone()]).await
-            };
-            match glommio::timer::timeout(stuck, async {
-                write.await.map_err(glommio::GlommioError::IoError)
+        // This viewer's `$` headers; the packets come from the shared buffer.
+        let headers: Vec<[u8; 4]> = frame
+            .packets
+            .iter()
+            .map(|r| {
+                let len = (r.end - r.start) as u16;
+                [b'$', channel, (len >> 8) as u8, len as u8]
             })
-            .await
-            {
-                Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
-                Err(_) => {
-                    let stats = v.queue.borrow().stats;
-                    tracing::info!(
-                        sent = stats.sent,
-                        dropped = stats.dropped,
-                        resyncs = stats.resyncs,
-                        "viewer stuck or gone; disconnecting"
-                    );
-                    v.gone.set(true);
-                    close(&conn);
-                    return;
-                }
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+        for (h, r) in headers.iter().zip(&frame.packets) {
+            parts.push(h);
+            parts.push(&frame.msg[r.clone()]);
+        }
+        let sent = glommio::timer::timeout(stuck, async {
+            write_vectored_all(&conn, &parts)
+                .await
+                .map_err(glommio::GlommioError::IoError)
+        })
+        .await;
+        match sent {
+            Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
+            Err(_) => {
+                let stats = v.queue.borrow().stats;
+                tracing::info!(
+                    sent = stats.sent,
+                    dropped = stats.dropped,
+                    resyncs = stats.resyncs,
+                    "viewer stuck or gone; disconnecting"
+                );
+                v.gone.set(true);
+                close(&conn);
+                return;
             }
         }
     }
