@@ -10,6 +10,7 @@
 //! `handshake` (control's rates, data plane under a handshake flood).
 
 mod baseline;
+mod fanout;
 mod handshake;
 mod idle;
 mod multi;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake), or 'all'.
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout), or 'all'.
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -46,6 +47,7 @@ const SCENARIOS: &[&str] = &[
     "connect",
     "idle",
     "handshake",
+    "fanout",
 ];
 
 fn main() {
@@ -85,6 +87,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "connect" => tunnel::connect_time(args.quick)?,
             "idle" => idle::run(args.quick)?,
             "handshake" => handshake::run(args.quick)?,
+            "fanout" => fanout::run(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

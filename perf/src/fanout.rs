@@ -1,0 +1,335 @@
+//! `fanout`: one camera stream through the tunnel to N viewers at the host.
+//!
+//! The camera is synthetic (this process): an RTSP server sending an
+//! H.264-shaped RTP stream at 8 Mbit/s, 25 fps, a keyframe every second,
+//! with its send time stamped into the first packet of each frame, so no
+//! encoder competes for the CPU. Viewers are raw RTSP clients on one
+//! thread (poll), counting frames, sequence gaps (drops) and the latency
+//! from the camera's send to the viewer's receive. N steps up until a
+//! viewer that keeps up loses frames.
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use revtun_proto::rtsp;
+use revtun_tests::{bin, free_port, Host, Proc};
+use serde_json::{json, Value};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const FPS: u64 = 25;
+const BITRATE: u64 = 8_000_000;
+const PACKET: usize = 1400;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The synthetic camera: serves rtsp://127.0.0.1:PORT/test.
+fn start_camera() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = camera_session(c);
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn camera_session(mut c: TcpStream) -> Result<()> {
+    c.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (req, used) = loop {
+            if let Some(x) = rtsp::parse_request(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+                break x;
+            }
+            let n = c.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.drain(..used);
+        let cseq = req.cseq().map(str::to_string);
+        let reply = match req.method {
+            rtsp::Method::Describe => {
+                let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=synthetic\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n";
+                rtsp::response(
+                    200,
+                    cseq.as_deref(),
+                    &[("Content-Type", "application/sdp")],
+                    sdp.as_bytes(),
+                )
+            }
+            rtsp::Method::Setup => rtsp::response(
+                200,
+                cseq.as_deref(),
+                &[
+                    ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1"),
+                    ("Session", "1"),
+                ],
+                b"",
+            ),
+            rtsp::Method::Play => {
+                c.write_all(&rtsp::response(
+                    200,
+                    cseq.as_deref(),
+                    &[("Session", "1")],
+                    b"",
+                ))?;
+                return stream(c);
+            }
+            _ => rtsp::response(200, cseq.as_deref(), &[], b""),
+        };
+        c.write_all(&reply)?;
+    }
+}
+
+/// Sends frames forever (until the peer goes away).
+fn stream(mut c: TcpStream) -> Result<()> {
+    let per_frame = (BITRATE / 8 / FPS) as usize;
+    let packets = per_frame.div_ceil(PACKET);
+    let start = Instant::now();
+    let mut seq: u16 = 0;
+    let mut out = Vec::with_capacity(per_frame + packets * 16);
+    for frame in 0u64.. {
+        let due = start + Duration::from_nanos(frame * 1_000_000_000 / FPS);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let key = frame % FPS == 0;
+        let ts = (frame * 90_000 / FPS) as u32;
+        out.clear();
+        for p in 0..packets {
+            let last = p + 1 == packets;
+            let mut rtp = vec![0x80, if last { 0x80 | 96 } else { 96 }];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            rtp.extend_from_slice(&ts.to_be_bytes());
+            rtp.extend_from_slice(&0x5eed_u32.to_be_bytes());
+            // FU-A: indicator 28, header with start/end bits and type 5 (IDR) or 1.
+            let nal = if key { 5 } else { 1 };
+            rtp.push(0x7c);
+            rtp.push(nal | if p == 0 { 0x80 } else { 0 } | if last { 0x40 } else { 0 });
+            rtp.extend_from_slice(&now_ns().to_be_bytes());
+            rtp.resize(PACKET, 0xab);
+            seq = seq.wrapping_add(1);
+            out.extend_from_slice(&[b'$', 0]);
+            out.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+            out.extend_from_slice(&rtp);
+        }
+        c.write_all(&out)?;
+    }
+    Ok(())
+}
+
+struct Viewer {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    frames: u64,
+    drops: u64,
+    last_seq: Option<u16>,
+}
+
+fn rtsp_call(s: &mut TcpStream, req: &str) -> Result<()> {
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((resp, _)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+            if resp.status != 200 {
+                bail!(
+                    "{} answered {}",
+                    req.split(' ').next().unwrap_or(""),
+                    resp.status
+                );
+            }
+            return Ok(());
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("closed during RTSP setup");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn open_viewer(port: u16) -> Result<Viewer> {
+    let url = format!("rtsp://127.0.0.1:{port}/lab/cam");
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    rtsp_call(
+        &mut s,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+    )?;
+    rtsp_call(&mut s, &format!("SETUP {url}/track0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"))?;
+    // PLAY's reply may be followed at once by cached frames: read it by hand.
+    s.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some((_, used)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+            buf.drain(..used);
+            break;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("closed at PLAY");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    s.set_nonblocking(true)?;
+    Ok(Viewer {
+        sock: s,
+        buf,
+        frames: 0,
+        drops: 0,
+        last_seq: None,
+    })
+}
+
+/// Reads everything available; records frames, drops and latencies.
+fn drain(v: &mut Viewer, chunk: &mut [u8], lat: &mut Histogram<u64>, record: bool) -> Result<bool> {
+    loop {
+        match v.sock.read(chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => v.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut at = 0;
+    while let Ok(Some((_, range, used))) = revtun_proto::rtp::interleaved(&v.buf[at..]) {
+        let pkt = &v.buf[at + range.start..at + range.end];
+        if pkt.len() >= 22 {
+            let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+            if let Some(prev) = v.last_seq {
+                let gap = seq.wrapping_sub(prev).wrapping_sub(1);
+                if gap != 0 && gap < 0x8000 && record {
+                    v.drops += u64::from(gap);
+                }
+            }
+            v.last_seq = Some(seq);
+            if pkt[13] & 0x80 != 0 {
+                // First packet of a frame: stamped by the camera.
+                let sent = u64::from_be_bytes([
+                    pkt[14], pkt[15], pkt[16], pkt[17], pkt[18], pkt[19], pkt[20], pkt[21],
+                ]);
+                if record {
+                    v.frames += 1;
+                    let _ = lat.record(now_ns().saturating_sub(sent).max(1));
+                }
+            }
+        }
+        at += used;
+    }
+    v.buf.drain(..at);
+    Ok(true)
+}
+
+/// Watches with `n` viewers for `dur`; returns (frames per viewer min,
+/// total drops, latency histogram).
+fn round(port: u16, n: usize, dur: Duration) -> Result<(u64, u64, Histogram<u64>)> {
+    let mut viewers: Vec<Viewer> = (0..n).map(|_| open_viewer(port)).collect::<Result<_>>()?;
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let warm = Instant::now() + Duration::from_secs(1);
+    let end = warm + dur;
+    while Instant::now() < end {
+        let record = Instant::now() >= warm;
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = viewers
+                .iter()
+                .map(|v| PollFd::new(v.sock.as_fd(), PollFlags::POLLIN))
+                .collect();
+            poll(&mut fds, PollTimeout::from(50u16))?;
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        for (v, r) in viewers.iter_mut().zip(ready) {
+            if r && !drain(v, &mut chunk, &mut lat, record)? {
+                bail!("a viewer was disconnected");
+            }
+        }
+    }
+    let min = viewers.iter().map(|v| v.frames).min().unwrap_or(0);
+    let drops = viewers.iter().map(|v| v.drops).sum();
+    Ok((min, drops, lat))
+}
+
+/// Runs the scenario.
+pub fn run(quick: bool) -> Result<Value> {
+    let cam = start_camera()?;
+    let rtsp = free_port()?;
+    let host = Host::start(&[
+        "--shards",
+        "1",
+        "--pin",
+        "--log-level",
+        "warn",
+        "--rtsp-listen",
+        &format!("127.0.0.1:{rtsp}"),
+    ])?;
+    let dir = host.enroll("lab")?;
+    let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
+        "run",
+        "--state-dir",
+        &dir.to_string_lossy(),
+        "--cpu=1",
+        "--log-level=warn",
+        &format!("--camera=cam=rtsp://127.0.0.1:{cam}/test"),
+    ]))?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
+    host.control
+        .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    let steps: &[usize] = if quick {
+        &[10]
+    } else {
+        &[10, 100, 250, 500, 1000, 1500]
+    };
+    let dur = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut rows = Vec::new();
+    let mut best = 0;
+    for &n in steps {
+        let (min_frames, drops, lat) =
+            round(rtsp, n, dur).with_context(|| format!("{n} viewers"))?;
+        let expected = FPS * dur.as_secs();
+        let kept_up = drops == 0 && min_frames + 2 >= expected;
+        rows.push(json!({
+            "viewers": n,
+            "min_frames_per_viewer": min_frames,
+            "expected_frames": expected,
+            "dropped_packets": drops,
+            "latency_p50_ms": lat.value_at_quantile(0.5) as f64 / 1e6,
+            "latency_p99_ms": lat.value_at_quantile(0.99) as f64 / 1e6,
+            "all_kept_up": kept_up,
+        }));
+        if !kept_up {
+            break;
+        }
+        best = n;
+    }
+    drop(agent);
+    Ok(json!({
+        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on one thread; latency = camera send to viewer receive",
+        "stream_mbit_s": BITRATE / 1_000_000,
+        "max_viewers_all_keeping_up": best,
+        "rounds": rows,
+        "targets": { "viewers": 1000, "p99_ms": 5.0 },
+    }))
+}
