@@ -64,8 +64,11 @@ pub fn svg(results: &Value) -> String {
         64.0,
         false,
     );
-    for b in bars.iter_mut().filter(|b| b.label.starts_with("idle")) {
-        b.value /= 64.0;
+    for b in bars
+        .iter_mut()
+        .filter(|b| b.label.starts_with("idle") || b.label.starts_with("fan-out"))
+    {
+        b.value /= b.target;
         b.target = 1.0;
     }
     let (w, row) = (900.0, 34.0);
