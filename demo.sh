@@ -85,4 +85,7 @@ $BIN/revtun-keytool --state-dir "$WORK/host" list
 
 step "host log (the precise reasons behind every generic refusal)"
 sed 's/^/control log: /' "$WORK/control.log"
+step "the tour: bulk TCP and video viewers through a fresh host and site, with live numbers"
+$BIN/revtun-perf demo
+
 printf '\ndemo: OK\n'

@@ -32,7 +32,7 @@ fn now_ns() -> u64 {
 }
 
 /// The synthetic camera: serves rtsp://127.0.0.1:PORT/test.
-fn start_camera() -> Result<u16> {
+pub fn start_camera() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
     std::thread::spawn(move || {
@@ -164,8 +164,8 @@ fn rtsp_call(s: &mut TcpStream, req: &str) -> Result<()> {
     }
 }
 
-fn open_viewer(port: u16) -> Result<Viewer> {
-    let url = format!("rtsp://127.0.0.1:{port}/lab/cam");
+fn open_viewer(port: u16, path: &str) -> Result<Viewer> {
+    let url = format!("rtsp://127.0.0.1:{port}/{path}");
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     rtsp_call(
@@ -237,10 +237,13 @@ fn drain(v: &mut Viewer, chunk: &mut [u8], lat: &mut Histogram<u64>, record: boo
     Ok(true)
 }
 
-/// Watches with `n` viewers for `dur`; returns (frames per viewer min,
+/// Watches with `n` viewers for `dur` (after 1 s of warm-up); returns
+/// (frames per viewer min,
 /// total drops, latency histogram).
-fn round(port: u16, n: usize, dur: Duration) -> Result<(u64, u64, Histogram<u64>)> {
-    let mut viewers: Vec<Viewer> = (0..n).map(|_| open_viewer(port)).collect::<Result<_>>()?;
+pub fn round(port: u16, path: &str, n: usize, dur: Duration) -> Result<(u64, u64, Histogram<u64>)> {
+    let mut viewers: Vec<Viewer> = (0..n)
+        .map(|_| open_viewer(port, path))
+        .collect::<Result<_>>()?;
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut chunk = vec![0u8; 256 * 1024];
     let warm = Instant::now() + Duration::from_secs(1);
@@ -307,7 +310,7 @@ pub fn run(quick: bool) -> Result<Value> {
     let mut best = 0;
     for &n in steps {
         let (min_frames, drops, lat) =
-            round(rtsp, n, dur).with_context(|| format!("{n} viewers"))?;
+            round(rtsp, "lab/cam", n, dur).with_context(|| format!("{n} viewers"))?;
         let expected = FPS * dur.as_secs();
         let kept_up = drops == 0 && min_frames + 2 >= expected;
         rows.push(json!({

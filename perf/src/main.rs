@@ -10,6 +10,7 @@
 //! `handshake` (control's rates, data plane under a handshake flood).
 
 mod baseline;
+mod demo;
 mod fanout;
 mod handshake;
 mod idle;
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout), or 'all'.
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout), 'all', or 'demo' (the guided tour).
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -69,6 +70,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let Some(scenario) = args.scenario.as_deref() else {
         bail!("name a scenario ({} or all)", SCENARIOS.join(", "));
     };
+    if scenario == "demo" {
+        // The tour is interactive output, not a lab scenario.
+        demo::run(args.quick)?;
+        return Ok(());
+    }
     let names: Vec<&str> = match scenario {
         "all" => SCENARIOS.to_vec(),
         s if SCENARIOS.contains(&s) => vec![s],
