@@ -67,6 +67,10 @@ pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
 
 type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
 
+/// How long a client waits for a tunnel that was just handed over to
+/// show its services (its first record), instead of being refused.
+pub const READY_WAIT: Duration = Duration::from_secs(2);
+
 /// Replacements of a site's live tunnel within [`FLAP_WINDOW`] that mean
 /// two agents share one identity (threat 3).
 pub const FLAP_LIMIT: usize = 4;
@@ -296,6 +300,10 @@ async fn serve_port(listener: glommio::net::TcpListener, e: Expose, registry: Re
             .filter(|t| !t.is_closed())
             .cloned();
         match tunnel {
+            Some(t) if !t.ready(READY_WAIT).await => {
+                tracing::info!(expose = %e, "site connected but silent: client refused");
+                crate::tunnel::reject(conn);
+            }
             Some(t) => {
                 if let Err(err) = t.open_stream(&e.service, conn) {
                     tracing::info!(expose = %e, error = %err, "client refused");

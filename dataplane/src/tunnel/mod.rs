@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest DATA payload read from a local socket in one go. Moderate
 /// frames keep streams fair; batches of many frames keep system calls few.
@@ -160,6 +160,8 @@ struct Inner {
     room: Signal,
     /// The tunnel closed.
     closed_sig: Signal,
+    /// The peer's SETTINGS (and, from a site, its SERVICES) arrived.
+    ready_sig: Signal,
     /// Set from outside (SIGTERM) to close cleanly.
     stop: Option<Arc<AtomicBool>>,
 }
@@ -225,6 +227,7 @@ impl Tunnel {
             writer_wake: Signal::default(),
             room: Signal::default(),
             closed_sig: Signal::default(),
+            ready_sig: Signal::default(),
             stop,
         });
         let tunnel = Tunnel { inner };
@@ -248,6 +251,35 @@ impl Tunnel {
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.inner.st.borrow().closed.is_some()
+    }
+
+    /// Waits (at most `limit`) until the peer's first record arrived, so
+    /// its settings and services are known; false if it did not in time
+    /// or the tunnel closed. A client that connects in the instant after a
+    /// site's hello is then served instead of refused.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let wait = self.inner.ready_sig.wait();
+            {
+                let st = self.inner.st.borrow();
+                if st.closed.is_some() {
+                    return false;
+                }
+                if st.t.peer_settings().is_some() {
+                    return true;
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = glommio::timer::timeout(left, async {
+                wait.await;
+                Ok(())
+            })
+            .await;
+        }
     }
 
     /// Waits until the tunnel closes; returns why.
@@ -368,6 +400,7 @@ impl Tunnel {
         self.inner.writer_wake.notify();
         self.inner.room.notify();
         self.inner.closed_sig.notify();
+        self.inner.ready_sig.notify();
     }
 
     /// Sends GOAWAY, gives the writer a moment to flush, then closes.

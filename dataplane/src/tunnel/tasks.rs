@@ -111,6 +111,7 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                     for ls in st.streams.values() {
                         ls.sig.notify();
                     }
+                    inner.ready_sig.notify();
                 }
                 Event::Credit { id } => {
                     if let Some(ls) = st.streams.get(&id) {

@@ -461,6 +461,11 @@ impl Redirector {
         site: &str,
         cam: &str,
     ) -> Result<(Rc<Feed>, String), (u16, String)> {
+        // A site that has just connected: wait for its services to be known.
+        let tunnel = self.registry.borrow().get(site).cloned();
+        if let Some(t) = tunnel {
+            t.ready(crate::host::READY_WAIT).await;
+        }
         let feed = self.feed(site, cam)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
