@@ -4,11 +4,10 @@
 //! traffic and video viewers for a bounded time with a live progress line
 //! each second, then a summary. Everything stops when it returns.
 
-use anyhow::{Context, Result};
-use revtun_tests::{bin, free_port, rss_kib, Host, Proc};
+use anyhow::Result;
+use revtun_tests::{free_port, rss_kib};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 /// Runs the tour (`quick`: fewer seconds).
@@ -16,40 +15,17 @@ pub fn run(quick: bool) -> Result<Value> {
     let secs = if quick { 2 } else { 5 };
     println!("demo: starting a host (control + data plane) on loopback");
     let sink = crate::multi::start_sink()?;
-    let cam = crate::fanout::start_camera()?;
     let svc_port: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let rtsp = free_port()?;
-    let host = Host::start(&[
-        "--shards",
-        "1",
-        "--pin",
-        "--log-level",
-        "warn",
-        "--expose",
-        &format!("demo/sink={svc_port}"),
-        "--rtsp-listen",
-        &format!("127.0.0.1:{rtsp}"),
-    ])?;
+    println!("demo: issuing a keyfile for site 'demo' and enrolling it (one-time token)");
+    let (host, agent, rtsp) = crate::fanout::video_lab(
+        "demo",
+        &["--expose", &format!("demo/sink={svc_port}")],
+        &[format!("--service=sink={sink}")],
+    )?;
     println!(
         "demo: host listening on {}, service port {svc_port}, RTSP on 127.0.0.1:{rtsp}",
         host.addr
     );
-    println!("demo: issuing a keyfile for site 'demo' and enrolling it (one-time token)");
-    let dir = host.enroll("demo")?;
-    let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
-        "run",
-        "--state-dir",
-        &dir.to_string_lossy(),
-        "--cpu=1",
-        "--log-level=warn",
-        &format!("--service=sink={sink}"),
-        &format!("--camera=cam=rtsp://127.0.0.1:{cam}/test"),
-    ]))?;
-    agent
-        .wait_stdout("tunnel up", Duration::from_secs(10))
-        .context("site agent")?;
-    host.control
-        .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
     println!("demo: site connected out to the host; tunnel up");
 
     println!("demo: bulk TCP through the tunnel, {secs} s (one stream, then 8)");

@@ -271,31 +271,54 @@ pub fn round(port: u16, path: &str, n: usize, dur: Duration) -> Result<(u64, u64
     Ok((min, drops, lat))
 }
 
-/// Runs the scenario.
-pub fn run(quick: bool) -> Result<Value> {
+/// A video lab: the synthetic camera, a host (one shard pinned to CPU 0,
+/// RTSP on a free port, `host_extra` flags) and site `site` enrolled and
+/// running on CPU 1 with camera `cam` (and `site_extra` flags). Returns the
+/// host, the agent and the RTSP port once viewers can connect.
+pub fn video_lab(
+    site: &str,
+    host_extra: &[&str],
+    site_extra: &[String],
+) -> Result<(Host, Proc, u16)> {
     let cam = start_camera()?;
     let rtsp = free_port()?;
-    let host = Host::start(&[
+    let rtsp_arg = format!("127.0.0.1:{rtsp}");
+    let mut flags = vec![
         "--shards",
         "1",
         "--pin",
         "--log-level",
         "warn",
         "--rtsp-listen",
-        &format!("127.0.0.1:{rtsp}"),
-    ])?;
-    let dir = host.enroll("lab")?;
-    let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
-        "run",
-        "--state-dir",
-        &dir.to_string_lossy(),
-        "--cpu=1",
-        "--log-level=warn",
-        &format!("--camera=cam=rtsp://127.0.0.1:{cam}/test"),
-    ]))?;
-    agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
+        &rtsp_arg,
+    ];
+    flags.extend_from_slice(host_extra);
+    let host = Host::start(&flags)?;
+    let dir = host.enroll(site)?;
+    let agent = Proc::spawn(
+        Command::new(bin("revtun-site"))
+            .args([
+                "run",
+                "--state-dir",
+                &dir.to_string_lossy(),
+                "--cpu=1",
+                "--log-level=warn",
+            ])
+            .arg(format!("--camera=cam=rtsp://127.0.0.1:{cam}/test"))
+            .args(site_extra),
+    )?;
+    agent
+        .wait_stdout("tunnel up", Duration::from_secs(10))
+        .context("site agent")?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    Ok((host, agent, rtsp))
+}
+
+/// Runs the scenario.
+pub fn run(quick: bool) -> Result<Value> {
+    // `_host` keeps control running until the scenario returns.
+    let (_host, agent, rtsp) = video_lab("lab", &[], &[])?;
     let steps: &[usize] = if quick {
         &[10]
     } else {
