@@ -43,6 +43,28 @@ struct Args {
     /// Host redirector (RTSP) address: viewers open rtsp://ADDR/SITE/CAMERA.
     #[arg(long)]
     rtsp_listen: Option<SocketAddr>,
+    /// Data-plane metrics (Prometheus text) at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Live camera streams per site; more are refused with RTSP 453 [default: 16].
+    #[arg(long)]
+    max_site_streams: Option<usize>,
+    /// Bit rate a site's live camera streams may use together before new
+    /// streams are refused with RTSP 453, e.g. 40M [default: 0 = no limit].
+    #[arg(long, value_parser = revtun_proto::duration::parse_rate)]
+    max_site_bandwidth: Option<u64>,
+    /// Bytes queued per viewer before it skips to the next keyframe [default: 8 MiB].
+    #[arg(long)]
+    viewer_queue_bytes: Option<usize>,
+    /// Age of a viewer's oldest queued frame before it skips to the next keyframe [default: 2s].
+    #[arg(long, value_parser = parse_duration)]
+    viewer_queue_age: Option<Duration>,
+    /// A viewer whose socket takes nothing for this long is disconnected [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    viewer_stuck: Option<Duration>,
+    /// A camera stream stays open this long after its last viewer left [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    video_linger: Option<Duration>,
     /// Data-plane shards (one glommio executor each); default: one per CPU.
     #[arg(long)]
     shards: Option<usize>,
@@ -122,6 +144,10 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     if let Some(a) = args.rtsp_listen {
         extra.push(format!("--rtsp-listen={a}"));
     }
+    if let Some(a) = args.metrics_listen {
+        extra.push(format!("--metrics-listen={a}"));
+    }
+    let ms = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
     let opt = |name: &str, v: Option<String>| v.map(|v| format!("--{name}={v}"));
     extra.extend(
         [
@@ -136,6 +162,21 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
                 "dead-after",
                 args.dead_after.map(|d| format!("{}ms", d.as_millis())),
             ),
+            opt(
+                "max-site-streams",
+                args.max_site_streams.map(|v| v.to_string()),
+            ),
+            opt(
+                "max-site-bandwidth",
+                args.max_site_bandwidth.map(|v| v.to_string()),
+            ),
+            opt(
+                "viewer-queue-bytes",
+                args.viewer_queue_bytes.map(|v| v.to_string()),
+            ),
+            opt("viewer-queue-age", ms(args.viewer_queue_age)),
+            opt("viewer-stuck", ms(args.viewer_stuck)),
+            opt("video-linger", ms(args.video_linger)),
         ]
         .into_iter()
         .flatten(),

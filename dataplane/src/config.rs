@@ -1,5 +1,6 @@
 //! Command-line pieces shared by the host data plane and the site agent.
 
+use crate::video::host::VideoConfig;
 use revtun_proto::tunnel::Config;
 use std::time::Duration;
 
@@ -44,6 +45,45 @@ impl TunnelArgs {
             format!("--heartbeat={}ms", self.heartbeat.as_millis()),
             format!("--dead-after={}ms", self.dead_after.as_millis()),
         ]
+    }
+}
+
+/// Redirector (video) flags of the host data plane.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VideoArgs {
+    /// Live camera streams per site; more are refused with RTSP 453.
+    #[arg(long, default_value_t = VideoConfig::default().max_streams_per_site)]
+    pub max_site_streams: usize,
+    /// Bit rate a site's live streams may use together before new streams
+    /// are refused with RTSP 453 (e.g. 40M; 0 = no limit).
+    #[arg(long, default_value = "0", value_parser = revtun_proto::duration::parse_rate)]
+    pub max_site_bandwidth: u64,
+    /// Bytes queued per viewer before it skips to the next keyframe.
+    #[arg(long, default_value_t = VideoConfig::default().viewer_max_bytes)]
+    pub viewer_queue_bytes: usize,
+    /// Age of a viewer's oldest queued frame before it skips to the next keyframe.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub viewer_queue_age: Duration,
+    /// A viewer whose socket takes nothing for this long is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub viewer_stuck: Duration,
+    /// A camera stream stays open this long after its last viewer left.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub video_linger: Duration,
+}
+
+impl VideoArgs {
+    /// The redirector configuration.
+    pub fn config(&self) -> VideoConfig {
+        VideoConfig {
+            viewer_max_bytes: self.viewer_queue_bytes.max(64 * 1024),
+            viewer_max_age: self.viewer_queue_age,
+            viewer_stuck: self.viewer_stuck.max(Duration::from_millis(100)),
+            max_streams_per_site: self.max_site_streams,
+            max_site_bps: self.max_site_bandwidth,
+            linger: self.video_linger,
+            ..VideoConfig::default()
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! does the process; control restarts it.
 
 use crate::config::Expose;
+use crate::metrics::{Board, Sample};
 use crate::tunnel::{Role, Spec, Tunnel};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -19,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Host data-plane settings.
@@ -32,21 +34,58 @@ pub struct HostConfig {
     pub pin: bool,
     /// Busy-poll this long before parking an idle executor (latency vs CPU).
     pub spin: std::time::Duration,
-    /// Host redirector (RTSP) address, served by shard 0.
+    /// Host redirector (RTSP) address, served by every shard (`SO_REUSEPORT`).
     pub rtsp_listen: Option<std::net::SocketAddr>,
     /// Redirector limits.
     pub video: crate::video::host::VideoConfig,
+    /// Metrics (Prometheus text over HTTP) address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs one executor per control socket until control goes away.
-pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
+pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()> {
     let shards = control_fds.len();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    // Every shard listens for RTSP on the same port; with port 0 the port
+    // is chosen once here and held (bound, not listening, so it takes no
+    // connections) for the life of the process.
+    let _rtsp_port_hold = match cfg.rtsp_listen {
+        Some(addr) if addr.port() == 0 && shards > 1 => {
+            let (sock, bound) = reserve_port(addr)
+                .map_err(|e| anyhow::anyhow!("cannot bind the RTSP port {addr}: {e}"))?;
+            cfg.rtsp_listen = Some(bound);
+            Some(sock)
+        }
+        _ => None,
+    };
+    let mut mesh: Vec<Option<crate::video::mesh::MeshEnd>> =
+        if cfg.rtsp_listen.is_some() && shards > 1 {
+            crate::video::mesh::mesh(shards)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            (0..shards).map(|_| None).collect()
+        };
+    let board = match cfg.metrics_listen {
+        Some(addr) => {
+            let board = Board::new(shards);
+            let bound = crate::metrics::serve(addr, board.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+            tracing::info!(listen = %bound, "metrics listening");
+            println!("metrics listening on {bound}");
+            let _ = std::io::stdout().flush();
+            Some(board)
+        }
+        None => None,
+    };
     let mut handles = Vec::new();
     for (k, fd) in control_fds.into_iter().enumerate() {
         let cfg = cfg.clone();
+        let mesh_end = mesh[k].take();
+        let board = board.clone();
         let placement = if cfg.pin {
             glommio::Placement::Fixed(k % cpus)
         } else {
@@ -55,7 +94,7 @@ pub fn run(control_fds: Vec<OwnedFd>, cfg: HostConfig) -> anyhow::Result<()> {
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("revtun-dp{k}"))
             .spin_before_park(cfg.spin)
-            .spawn(move || shard(k, shards, fd, cfg))
+            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);
     }
@@ -118,7 +157,34 @@ impl Flaps {
     }
 }
 
-async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
+/// Binds `addr` with `SO_REUSEPORT` without listening: the port is ours,
+/// and the shards' listeners can share it.
+fn reserve_port(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(socket2::Socket, std::net::SocketAddr)> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    let bound = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an inet address"))?;
+    Ok((sock, bound))
+}
+
+async fn shard(
+    k: usize,
+    shards: usize,
+    control: OwnedFd,
+    cfg: HostConfig,
+    mesh: Option<crate::video::mesh::MeshEnd>,
+    board: Option<Arc<Board>>,
+) {
     let registry: Registry = Rc::default();
     let mut flaps: HashMap<String, Flaps> = HashMap::new();
     for e in cfg
@@ -137,21 +203,28 @@ async fn shard(k: usize, shards: usize, control: OwnedFd, cfg: HostConfig) {
             Err(err) => tracing::error!(shard = k, expose = %e, error = %err, "cannot listen"),
         }
     }
-    if k == 0 {
-        if let Some(addr) = cfg.rtsp_listen {
-            match glommio::net::TcpListener::bind(addr) {
-                Ok(l) => {
-                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    tracing::info!(listen = %bound, "rtsp redirector listening");
+    let mut redirector = None;
+    if let Some(addr) = cfg.rtsp_listen {
+        let r = crate::video::host::Redirector::new(k, shards, registry.clone(), cfg.video.clone());
+        redirector = Some(r.clone());
+        if let Some(end) = mesh {
+            r.join_mesh(end);
+        }
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(shard = k, listen = %bound, "rtsp redirector listening");
+                if k == 0 {
                     println!("rtsp listening on {bound}");
                     let _ = std::io::stdout().flush();
-                    let r =
-                        crate::video::host::Redirector::new(registry.clone(), cfg.video.clone());
-                    glommio::spawn_local(r.serve(l)).detach();
                 }
-                Err(err) => tracing::error!(%addr, error = %err, "cannot listen for RTSP"),
+                glommio::spawn_local(r.serve(l)).detach();
             }
+            Err(err) => tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSP"),
         }
+    }
+    if let Some(board) = board {
+        glommio::spawn_local(publish(k, board, registry.clone(), redirector)).detach();
     }
     // SAFETY: `control` is an open socket we own; ownership moves into the
     // glommio stream, which closes it on drop.
@@ -245,6 +318,35 @@ fn handle(
             ?decoded,
             "malformed hand-off from control; ignored"
         ),
+    }
+}
+
+/// Posts this shard's metrics snapshot to the board once a second.
+async fn publish(
+    k: usize,
+    board: Arc<Board>,
+    registry: Registry,
+    redirector: Option<Rc<crate::video::host::Redirector>>,
+) {
+    loop {
+        let shard = format!("shard=\"{k}\"");
+        let mut samples: Vec<Sample> = vec![("revtun_shard_up", shard.clone(), 1)];
+        for (site, t) in registry.borrow().iter().filter(|(_, t)| !t.is_closed()) {
+            let l = format!("site=\"{}\",{shard}", crate::metrics::label(site));
+            let st = t.stats();
+            samples.extend([
+                ("revtun_tunnel_up", l.clone(), 1),
+                ("revtun_tunnel_bytes_in_total", l.clone(), st.bytes_in),
+                ("revtun_tunnel_bytes_out_total", l.clone(), st.bytes_out),
+                ("revtun_tunnel_streams", l.clone(), t.stream_count() as u64),
+                ("revtun_tunnel_streams_opened_total", l, st.streams_opened),
+            ]);
+        }
+        if let Some(r) = &redirector {
+            samples.extend(r.samples(&shard));
+        }
+        board.post(k, samples);
+        glommio::timer::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 pub mod signal;
 pub mod site;
 pub mod tunnel;

@@ -51,3 +51,39 @@ mod tests {
         assert!(parse("99999999999999999999d").is_err());
     }
 }
+
+/// Parses a bit rate: a number with an optional decimal suffix `k`, `M` or
+/// `G` (bits per second), e.g. `20M`, `1.5G`, `800k`, `0`.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a bit rate (e.g. 20M, 800k, 1.5G)"))?;
+    if !v.is_finite() || v < 0.0 || v * mult > 1e15 {
+        return Err(format!("bit rate {text:?} is out of range"));
+    }
+    Ok((v * mult) as u64)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20M"), Ok(20_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("800k"), Ok(800_000));
+        assert_eq!(parse_rate("1200"), Ok(1200));
+        assert_eq!(parse_rate("0"), Ok(0));
+        for bad in ["", "M", "-1M", "fast", "1e99", "NaN", "1.2.3M"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+}

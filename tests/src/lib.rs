@@ -445,3 +445,35 @@ impl Bench {
         Ok(reply.trim().to_string())
     }
 }
+
+/// `GET path` over HTTP/1.1 on loopback; the response body.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {text:?}"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(body.to_string())
+}
+
+/// Sum of the samples of metric `name` whose labels contain every string
+/// of `having` (Prometheus text format).
+pub fn metric_sum(text: &str, name: &str, having: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && having.iter().all(|h| labels.contains(h)))
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}

@@ -3,7 +3,8 @@
 //! and ffmpeg as viewers at the host.
 
 use anyhow::{Context, Result};
-use revtun_tests::{bin, free_port, run, stderr, Host, Proc};
+use revtun_tests::{bin, free_port, http_get, metric_sum, run, stderr, Host, Proc};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +21,15 @@ fn camera_script() -> PathBuf {
 }
 
 impl Video {
+    /// Camera, host with the default shards (one per CPU) and one site
+    /// with camera `cam1`.
     fn start(keyint: u32) -> Result<Video> {
+        Video::start_with(keyint, &[], &["cam1"])
+    }
+
+    /// As [`Video::start`] with extra host flags and these camera names
+    /// (all pulling the same test camera).
+    fn start_with(keyint: u32, host_flags: &[&str], cams: &[&str]) -> Result<Video> {
         let cam_port = free_port()?;
         let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
             &cam_port.to_string(),
@@ -31,19 +40,17 @@ impl Video {
             .wait_stdout("ready", Duration::from_secs(20))
             .context("camera (GStreamer RTSP server) did not start")?;
         let rtsp = free_port()?;
-        let host = Host::start(&[
-            "--shards",
-            "1",
-            "--rtsp-listen",
-            &format!("127.0.0.1:{rtsp}"),
-        ])?;
+        let listen = format!("127.0.0.1:{rtsp}");
+        let mut flags = vec!["--rtsp-listen", &listen];
+        flags.extend_from_slice(host_flags);
+        let host = Host::start(&flags)?;
         let dir = host.enroll("s1")?;
-        let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
-            "run",
-            "--state-dir",
-            &dir.to_string_lossy(),
-            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
-        ]))?;
+        let mut site = Command::new(bin("revtun-site"));
+        site.args(["run", "--state-dir", &dir.to_string_lossy()]);
+        for cam in cams {
+            site.arg(format!("--camera={cam}=rtsp://127.0.0.1:{cam_port}/test"));
+        }
+        let agent = Proc::spawn(&mut site)?;
         agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
         host.control
             .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
@@ -66,6 +73,47 @@ impl Video {
             .map(|l| l.iter().filter(|x| x.contains("client connected")).count())
             .unwrap_or(0)
     }
+}
+
+/// A raw RTSP viewer: DESCRIBE, SETUP (interleaved), PLAY; returns the
+/// connection positioned after the PLAY reply.
+fn play_raw(port: u16, url: &str) -> Result<std::net::TcpStream> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let mut reply = vec![0u8; 8192];
+    for (i, req) in [
+        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+        format!("SETUP {url}/stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
+        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.write_all(req.as_bytes())?;
+        let n = s.read(&mut reply)?;
+        let text = String::from_utf8_lossy(&reply[..n]).to_string();
+        anyhow::ensure!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
+    }
+    Ok(s)
+}
+
+/// Reads a playing raw viewer for `secs`; the bytes received.
+fn drain_for(mut s: std::net::TcpStream, secs: u64) -> Result<u64> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    while Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(total)
 }
 
 fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {
@@ -94,8 +142,30 @@ fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {
 
 #[test]
 fn ten_viewers_decode_and_the_stream_crosses_once() -> Result<()> {
-    let v = Video::start(25)?;
+    // Two shards: viewers land on either (SO_REUSEPORT); those on the
+    // shard without the site's tunnel get the frames by message.
+    let v = Video::start_with(
+        25,
+        &["--shards", "2", "--metrics-listen", "127.0.0.1:0"],
+        &["cam1"],
+    )?;
+    let metrics = v
+        .host
+        .control
+        .wait_stdout("metrics listening on", Duration::from_secs(10))?
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let url = v.url("s1/cam1");
+    // Twenty more raw viewers, so both shards surely get some.
+    let raws: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            let port = v.rtsp;
+            std::thread::spawn(move || drain_for(play_raw(port, &url)?, 8))
+        })
+        .collect();
     let probes: Vec<_> = (0..8)
         .map(|_| {
             let url = url.clone();
@@ -143,10 +213,69 @@ fn ten_viewers_decode_and_the_stream_crosses_once() -> Result<()> {
             stderr(&o)
         );
     }
+    for r in raws {
+        let bytes = r.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+        // The test camera sends about 150 kbit/s: 8 s is about 150 kB.
+        assert!(bytes > 60_000, "raw viewer received only {bytes} bytes");
+    }
     assert_eq!(
         v.camera_clients(),
         1,
         "the camera served more than one pull: the stream crossed more than once"
+    );
+    let m = http_get(&metrics, "/metrics")?;
+    let origin = metric_sum(&m, "revtun_video_bytes_total", &["role=\"origin\""]);
+    let tunnel_in = metric_sum(&m, "revtun_tunnel_bytes_in_total", &["site=\"s1\""]);
+    assert!(origin > 100_000, "origin feed bytes {origin}\n{m}");
+    // The tunnel carried the stream once (plus framing), not once per viewer.
+    assert!(
+        tunnel_in < origin + origin / 5,
+        "tunnel carried {tunnel_in} bytes for a {origin}-byte stream\n{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "revtun_video_viewers_total", &["camera=\"cam1\""]),
+        30,
+        "{m}"
+    );
+    // Some viewers were on the other shard and were served by its mirror.
+    assert!(
+        metric_sum(&m, "revtun_video_viewers_total", &["role=\"mirror\""]) > 0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "revtun_video_units_total", &["role=\"mirror\""]) > 100,
+        "{m}"
+    );
+    Ok(())
+}
+
+#[test]
+fn admission_refuses_streams_beyond_the_site_limits_with_453() -> Result<()> {
+    // At most one stream per site: the second camera is refused at once.
+    let v = Video::start_with(25, &["--max-site-streams", "1"], &["cam1", "cam2"])?;
+    let first = play_raw(v.rtsp, &v.url("s1/cam1"))?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam2"), 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("453"), "{err}");
+    drop(first);
+    drop(v);
+    // Bandwidth: the camera sends about 150 kbit/s, the site may use 50 kbit/s.
+    let v = Video::start_with(25, &["--max-site-bandwidth", "50k"], &["cam1", "cam2"])?;
+    let first = play_raw(v.rtsp, &v.url("s1/cam1"))?;
+    let reader = std::thread::spawn(move || drain_for(first, 6));
+    // The rate is measured over a whole second of the live stream.
+    std::thread::sleep(Duration::from_secs(3));
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam2"), 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("453"), "{err}");
+    let bytes = reader.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    assert!(
+        bytes > 40_000,
+        "the admitted stream kept flowing: {bytes} bytes"
+    );
+    assert!(
+        v.host.control.log().contains("bit/s"),
+        "refusal reason logged"
     );
     Ok(())
 }
@@ -196,7 +325,6 @@ fn a_joining_viewer_gets_a_picture_without_waiting_for_the_next_keyframe() -> Re
 
 #[test]
 fn unknown_site_or_camera_is_404_and_bad_requests_get_rtsp_errors() -> Result<()> {
-    use std::io::{Read, Write};
     let v = Video::start(25)?;
     for path in ["nosite/cam1", "s1/nocam"] {
         let (frames, err) = ffprobe_frames(&v.url(path), 2)?;
@@ -221,27 +349,11 @@ fn unknown_site_or_camera_is_404_and_bad_requests_get_rtsp_errors() -> Result<()
 
 #[test]
 fn a_stalled_viewer_costs_only_itself() -> Result<()> {
-    use std::io::{Read, Write};
     let v = Video::start(25)?;
     let dp = v.host.dataplane_pid().context("data plane pid")?;
     // A viewer that sets up, plays, then never reads.
-    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", v.rtsp))?;
-    stalled.set_read_timeout(Some(Duration::from_secs(10)))?;
     let url = v.url("s1/cam1");
-    let mut reply = vec![0u8; 8192];
-    for (i, req) in [
-        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
-        format!("SETUP {url}/stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
-        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        stalled.write_all(req.as_bytes())?;
-        let n = stalled.read(&mut reply)?;
-        let text = String::from_utf8_lossy(&reply[..n]).to_string();
-        assert!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
-    }
+    let stalled = play_raw(v.rtsp, &url)?;
     let before = revtun_tests::rss_kib(dp);
     // Meanwhile a real viewer keeps every frame for 10 s.
     let (frames, err) = ffprobe_frames(&url, 10)?;

@@ -2,7 +2,7 @@
 //! `revtun-control`, which hands it authenticated tunnel sockets.
 
 use clap::Parser;
-use revtun_dataplane::config::{parse_expose, Expose, TunnelArgs};
+use revtun_dataplane::config::{parse_expose, Expose, TunnelArgs, VideoArgs};
 use revtun_dataplane::host::{self, HostConfig};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
@@ -27,6 +27,11 @@ struct Args {
     spin: std::time::Duration,
     #[command(flatten)]
     tunnel: TunnelArgs,
+    #[command(flatten)]
+    video: VideoArgs,
+    /// Serve metrics (Prometheus text) on this address.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log filter.
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -51,7 +56,8 @@ fn main() {
         pin: args.pin,
         spin: args.spin,
         rtsp_listen: args.rtsp_listen,
-        video: Default::default(),
+        video: args.video.config(),
+        metrics_listen: args.metrics_listen,
     };
     if let Err(e) = host::run(fds, cfg) {
         eprintln!("revtun-dataplane: {e:#}");

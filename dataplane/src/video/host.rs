@@ -3,23 +3,28 @@
 //! site's tunnel; later viewers share it; the last one leaving closes it
 //! after a short linger. Each access unit is one reference-counted buffer;
 //! every viewer gets the same buffer through its own bounded queue
-//! ([`ViewerQueue`]), so a slow viewer costs only itself.
+//! ([`ViewerQueue`](revtun_proto::fanout::ViewerQueue)), so a slow viewer
+//! costs only itself.
 //!
-//! Scope today: the RTSP listener runs on shard 0 and serves sites whose
-//! tunnel lives on shard 0 (run the host with `--shards 1` for video);
-//! viewers of sites on other shards get 503.
+//! Every shard accepts viewers on the same port (`SO_REUSEPORT`, the
+//! kernel spreads connections). A viewer of a site whose tunnel lives on
+//! another shard is served from a mirror of the feed that receives the
+//! shared buffers by message ([`super::mesh`]).
 
+use super::feed::{Feed, Frame, Viewer};
+use super::mesh::{Link, MeshEnd, Msg};
+use super::writer::{write_all, writer};
 use crate::signal::Signal;
 use crate::tunnel::Tunnel;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
-use revtun_proto::fanout::{KeyframeCache, Meta, Offer, ViewerQueue};
+use revtun_proto::handoff::shard_for;
 use revtun_proto::rtsp::{self, Method};
 use revtun_proto::video::{self, FLAG_KEY};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Redirector limits.
@@ -37,6 +42,9 @@ pub struct VideoConfig {
     pub cache_frames: usize,
     /// Live camera streams per site.
     pub max_streams_per_site: usize,
+    /// A site's live streams together may use this many bits per second
+    /// before new streams are refused (0: no limit).
+    pub max_site_bps: u64,
     /// Time a feed stays open after its last viewer left.
     pub linger: Duration,
 }
@@ -51,61 +59,156 @@ impl Default for VideoConfig {
             cache_bytes: 4 * 1024 * 1024,
             cache_frames: 300,
             max_streams_per_site: 16,
+            max_site_bps: 0,
             linger: Duration::from_secs(5),
         }
     }
 }
 
-/// One access unit, shared by every viewer.
-#[derive(Debug)]
-struct Frame {
-    msg: Bytes,
-    packets: Vec<Range<usize>>,
-}
-
-struct Viewer {
-    queue: RefCell<ViewerQueue<Rc<Frame>>>,
-    sig: Signal,
-    gone: Cell<bool>,
-    /// RTSP replies after PLAY: the writer sends them between access
-    /// units, so they never land inside an interleaved frame.
-    replies: RefCell<Vec<u8>>,
-}
-
-struct Feed {
-    sdp: RefCell<Option<String>>,
-    ready: Signal,
-    viewers: RefCell<Vec<Rc<Viewer>>>,
-    cache: RefCell<KeyframeCache<Rc<Frame>>>,
-    closed: RefCell<Option<String>>,
-    last_viewer_left: Cell<Option<Instant>>,
-}
-
 type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
+type Refusal = (u16, String);
 
 /// The redirector of one shard.
 pub struct Redirector {
+    shard: usize,
+    shards: usize,
     registry: Registry,
+    /// Origin feeds of this shard's sites and mirrors of other shards'.
     feeds: RefCell<HashMap<(String, String), Rc<Feed>>>,
+    /// Mirrors by subscription id.
+    mirrors: RefCell<HashMap<u64, Rc<Feed>>>,
+    links: Vec<Option<Rc<Link>>>,
+    next_sub: Cell<u64>,
     cfg: VideoConfig,
 }
 
 impl std::fmt::Debug for Redirector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redirector")
+            .field("shard", &self.shard)
             .field("feeds", &self.feeds.borrow().len())
             .finish_non_exhaustive()
     }
 }
 
 impl Redirector {
-    /// A redirector over the shard's tunnels.
-    pub fn new(registry: Registry, cfg: VideoConfig) -> Rc<Self> {
+    /// The redirector of shard `shard` of `shards`, over that shard's tunnels.
+    pub fn new(shard: usize, shards: usize, registry: Registry, cfg: VideoConfig) -> Rc<Self> {
         Rc::new(Redirector {
+            shard,
+            shards,
             registry,
             feeds: RefCell::default(),
+            mirrors: RefCell::default(),
+            links: (0..shards)
+                .map(|p| (p != shard).then(|| Rc::new(Link::default())))
+                .collect(),
+            next_sub: Cell::new(1),
             cfg,
         })
+    }
+
+    /// Connects this shard's ends of the mesh and serves the peers'
+    /// messages (call once, when there is more than one shard).
+    pub fn join_mesh(self: &Rc<Self>, end: MeshEnd) {
+        for (peer, tx) in end.senders.into_iter().enumerate() {
+            let (Some(tx), Some(link)) = (tx, self.links[peer].clone()) else {
+                continue;
+            };
+            glommio::spawn_local(async move { link.run(tx.connect().await).await }).detach();
+        }
+        for (peer, rx) in end.receivers.into_iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                let rx = rx.connect().await;
+                while let Some(m) = rx.recv().await {
+                    me.on_msg(peer, m);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn link(&self, peer: usize) -> Option<&Rc<Link>> {
+        self.links.get(peer).and_then(Option::as_ref)
+    }
+
+    fn on_msg(self: &Rc<Self>, peer: usize, m: Msg) {
+        let Some(link) = self.link(peer).cloned() else {
+            return;
+        };
+        match m {
+            Msg::Subscribe { sub, site, cam } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    match me.describe(&site, &cam).await {
+                        Ok((feed, sdp)) => {
+                            let v = feed.attach(
+                                link.sig.clone(),
+                                me.cfg.viewer_max_bytes,
+                                me.cfg.viewer_max_age,
+                                true,
+                            );
+                            link.add(sub, v, feed, sdp);
+                        }
+                        Err((status, why)) => link.refuse(sub, status, why),
+                    }
+                })
+                .detach();
+            }
+            Msg::Unsubscribe { sub } => link.remove(sub),
+            Msg::Sdp { sub, sdp } => {
+                if let Some(f) = self.mirrors.borrow().get(&sub) {
+                    f.set_sdp(sdp);
+                }
+            }
+            Msg::Unit { sub, frame } => {
+                let f = self.mirrors.borrow().get(&sub).cloned();
+                if let Some(f) = f {
+                    f.deliver(frame);
+                }
+            }
+            Msg::Closed {
+                sub,
+                status,
+                reason,
+            } => {
+                let f = self.mirrors.borrow_mut().remove(&sub);
+                if let Some(f) = f {
+                    f.close(status, reason);
+                }
+            }
+        }
+    }
+
+    /// Metrics samples of this shard's feeds (`shard` is its label text).
+    pub fn samples(&self, shard: &str) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::label;
+        let mut out = Vec::new();
+        for ((site, cam), f) in self.feeds.borrow().iter() {
+            let owner = shard_for(site, self.shards) == self.shard;
+            let l = format!(
+                "site=\"{}\",camera=\"{}\",role=\"{}\",{shard}",
+                label(site),
+                label(cam),
+                if owner { "origin" } else { "mirror" }
+            );
+            let c = f.counters.borrow().clone();
+            let t = f.viewer_totals();
+            out.extend([
+                ("revtun_video_viewers", l.clone(), f.viewer_count() as u64),
+                ("revtun_video_viewers_total", l.clone(), c.viewers_total),
+                ("revtun_video_viewers_cut_total", l.clone(), c.viewers_cut),
+                ("revtun_video_units_total", l.clone(), c.units),
+                ("revtun_video_bytes_total", l.clone(), c.bytes),
+                ("revtun_video_bitrate_bps", l.clone(), f.bps()),
+                ("revtun_video_frames_sent_total", l.clone(), t.sent),
+                ("revtun_video_frames_dropped_total", l.clone(), t.dropped),
+                ("revtun_video_resyncs_total", l, t.resyncs),
+            ]);
+        }
+        out
     }
 
     /// Accepts viewers forever.
@@ -124,15 +227,15 @@ impl Redirector {
         }
     }
 
-    fn feed(self: &Rc<Self>, site: &str, cam: &str) -> Result<Rc<Feed>, (u16, String)> {
+    /// The live feed of `site`/`cam` at this shard, opening it if needed.
+    fn feed(self: &Rc<Self>, site: &str, cam: &str) -> Result<Rc<Feed>, Refusal> {
         let key = (site.to_string(), cam.to_string());
-        if let Some(f) = self
-            .feeds
-            .borrow()
-            .get(&key)
-            .filter(|f| f.closed.borrow().is_none())
-        {
+        if let Some(f) = self.feeds.borrow().get(&key).filter(|f| !f.is_closed()) {
             return Ok(f.clone());
+        }
+        let owner = shard_for(site, self.shards);
+        if owner != self.shard {
+            return Ok(self.mirror(key, owner));
         }
         let tunnel = self
             .registry
@@ -140,42 +243,19 @@ impl Redirector {
             .get(site)
             .filter(|t| !t.is_closed())
             .cloned()
-            .ok_or((404, format!("site {site} is not connected here")))?;
-        let live = self
-            .feeds
-            .borrow()
-            .keys()
-            .filter(|(s, _)| s == site)
-            .count();
-        if live >= self.cfg.max_streams_per_site {
-            return Err((453, format!("site {site} already has {live} live streams")));
-        }
+            .ok_or((404, format!("site {site} is not connected")))?;
+        self.admit(site)?;
         let pipe = tunnel
             .open_pipe(&format!("{}{cam}", super::site::CAMERA_PREFIX))
             .map_err(|e| (404, format!("camera {cam} of site {site}: {e}")))?;
-        let feed = Rc::new(Feed {
-            sdp: RefCell::new(None),
-            ready: Signal::default(),
-            viewers: RefCell::default(),
-            cache: RefCell::new(KeyframeCache::new(
-                self.cfg.cache_bytes,
-                self.cfg.cache_frames,
-            )),
-            closed: RefCell::new(None),
-            last_viewer_left: Cell::new(Some(Instant::now())),
-        });
+        let feed = Feed::new(site, cam, self.cfg.cache_bytes, self.cfg.cache_frames);
         self.feeds.borrow_mut().insert(key.clone(), feed.clone());
         let me = self.clone();
         let f = feed.clone();
         glommio::spawn_local(async move {
-            let reason = me.pump(&f, pipe).await;
+            let (status, reason) = me.pump(&f, pipe).await;
             tracing::info!(site = %key.0, camera = %key.1, %reason, "feed closed");
-            *f.closed.borrow_mut() = Some(reason);
-            f.ready.notify();
-            for v in f.viewers.borrow().iter() {
-                v.gone.set(true);
-                v.sig.notify();
-            }
+            f.close(status, reason);
             let mut feeds = me.feeds.borrow_mut();
             if feeds.get(&key).is_some_and(|cur| Rc::ptr_eq(cur, &f)) {
                 feeds.remove(&key);
@@ -185,8 +265,75 @@ impl Redirector {
         Ok(feed)
     }
 
-    /// Reads the feed from the tunnel and fans it out.
-    async fn pump(&self, feed: &Rc<Feed>, pipe: crate::tunnel::Pipe) -> String {
+    /// Admission of one more stream of `site` (streams and bandwidth).
+    fn admit(&self, site: &str) -> Result<(), Refusal> {
+        let feeds = self.feeds.borrow();
+        let live: Vec<&Rc<Feed>> = feeds
+            .iter()
+            .filter(|((s, _), f)| s == site && !f.is_closed())
+            .map(|(_, f)| f)
+            .collect();
+        if live.len() >= self.cfg.max_streams_per_site {
+            return Err((
+                453,
+                format!("site {site} already has {} live streams", live.len()),
+            ));
+        }
+        let bps: u64 = live.iter().map(|f| f.bps()).sum();
+        if self.cfg.max_site_bps > 0 && bps >= self.cfg.max_site_bps {
+            return Err((
+                453,
+                format!(
+                    "site {site} already uses {bps} bit/s of its {} bit/s",
+                    self.cfg.max_site_bps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A mirror of a feed whose site lives on shard `owner`.
+    fn mirror(self: &Rc<Self>, key: (String, String), owner: usize) -> Rc<Feed> {
+        let sub = self.next_sub.get();
+        self.next_sub.set(sub + 1);
+        let feed = Feed::new(&key.0, &key.1, self.cfg.cache_bytes, self.cfg.cache_frames);
+        self.feeds.borrow_mut().insert(key.clone(), feed.clone());
+        self.mirrors.borrow_mut().insert(sub, feed.clone());
+        let Some(link) = self.link(owner).cloned() else {
+            feed.close(503, "no route to the shard of this site".into());
+            return feed;
+        };
+        link.post(Msg::Subscribe {
+            sub,
+            site: key.0.clone(),
+            cam: key.1.clone(),
+        });
+        let me = self.clone();
+        let f = feed.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(250)).await;
+                if f.is_closed() {
+                    break;
+                }
+                if f.idle_for(me.cfg.linger) {
+                    link.post(Msg::Unsubscribe { sub });
+                    f.close(404, "no viewers".into());
+                    break;
+                }
+            }
+            me.mirrors.borrow_mut().remove(&sub);
+            let mut feeds = me.feeds.borrow_mut();
+            if feeds.get(&key).is_some_and(|cur| Rc::ptr_eq(cur, &f)) {
+                feeds.remove(&key);
+            }
+        })
+        .detach();
+        feed
+    }
+
+    /// Reads the feed from the tunnel and fans it out; returns why it ended.
+    async fn pump(&self, feed: &Rc<Feed>, pipe: crate::tunnel::Pipe) -> Refusal {
         let mut acc = BytesMut::new();
         let mut check = Instant::now();
         loop {
@@ -195,7 +342,7 @@ impl Redirector {
                     .await;
             let chunk = match recv {
                 Ok(Some(c)) => Some(c),
-                Ok(None) => return "the site ended the stream".into(),
+                Ok(None) => return (404, "the site ended the stream".into()),
                 Err(_) => None,
             };
             if let Some(c) = chunk {
@@ -205,57 +352,38 @@ impl Redirector {
                 let size = match video::message_size(&acc) {
                     Ok(Some(n)) if acc.len() >= n => n,
                     Ok(_) => break,
-                    Err(e) => return format!("bad feed: {e}"),
+                    Err(e) => return (502, format!("bad feed: {e}")),
                 };
                 let msg = acc.split_to(size).freeze();
                 match msg[4] {
                     video::KIND_SDP => {
-                        *feed.sdp.borrow_mut() =
-                            Some(String::from_utf8_lossy(&msg[5..]).into_owned());
-                        feed.ready.notify();
+                        feed.set_sdp(String::from_utf8_lossy(&msg[5..]).into_owned());
                     }
                     video::KIND_UNIT => {
                         let unit = match video::decode_unit(&msg) {
                             Ok(u) => u,
-                            Err(e) => return format!("bad feed: {e}"),
+                            Err(e) => return (502, format!("bad feed: {e}")),
                         };
-                        let meta = Meta {
+                        feed.deliver(Arc::new(Frame {
                             keyframe: unit.flags & FLAG_KEY != 0,
-                            bytes: msg.len(),
-                            at: Instant::now(),
-                        };
-                        let frame = Rc::new(Frame {
                             msg,
                             packets: unit.packets,
-                        });
-                        feed.cache.borrow_mut().push(meta, &frame);
-                        for v in feed.viewers.borrow().iter() {
-                            if v.queue.borrow_mut().offer(meta, frame.clone()) != Offer::Skipped {
-                                v.sig.notify();
-                            }
-                        }
+                        }));
                     }
                     video::KIND_GONE => {
-                        return format!("camera gone: {}", String::from_utf8_lossy(&msg[5..]));
+                        return (
+                            404,
+                            format!("camera gone: {}", String::from_utf8_lossy(&msg[5..])),
+                        );
                     }
-                    _ => return "bad feed: unknown message".into(),
+                    _ => return (502, "bad feed: unknown message".into()),
                 }
             }
             // Linger: close when nobody watched for a while.
             if check.elapsed() >= Duration::from_millis(500) {
                 check = Instant::now();
-                feed.viewers.borrow_mut().retain(|v| !v.gone.get());
-                if feed.viewers.borrow().is_empty() {
-                    let since = feed
-                        .last_viewer_left
-                        .get()
-                        .get_or_insert(Instant::now())
-                        .elapsed();
-                    if since >= self.cfg.linger {
-                        return "no viewers".into();
-                    }
-                } else {
-                    feed.last_viewer_left.set(None);
+                if feed.idle_for(self.cfg.linger) {
+                    return (404, "no viewers".into());
                 }
             }
         }
@@ -366,27 +494,19 @@ impl Redirector {
                 }
                 Method::Play => match &setup {
                     Some((feed, channel)) if viewer.is_none() => {
-                        let v = Rc::new(Viewer {
-                            queue: RefCell::new(ViewerQueue::new(
-                                self.cfg.viewer_max_bytes,
-                                self.cfg.viewer_max_age,
-                                Instant::now(),
-                            )),
-                            sig: Signal::default(),
-                            gone: Cell::new(false),
-                            replies: RefCell::default(),
-                        });
-                        // A new viewer starts at the cached keyframe at once.
-                        // Their age counts from now: they enter this
-                        // viewer's queue now, however old the group is.
-                        let now = Instant::now();
-                        for (meta, f) in feed.cache.borrow().frames() {
-                            v.queue
-                                .borrow_mut()
-                                .offer(Meta { at: now, ..*meta }, f.clone());
+                        let closed = feed.closed.borrow().clone();
+                        if let Some((status, why)) = closed {
+                            tracing::info!(uri = %req.uri, status, %why, "play refused: the feed ended");
+                            let reply = rtsp::response(status, cseq.as_deref(), &[], b"");
+                            let _ = write_all(&conn, &reply).await;
+                            break;
                         }
-                        feed.viewers.borrow_mut().push(v.clone());
-                        feed.last_viewer_left.set(None);
+                        let v = feed.attach(
+                            Rc::new(Signal::default()),
+                            self.cfg.viewer_max_bytes,
+                            self.cfg.viewer_max_age,
+                            false,
+                        );
                         viewer = Some(v.clone());
                         let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
                         if write_all(&conn, &reply).await.is_err() {
@@ -460,7 +580,7 @@ impl Redirector {
         self: &Rc<Self>,
         site: &str,
         cam: &str,
-    ) -> Result<(Rc<Feed>, String), (u16, String)> {
+    ) -> Result<(Rc<Feed>, String), Refusal> {
         // A site that has just connected: wait for its services to be known.
         let tunnel = self.registry.borrow().get(site).cloned();
         if let Some(t) = tunnel {
@@ -473,8 +593,8 @@ impl Redirector {
             if let Some(sdp) = feed.sdp.borrow().clone() {
                 return Ok((feed.clone(), sdp));
             }
-            if let Some(why) = feed.closed.borrow().clone() {
-                return Err((404, why));
+            if let Some(refusal) = feed.closed.borrow().clone() {
+                return Err(refusal);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -485,150 +605,6 @@ impl Redirector {
                 Ok(())
             })
             .await;
-        }
-    }
-}
-
-async fn write_all(conn: &Rc<RefCell<TcpStream>>, data: &[u8]) -> std::io::Result<()> {
-    let mut off = 0;
-    while off < data.len() {
-        let n = std::future::poll_fn(|cx| {
-            futures_lite::AsyncWrite::poll_write(
-                std::pin::Pin::new(&mut *conn.borrow_mut()),
-                cx,
-                &data[off..],
-            )
-        })
-        .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        off += n;
-    }
-    Ok(())
-}
-
-/// Writes `parts` in order with as few system calls as the socket allows:
-/// a non-blocking `sendmsg` of all remaining parts at once, and, when the
-/// socket is full, glommio's write of the next part (which waits for room).
-async fn write_vectored_all(conn: &Rc<RefCell<TcpStream>>, parts: &[&[u8]]) -> std::io::Result<()> {
-    use nix::sys::socket::{sendmsg, MsgFlags};
-    use std::io::IoSlice;
-    let (mut idx, mut off) = (0usize, 0usize);
-    while idx < parts.len() {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
-        let iov: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[idx][off..]))
-            .chain(parts[idx + 1..].iter().take(1023).map(|p| IoSlice::new(p)))
-            .collect();
-        let n = match sendmsg::<()>(
-            fd,
-            &iov,
-            &[],
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EAGAIN) => {
-                // Full: let glommio wait for room while writing the next part.
-                std::future::poll_fn(|cx| {
-                    futures_lite::AsyncWrite::poll_write(
-                        std::pin::Pin::new(&mut *conn.borrow_mut()),
-                        cx,
-                        &parts[idx][off..],
-                    )
-                })
-                .await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        // Advance over what was written.
-        let mut left = n;
-        while left > 0 && idx < parts.len() {
-            let here = parts[idx].len() - off;
-            if left >= here {
-                left -= here;
-                idx += 1;
-                off = 0;
-            } else {
-                off += left;
-                left = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes queued access units to one viewer: per packet a 4-byte `$`
-/// header of this viewer and the packet straight from the shared buffer,
-/// a whole access unit per `sendmsg` where the socket takes it.
-async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck: Duration) {
-    let close = |conn: &Rc<RefCell<TcpStream>>| {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-    };
-    loop {
-        let wake = v.sig.wait();
-        let replies = std::mem::take(&mut *v.replies.borrow_mut());
-        if !replies.is_empty() && write_all(&conn, &replies).await.is_err() {
-            v.gone.set(true);
-        }
-        if v.gone.get() {
-            // The feed ended (camera gone, site offline) or the viewer
-            // left: close the connection so the player sees the end.
-            close(&conn);
-            return;
-        }
-        let next = v.queue.borrow_mut().pop(Instant::now());
-        let Some(frame) = next else {
-            let idle = glommio::timer::timeout(stuck, async {
-                wake.await;
-                Ok(())
-            })
-            .await;
-            if idle.is_err() && v.queue.borrow().stuck(Instant::now(), stuck) {
-                v.gone.set(true);
-                close(&conn);
-                return;
-            }
-            continue;
-        };
-        // This viewer's `$` headers; the packets come from the shared buffer.
-        let headers: Vec<[u8; 4]> = frame
-            .packets
-            .iter()
-            .map(|r| {
-                let len = (r.end - r.start) as u16;
-                [b'$', channel, (len >> 8) as u8, len as u8]
-            })
-            .collect();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
-        for (h, r) in headers.iter().zip(&frame.packets) {
-            parts.push(h);
-            parts.push(&frame.msg[r.clone()]);
-        }
-        let sent = glommio::timer::timeout(stuck, async {
-            write_vectored_all(&conn, &parts)
-                .await
-                .map_err(glommio::GlommioError::IoError)
-        })
-        .await;
-        match sent {
-            Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
-            Err(_) => {
-                let stats = v.queue.borrow().stats;
-                tracing::info!(
-                    sent = stats.sent,
-                    dropped = stats.dropped,
-                    resyncs = stats.resyncs,
-                    "viewer stuck or gone; disconnecting"
-                );
-                v.gone.set(true);
-                close(&conn);
-                return;
-            }
         }
     }
 }

@@ -2,5 +2,8 @@
 //! sends access units through the tunnel once; the host side serves RTSP
 //! viewers and fans each access unit out without copying it per viewer.
 
+pub mod feed;
 pub mod host;
+pub mod mesh;
 pub mod site;
+pub mod writer;

@@ -1,0 +1,233 @@
+//! Metrics of the host data plane in the Prometheus text format, served
+//! over HTTP (`--metrics-listen`).
+//!
+//! The shards never share counters: once a second each shard renders a
+//! snapshot of its own tunnels and feeds and posts it to its slot on the
+//! [`Board`] (one message per second per shard, through a mutex the data
+//! path never touches). A plain thread serves the latest snapshots, so a
+//! scrape costs the shards nothing and values are at most a second old.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One sample: metric name, label text (`a="b",c="d"`), value.
+pub type Sample = (&'static str, String, u64);
+
+/// Metric names with their help text and type, in output order.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    ("revtun_shard_up", "gauge", "Data-plane shard alive (1)."),
+    (
+        "revtun_tunnel_up",
+        "gauge",
+        "Site tunnel connected to this shard (1).",
+    ),
+    (
+        "revtun_tunnel_bytes_in_total",
+        "counter",
+        "Bytes read from the site's tunnel socket (this connection).",
+    ),
+    (
+        "revtun_tunnel_bytes_out_total",
+        "counter",
+        "Bytes written to the site's tunnel socket (this connection).",
+    ),
+    (
+        "revtun_tunnel_streams",
+        "gauge",
+        "Streams open on the site's tunnel.",
+    ),
+    (
+        "revtun_tunnel_streams_opened_total",
+        "counter",
+        "Streams opened on the site's tunnel (this connection).",
+    ),
+    (
+        "revtun_video_viewers",
+        "gauge",
+        "RTSP viewers of the camera on this shard.",
+    ),
+    (
+        "revtun_video_viewers_total",
+        "counter",
+        "RTSP viewers of the camera ever attached on this shard (this stream).",
+    ),
+    (
+        "revtun_video_viewers_cut_total",
+        "counter",
+        "Viewers disconnected for not reading (this stream).",
+    ),
+    (
+        "revtun_video_units_total",
+        "counter",
+        "Access units received for the camera on this shard (role origin: through the tunnel).",
+    ),
+    (
+        "revtun_video_bytes_total",
+        "counter",
+        "Feed bytes received for the camera on this shard.",
+    ),
+    (
+        "revtun_video_bitrate_bps",
+        "gauge",
+        "Camera stream bit rate over the last second.",
+    ),
+    (
+        "revtun_video_frames_sent_total",
+        "counter",
+        "Access units handed to consumers' sockets or other shards.",
+    ),
+    (
+        "revtun_video_frames_dropped_total",
+        "counter",
+        "Access units dropped for consumers that fell behind (or waited for a keyframe).",
+    ),
+    (
+        "revtun_video_resyncs_total",
+        "counter",
+        "Times a consumer overflowed and resumed at a keyframe.",
+    ),
+];
+
+/// The latest snapshot of every shard.
+#[derive(Debug)]
+pub struct Board {
+    slots: Mutex<Vec<Vec<Sample>>>,
+}
+
+impl Board {
+    /// A board for `shards` shards.
+    pub fn new(shards: usize) -> Arc<Board> {
+        Arc::new(Board {
+            slots: Mutex::new(vec![Vec::new(); shards]),
+        })
+    }
+
+    /// Replaces shard `k`'s snapshot.
+    pub fn post(&self, k: usize, samples: Vec<Sample>) {
+        if let Ok(mut s) = self.slots.lock() {
+            if let Some(slot) = s.get_mut(k) {
+                *slot = samples;
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let slots = match self.slots.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => Vec::new(),
+        };
+        let mut out = String::new();
+        for (name, kind, help) in METRICS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (n, labels, v) in slots.iter().flatten() {
+                if n == name {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a label value (names here are already restricted, but the
+/// format must hold whatever comes).
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `addr` from a thread; returns the bound address.
+pub fn serve(addr: SocketAddr, board: Arc<Board>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("revtun-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = answer(c, &board) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+/// Longest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+fn answer(mut c: TcpStream, board: &Board) -> std::io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_REQUEST {
+            return respond(
+                &mut c,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            );
+        }
+    }
+    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or(&[]))
+        .trim()
+        .to_string();
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => respond(
+            &mut c,
+            "200 OK",
+            "text/plain; version=0.0.4",
+            &board.render(),
+        ),
+        (Some("GET"), Some(_)) => respond(&mut c, "404 Not Found", "text/plain", "try /metrics\n"),
+        _ => respond(&mut c, "400 Bad Request", "text/plain", ""),
+    }
+}
+
+fn respond(c: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes())?;
+    c.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_each_metric_once_with_all_shards() {
+        let b = Board::new(2);
+        b.post(0, vec![("revtun_shard_up", "shard=\"0\"".into(), 1)]);
+        b.post(1, vec![("revtun_shard_up", "shard=\"1\"".into(), 1)]);
+        b.post(7, vec![("revtun_shard_up", "shard=\"7\"".into(), 1)]);
+        let text = b.render();
+        assert_eq!(text.matches("# TYPE revtun_shard_up gauge").count(), 1);
+        assert!(text.contains("revtun_shard_up{shard=\"0\"} 1\n"));
+        assert!(text.contains("revtun_shard_up{shard=\"1\"} 1\n"));
+        assert!(!text.contains("shard=\"7\""));
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

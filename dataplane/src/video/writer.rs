@@ -1,0 +1,157 @@
+//! Writing to RTSP viewers: replies, and access units as vectored
+//! non-blocking `sendmsg` calls of this viewer's `$` headers interleaved
+//! with the packets of the shared buffer.
+
+use super::feed::Viewer;
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub async fn write_all(conn: &Rc<RefCell<TcpStream>>, data: &[u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        let n = std::future::poll_fn(|cx| {
+            futures_lite::AsyncWrite::poll_write(
+                std::pin::Pin::new(&mut *conn.borrow_mut()),
+                cx,
+                &data[off..],
+            )
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        off += n;
+    }
+    Ok(())
+}
+
+/// Writes `parts` in order with as few system calls as the socket allows:
+/// a non-blocking `sendmsg` of all remaining parts at once, and, when the
+/// socket is full, glommio's write of the next part (which waits for room).
+async fn write_vectored_all(conn: &Rc<RefCell<TcpStream>>, parts: &[&[u8]]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, MsgFlags};
+    use std::io::IoSlice;
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < parts.len() {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
+        let iov: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[idx][off..]))
+            .chain(parts[idx + 1..].iter().take(1023).map(|p| IoSlice::new(p)))
+            .collect();
+        let n = match sendmsg::<()>(
+            fd,
+            &iov,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => {
+                // Full: let glommio wait for room while writing the next part.
+                std::future::poll_fn(|cx| {
+                    futures_lite::AsyncWrite::poll_write(
+                        std::pin::Pin::new(&mut *conn.borrow_mut()),
+                        cx,
+                        &parts[idx][off..],
+                    )
+                })
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Advance over what was written.
+        let mut left = n;
+        while left > 0 && idx < parts.len() {
+            let here = parts[idx].len() - off;
+            if left >= here {
+                left -= here;
+                idx += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes queued access units to one viewer: per packet a 4-byte `$`
+/// header of this viewer and the packet straight from the shared buffer,
+/// a whole access unit per `sendmsg` where the socket takes it.
+pub async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck: Duration) {
+    let close = |conn: &Rc<RefCell<TcpStream>>| {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    };
+    loop {
+        let wake = v.sig.wait();
+        let replies = std::mem::take(&mut *v.replies.borrow_mut());
+        if !replies.is_empty() && write_all(&conn, &replies).await.is_err() {
+            v.gone.set(true);
+        }
+        if v.gone.get() {
+            // The feed ended (camera gone, site offline) or the viewer
+            // left: close the connection so the player sees the end.
+            close(&conn);
+            return;
+        }
+        let next = v.queue.borrow_mut().pop(Instant::now());
+        let Some(frame) = next else {
+            let idle = glommio::timer::timeout(stuck, async {
+                wake.await;
+                Ok(())
+            })
+            .await;
+            if idle.is_err() && v.queue.borrow().stuck(Instant::now(), stuck) {
+                v.gone.set(true);
+                v.cut.set(true);
+                close(&conn);
+                return;
+            }
+            continue;
+        };
+        // This viewer's `$` headers; the packets come from the shared buffer.
+        let headers: Vec<[u8; 4]> = frame
+            .packets
+            .iter()
+            .map(|r| {
+                let len = (r.end - r.start) as u16;
+                [b'$', channel, (len >> 8) as u8, len as u8]
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+        for (h, r) in headers.iter().zip(&frame.packets) {
+            parts.push(h);
+            parts.push(&frame.msg[r.clone()]);
+        }
+        let sent = glommio::timer::timeout(stuck, async {
+            write_vectored_all(&conn, &parts)
+                .await
+                .map_err(glommio::GlommioError::IoError)
+        })
+        .await;
+        match sent {
+            Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
+            Err(e) => {
+                let stuck = matches!(e, glommio::GlommioError::TimedOut(_));
+                let stats = v.queue.borrow().stats;
+                tracing::info!(
+                    sent = stats.sent,
+                    dropped = stats.dropped,
+                    resyncs = stats.resyncs,
+                    stuck,
+                    "viewer stuck or gone; disconnecting"
+                );
+                v.gone.set(true);
+                v.cut.set(stuck);
+                close(&conn);
+                return;
+            }
+        }
+    }
+}
