@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Video {
+    cam_port: u16,
     host: Host,
     camera: Proc,
     _agent: Proc,
@@ -18,6 +19,19 @@ struct Video {
 
 fn camera_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/camera.py")
+}
+
+/// The test camera on `port`, serving.
+fn start_camera(port: u16, keyint: u32) -> Result<Proc> {
+    let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
+        &port.to_string(),
+        "ball",
+        &keyint.to_string(),
+    ]))?;
+    camera
+        .wait_stdout("ready", Duration::from_secs(20))
+        .context("camera (GStreamer RTSP server) did not start")?;
+    Ok(camera)
 }
 
 impl Video {
@@ -31,14 +45,7 @@ impl Video {
     /// (all pulling the same test camera).
     fn start_with(keyint: u32, host_flags: &[&str], cams: &[&str]) -> Result<Video> {
         let cam_port = free_port()?;
-        let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
-            &cam_port.to_string(),
-            "ball",
-            &keyint.to_string(),
-        ]))?;
-        camera
-            .wait_stdout("ready", Duration::from_secs(20))
-            .context("camera (GStreamer RTSP server) did not start")?;
+        let camera = start_camera(cam_port, keyint)?;
         let rtsp = free_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
@@ -55,6 +62,7 @@ impl Video {
         host.control
             .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
         Ok(Video {
+            cam_port,
             host,
             camera,
             _agent: agent,
@@ -368,5 +376,42 @@ fn a_stalled_viewer_costs_only_itself() -> Result<()> {
     // never blocked the camera or the other viewer.
     assert_eq!(v.camera_clients(), 1);
     drop(stalled);
+    Ok(())
+}
+
+#[test]
+fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> Result<()> {
+    let mut v = Video::start(25)?;
+    let url = v.url("s1/cam1");
+    let mut viewer = play_raw(v.rtsp, &url)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    viewer.set_read_timeout(Some(Duration::from_secs(5)))?;
+    anyhow::ensure!(viewer.read(&mut buf)? > 0, "no video before the camera went away");
+    // The camera goes away (killed by PID, it was started by this test).
+    let gone = Instant::now();
+    v.camera = Proc::spawn(&mut Command::new("true"))?;
+    // The viewer sees its stream end: the connection closes.
+    viewer.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let closed = loop {
+        match viewer.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+        if gone.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(closed, "the viewer was not told the camera went away");
+    // Asked again while the camera is away: a clear refusal, no hang.
+    let (frames, err) = ffprobe_frames(&url, 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("404") || err.contains("503"), "{err}");
+    // The camera is back: the next viewer gets video again.
+    v.camera = start_camera(v.cam_port, 25)?;
+    let (frames, err) = ffprobe_frames(&url, 4)?;
+    assert!(frames > 50, "after the camera came back: {frames} frames; {err}");
+    assert!(!v.host.control.log().contains("panicked"));
     Ok(())
 }
