@@ -4,19 +4,17 @@
 //! H.264-shaped RTP stream at 8 Mbit/s, 25 fps, a keyframe every second,
 //! with its send time stamped into the first packet of each frame, so no
 //! encoder competes for the CPU. Viewers are raw RTSP clients on one
-//! thread (poll), counting frames, sequence gaps (drops) and the latency
+//! threads (epoll), counting frames, sequence gaps (drops) and the latency
 //! from the camera's send to the viewer's receive. N steps up until a
 //! viewer that keeps up loses frames.
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use revtun_proto::rtsp;
 use revtun_tests::{bin, free_port, Host, Proc};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -237,42 +235,71 @@ fn drain(v: &mut Viewer, chunk: &mut [u8], lat: &mut Histogram<u64>, record: boo
     Ok(true)
 }
 
-/// Watches with `n` viewers for `dur` (after 1 s of warm-up); returns
-/// (frames per viewer min,
-/// total drops, latency histogram).
+/// Viewer threads of the load generator.
+const VIEWER_THREADS: usize = 2;
+
+/// Watches with `n` viewers for `dur` (after 1 s of warm-up), spread over
+/// [`VIEWER_THREADS`] threads each waiting on its own epoll set (only
+/// sockets with data are touched); returns (frames per viewer min, total
+/// drops, latency histogram).
 pub fn round(port: u16, path: &str, n: usize, dur: Duration) -> Result<(u64, u64, Histogram<u64>)> {
-    let mut viewers: Vec<Viewer> = (0..n)
+    let viewers: Vec<Viewer> = (0..n)
         .map(|_| open_viewer(port, path))
         .collect::<Result<_>>()?;
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut chunk = vec![0u8; 256 * 1024];
     let warm = Instant::now() + Duration::from_secs(1);
     let end = warm + dur;
+    let mut groups: Vec<Vec<Viewer>> = (0..VIEWER_THREADS).map(|_| Vec::new()).collect();
+    for (i, v) in viewers.into_iter().enumerate() {
+        groups[i % VIEWER_THREADS].push(v);
+    }
+    let handles: Vec<_> = groups
+        .into_iter()
+        .map(|g| std::thread::spawn(move || watch(g, warm, end)))
+        .collect();
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut min, mut drops) = (u64::MAX, 0);
+    for h in handles {
+        let (m, d, l) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("viewer thread panicked"))??;
+        min = min.min(m);
+        drops += d;
+        lat.add(&l)?;
+    }
+    Ok((if min == u64::MAX { 0 } else { min }, drops, lat))
+}
+
+/// One viewer thread: epoll over its viewers until `end`.
+fn watch(
+    mut viewers: Vec<Viewer>,
+    warm: Instant,
+    end: Instant,
+) -> Result<(u64, u64, Histogram<u64>)> {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (i, v) in viewers.iter().enumerate() {
+        ep.add(&v.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+    }
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut events = vec![EpollEvent::empty(); 256];
     while Instant::now() < end {
         let record = Instant::now() >= warm;
-        let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd<'_>> = viewers
-                .iter()
-                .map(|v| PollFd::new(v.sock.as_fd(), PollFlags::POLLIN))
-                .collect();
-            poll(&mut fds, PollTimeout::from(50u16))?;
-            fds.iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect()
-        };
-        for (v, r) in viewers.iter_mut().zip(ready) {
-            if r && !drain(v, &mut chunk, &mut lat, record)? {
+        let n = ep.wait(&mut events, EpollTimeout::from(50u16))?;
+        for e in &events[..n] {
+            let v = &mut viewers[e.data() as usize];
+            if !drain(v, &mut chunk, &mut lat, record)? {
                 bail!("a viewer was disconnected");
             }
         }
     }
-    let min = viewers.iter().map(|v| v.frames).min().unwrap_or(0);
+    let min = viewers.iter().map(|v| v.frames).min().unwrap_or(u64::MAX);
     let drops = viewers.iter().map(|v| v.drops).sum();
     Ok((min, drops, lat))
 }
 
-/// A video lab: the synthetic camera, a host (one shard pinned to CPU 0,
-/// RTSP on a free port, `host_extra` flags) and site `site` enrolled and
+/// A video lab: the synthetic camera, a host (shards pinned, one per CPU
+/// unless `host_extra` says `--shards`; RTSP on a free port) and site `site` enrolled and
 /// running on CPU 1 with camera `cam` (and `site_extra` flags). Returns the
 /// host, the agent and the RTSP port once viewers can connect.
 pub fn video_lab(
@@ -283,15 +310,7 @@ pub fn video_lab(
     let cam = start_camera()?;
     let rtsp = free_port()?;
     let rtsp_arg = format!("127.0.0.1:{rtsp}");
-    let mut flags = vec![
-        "--shards",
-        "1",
-        "--pin",
-        "--log-level",
-        "warn",
-        "--rtsp-listen",
-        &rtsp_arg,
-    ];
+    let mut flags = vec!["--pin", "--log-level", "warn", "--rtsp-listen", &rtsp_arg];
     flags.extend_from_slice(host_extra);
     let host = Host::start(&flags)?;
     let dir = host.enroll(site)?;
@@ -316,10 +335,17 @@ pub fn video_lab(
 }
 
 /// Runs the scenario.
-pub fn run(quick: bool) -> Result<Value> {
+pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Value> {
+    let shards_arg = shards.map(|n| n.to_string());
+    let mut host_flags = Vec::new();
+    if let Some(n) = &shards_arg {
+        host_flags.extend(["--shards", n.as_str()]);
+    }
     // `_host` keeps control running until the scenario returns.
-    let (_host, agent, rtsp) = video_lab("lab", &[], &[])?;
-    let steps: &[usize] = if quick {
+    let (_host, agent, rtsp) = video_lab("lab", &host_flags, &[])?;
+    let steps: &[usize] = if !viewers.is_empty() {
+        viewers
+    } else if quick {
         &[10]
     } else {
         &[10, 100, 250, 500, 1000, 1500]
@@ -352,8 +378,9 @@ pub fn run(quick: bool) -> Result<Value> {
     }
     drop(agent);
     Ok(json!({
-        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on one thread; latency = camera send to viewer receive",
+        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on two epoll threads; latency = camera send to viewer receive",
         "stream_mbit_s": BITRATE / 1_000_000,
+        "host_shards": shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         "max_viewers_all_keeping_up": best,
         "rounds": rows,
         "targets": { "viewers": 1000, "p99_ms": 5.0 },

@@ -38,6 +38,12 @@ struct Args {
     /// Render the SVG report from an existing JSON results file and exit.
     #[arg(long)]
     render: Option<PathBuf>,
+    /// fanout: viewer counts to step through (default 10,100,250,500,1000,1500).
+    #[arg(long, value_delimiter = ',')]
+    viewers: Vec<usize>,
+    /// fanout: host data-plane shards (default: one per CPU).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// Scenario names in the order `all` runs them.
@@ -93,7 +99,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "connect" => tunnel::connect_time(args.quick)?,
             "idle" => idle::run(args.quick)?,
             "handshake" => handshake::run(args.quick)?,
-            "fanout" => fanout::run(args.quick)?,
+            "fanout" => fanout::run(args.quick, &args.viewers, args.shards)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

@@ -386,7 +386,10 @@ fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> 
     let mut viewer = play_raw(v.rtsp, &url)?;
     let mut buf = vec![0u8; 64 * 1024];
     viewer.set_read_timeout(Some(Duration::from_secs(5)))?;
-    anyhow::ensure!(viewer.read(&mut buf)? > 0, "no video before the camera went away");
+    anyhow::ensure!(
+        viewer.read(&mut buf)? > 0,
+        "no video before the camera went away"
+    );
     // The camera goes away (killed by PID, it was started by this test).
     let gone = Instant::now();
     v.camera = Proc::spawn(&mut Command::new("true"))?;
@@ -396,7 +399,11 @@ fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> 
         match viewer.read(&mut buf) {
             Ok(0) => break true,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break true,
         }
         if gone.elapsed() > Duration::from_secs(20) {
@@ -411,7 +418,10 @@ fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> 
     // The camera is back: the next viewer gets video again.
     v.camera = start_camera(v.cam_port, 25)?;
     let (frames, err) = ffprobe_frames(&url, 4)?;
-    assert!(frames > 50, "after the camera came back: {frames} frames; {err}");
+    assert!(
+        frames > 50,
+        "after the camera came back: {frames} frames; {err}"
+    );
     assert!(!v.host.control.log().contains("panicked"));
     Ok(())
 }
