@@ -1,15 +1,18 @@
 //! Micro-benchmarks of the tunnel's hot path: frame encode/decode, seal and
-//! open per record size, and fan-out enqueue to N viewers. Throughput is
+//! open per record size, buffer recycling (the data plane's buffer pool:
+//! receive chunks reclaimed once their records are dropped, send batches
+//! swapped with a spare), and fan-out enqueue to N viewers. Throughput is
 //! reported per byte so sizes compare directly.
 #![allow(missing_docs)]
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use revtun_proto::channel::{Deframer, Framer};
 use revtun_proto::fanout::{Meta, ViewerQueue};
 use revtun_proto::frame::{self, Frame};
 use revtun_proto::record::{keys, Side, RECORD_HEADER_LEN, TAG_LEN};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn secrets() -> [u8; 64] {
@@ -99,13 +102,79 @@ fn framer_round_trip(c: &mut Criterion) {
     g.finish();
 }
 
+/// Get and put of the data plane's recycled buffers, next to a fresh
+/// allocation of the same size.
+fn buffer_pool(c: &mut Criterion) {
+    let mut g = c.benchmark_group("buffer pool");
+    let (tx, _) = keys(&secrets(), Side::Host, u64::MAX);
+    let (_, rx) = keys(&secrets(), Side::Site, u64::MAX);
+    let mut f = Framer::new(tx);
+    let mut d = Deframer::new(rx);
+    // The next sealed record, each with the next counter (not timed).
+    let mut next_record = move || {
+        let slot = f.data_slot(1, 1);
+        slot[0] = 7;
+        f.commit_data(1, 1);
+        let (buf, len) = f.take(Vec::new());
+        buf[..len].to_vec()
+    };
+    // Warm up to the full chunk size, as on a busy tunnel.
+    for _ in 0..4096 {
+        d.push(&next_record());
+        while let Some(r) = d.next_record().expect("authentic") {
+            black_box(r);
+        }
+    }
+    g.bench_function(
+        "rx chunk: get (read_buf), fill, open a 1-byte record, put (drop it)",
+        |b| {
+            b.iter_batched(
+                &mut next_record,
+                |record| {
+                    let room = d.read_buf();
+                    room[..record.len()].copy_from_slice(&record);
+                    d.advance(record.len());
+                    let r = d.next_record().expect("authentic").expect("whole record");
+                    black_box(&r);
+                    drop(r);
+                    record
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    let (tx, _) = keys(&secrets(), Side::Host, u64::MAX);
+    let mut f = Framer::new(tx);
+    let mut spare = Vec::new();
+    g.bench_function(
+        "tx batch: get (take with spare), put (return as spare)",
+        |b| {
+            b.iter(|| {
+                f.push_frame(&Frame::Ping(1));
+                let (buf, len) = f.take(std::mem::take(&mut spare));
+                black_box(&buf[..len]);
+                spare = buf;
+            })
+        },
+    );
+    g.bench_function("baseline: allocate and free a 256 KiB buffer", |b| {
+        b.iter(|| {
+            let mut v: Vec<u8> = Vec::with_capacity(256 * 1024);
+            v.resize(256 * 1024, 0);
+            black_box(&v);
+        })
+    });
+    g.finish();
+}
+
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
-    let frame = Bytes::from(vec![0u8; 40 * 1024]);
+    // The data plane's handle: one Arc per access unit, cloned per viewer.
+    let frame = Arc::new(Bytes::from(vec![0u8; 40 * 1024]));
     for viewers in [10usize, 100, 1000] {
         g.throughput(Throughput::Elements(viewers as u64));
         let now = Instant::now();
-        let mut qs: Vec<ViewerQueue<Bytes>> = (0..viewers)
+        let mut qs: Vec<ViewerQueue<Arc<Bytes>>> = (0..viewers)
             .map(|_| ViewerQueue::new(8 << 20, Duration::from_secs(2), now))
             .collect();
         let meta = Meta {
@@ -129,5 +198,12 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, seal_open, framer_round_trip, fanout);
+criterion_group!(
+    benches,
+    frames,
+    seal_open,
+    framer_round_trip,
+    buffer_pool,
+    fanout
+);
 criterion_main!(benches);
