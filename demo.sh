@@ -5,9 +5,29 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# What the demo needs, installed if missing: Debian packages through
+# apt-get (as root, or with sudo), a Rust toolchain through rustup.
+need=()
+command -v curl >/dev/null || need+=(curl ca-certificates)
+command -v python3 >/dev/null || need+=(python3)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null; then
+        echo "demo: please install: ${need[*]}" >&2
+        exit 1
+    fi
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    echo "== installing ${need[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
 if ! command -v cargo >/dev/null; then
-    echo "demo: needs a Rust toolchain (cargo) and a C compiler" >&2
-    exit 1
+    if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+        echo "== installing a Rust toolchain (rustup, minimal profile)"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    fi
+    export PATH="$HOME/.cargo/bin:$PATH"
 fi
 echo "== building (release)"
 cargo build --release --bins -q

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Watch a site camera through the host, on loopback: a test camera
+# (GStreamer's RTSP server) at the site, revtun-site pulling it, revtun-control
+# serving RTSP, ffprobe decoding through the host. With --keep it stays up
+# until Ctrl-C so you can watch with ffplay (the URL is printed).
+#
+# Installs what it needs if missing (Debian packages: GStreamer's RTSP
+# server and ffmpeg) and builds in release mode. Everything lives in a
+# temporary directory; every process started here is stopped by its PID.
+set -euo pipefail
+cd "$(dirname "$0")"
+KEEP=0
+[ "${1:-}" = "--keep" ] && KEEP=1
+
+if ! command -v ffprobe >/dev/null || ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    echo "== installing GStreamer's RTSP server and ffmpeg (Debian packages)"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg \
+        gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+        gstreamer1.0-plugins-ugly gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
+fi
+echo "== building (release)"
+cargo build --release --bins -q
+BIN=target/release
+WORK=$(mktemp -d -t revtun-camera.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_for() { for _ in $(seq 200); do grep -q "$1" "$2" 2>/dev/null && return 0; sleep 0.05; done; echo "timed out waiting for '$1' in $2" >&2; cat "${2%.out}.log" >&2 || true; exit 1; }
+
+CAM_PORT=$(free_port)
+RTSP_PORT=$(free_port)
+echo "== site: a test camera at rtsp://127.0.0.1:$CAM_PORT/test (never exposed by the site itself)"
+/usr/bin/python3 tests/peers/camera.py "$CAM_PORT" ball 25 >"$WORK/camera.out" 2>"$WORK/camera.log" &
+PIDS+=($!)
+wait_for ready "$WORK/camera.out"
+
+echo "== host: keytool init, control with the RTSP redirector on 127.0.0.1:$RTSP_PORT"
+$BIN/revtun-keytool --state-dir "$WORK/host" init >/dev/null
+$BIN/revtun-control --state-dir "$WORK/host" --listen 127.0.0.1:0 \
+    --rtsp-listen "127.0.0.1:$RTSP_PORT" >"$WORK/control.out" 2>"$WORK/control.log" &
+PIDS+=($!)
+wait_for "^listening on" "$WORK/control.out"
+ADDR=$(sed -n 's/^listening on //p' "$WORK/control.out")
+
+echo "== host: issue a keyfile for site 'lobby'; site: enroll and run with camera 'door'"
+$BIN/revtun-keytool --state-dir "$WORK/host" issue --site lobby --endpoint "$ADDR" --ttl 1h --out "$WORK/lobby.keyfile" >/dev/null
+$BIN/revtun-site run --state-dir "$WORK/site" --keyfile "$WORK/lobby.keyfile" \
+    --camera "door=rtsp://127.0.0.1:$CAM_PORT/test" >"$WORK/site.out" 2>"$WORK/site.log" &
+PIDS+=($!)
+wait_for "tunnel up" "$WORK/site.out"
+wait_for "rtsp listening on" "$WORK/control.out"
+
+URL="rtsp://127.0.0.1:$RTSP_PORT/lobby/door"
+echo "== viewer at the host: ffprobe $URL (5 s)"
+FRAMES=$(ffprobe -v error -rtsp_transport tcp -select_streams v:0 -count_frames -read_intervals %+5 \
+    -show_entries stream=codec_name,width,height,nb_read_frames -of compact=p=0 "$URL")
+echo "decoded through the tunnel: $FRAMES"
+echo "$FRAMES" | grep -q "nb_read_frames=[1-9]" || { echo "camera-demo: FAILED: no frames" >&2; exit 1; }
+echo "camera pulls by the site: $(grep -c 'client connected' "$WORK/camera.out")"
+
+if [ "$KEEP" = 1 ]; then
+    echo
+    echo "Watch it:  ffplay -rtsp_transport tcp $URL"
+    echo "Ctrl-C stops everything."
+    while kill -0 "${PIDS[1]}" 2>/dev/null; do sleep 1; done
+fi
+echo "camera-demo: OK"
