@@ -157,6 +157,35 @@ pub fn video_track(sdp: &str) -> Option<VideoTrack> {
     codec.map(|codec| VideoTrack { codec, control })
 }
 
+/// The SDP viewers get: the session lines and only the media section the
+/// redirectors relay (the first H.264/H.265 video track), so players do
+/// not set up audio or other tracks that never arrive. `None` when the
+/// SDP has no such track.
+pub fn video_only_sdp(sdp: &str) -> Option<String> {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(cur) = sections.last_mut() {
+            cur.push(line);
+        }
+    }
+    let chosen = sections.iter().skip(1).find(|sec| {
+        let text = sec.join("\n");
+        sec.first().is_some_and(|m| m.starts_with("m=video")) && video_track(&text).is_some()
+    })?;
+    let mut out = String::new();
+    for line in sections[0].iter().chain(chosen.iter()) {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    Some(out)
+}
+
 /// Resolves a track control attribute against the session's base URL.
 pub fn resolve(base: &str, control: Option<&str>) -> String {
     match control {
@@ -172,6 +201,22 @@ pub fn resolve(base: &str, control: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn viewers_get_only_the_relayed_video_track() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\na=control:*\r\n\
+                   m=audio 0 RTP/AVP 0\r\na=control:track1\r\n\
+                   m=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n\
+                   m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track2\r\n";
+        let out = video_only_sdp(sdp).expect("has H.264");
+        assert_eq!(
+            out,
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\na=control:*\r\n\
+             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track2\r\n"
+        );
+        assert_eq!(video_only_sdp("v=0\r\nm=audio 0 RTP/AVP 0\r\n"), None);
+        assert_eq!(video_only_sdp(""), None);
+    }
+
     use super::*;
 
     #[test]

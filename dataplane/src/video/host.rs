@@ -357,7 +357,13 @@ impl Redirector {
                 let msg = acc.split_to(size).freeze();
                 match msg[4] {
                     video::KIND_SDP => {
-                        feed.set_sdp(String::from_utf8_lossy(&msg[5..]).into_owned());
+                        let sdp = String::from_utf8_lossy(&msg[5..]);
+                        match video::video_only_sdp(&sdp) {
+                            Some(sdp) => feed.set_sdp(sdp),
+                            None => {
+                                return (415, "the camera offers no H.264 or H.265 video".into())
+                            }
+                        }
                     }
                     video::KIND_UNIT => {
                         let unit = match video::decode_unit(&msg) {
