@@ -356,12 +356,24 @@ fn unknown_site_or_camera_is_404_and_bad_requests_get_rtsp_errors() -> Result<()
 }
 
 #[test]
-fn a_stalled_viewer_costs_only_itself() -> Result<()> {
+fn stalled_and_slow_viewers_cost_only_themselves() -> Result<()> {
     let v = Video::start(25)?;
     let dp = v.host.dataplane_pid().context("data plane pid")?;
     // A viewer that sets up, plays, then never reads.
     let url = v.url("s1/cam1");
     let stalled = play_raw(v.rtsp, &url)?;
+    // And one that reads at 10 KiB/s (THREATS.md row 9), for 12 s.
+    let mut slow = play_raw(v.rtsp, &url)?;
+    let slow_reader = std::thread::spawn(move || -> Result<u64> {
+        let mut buf = [0u8; 1024];
+        let mut got = 0u64;
+        let end = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < end {
+            got += slow.read(&mut buf)? as u64;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(got)
+    });
     let before = revtun_tests::rss_kib(dp);
     // Meanwhile a real viewer keeps every frame for 10 s.
     let (frames, err) = ffprobe_frames(&url, 10)?;
@@ -372,8 +384,13 @@ fn a_stalled_viewer_costs_only_itself() -> Result<()> {
         grew < 32 * 1024,
         "data plane grew {grew} KiB while a viewer stalled"
     );
+    // The slow viewer got what it asked for, at its pace.
+    let slow_got = slow_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("panicked"))??;
+    assert!(slow_got > 60 * 1024, "slow viewer read {slow_got} bytes");
     // The stalled viewer is either cut off or resumes at a keyframe; it
-    // never blocked the camera or the other viewer.
+    // never blocked the camera or the other viewers.
     assert_eq!(v.camera_clients(), 1);
     drop(stalled);
     Ok(())
