@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 struct Video {
     host: Host,
     camera: Proc,
-    _agent: Proc,
+    agent: Proc,
     rtsp: u16,
 }
 
@@ -20,13 +20,25 @@ fn camera_script() -> PathBuf {
 }
 
 impl Video {
+    /// A camera without credentials, as `cam1` of site `s1`.
     fn start(keyint: u32) -> Result<Video> {
+        Video::start_with(keyint, &[], |port| format!("rtsp://127.0.0.1:{port}/test"))
+    }
+
+    /// A camera started with extra `camera_args` (`--auth digest ...`),
+    /// configured at the site as `camera_url(camera port)`.
+    fn start_with(
+        keyint: u32,
+        camera_args: &[&str],
+        camera_url: impl Fn(u16) -> String,
+    ) -> Result<Video> {
         let cam_port = free_port()?;
-        let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
-            &cam_port.to_string(),
-            "ball",
-            &keyint.to_string(),
-        ]))?;
+        let camera = Proc::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(camera_script())
+                .args([&cam_port.to_string(), "ball", &keyint.to_string()])
+                .args(camera_args),
+        )?;
         camera
             .wait_stdout("ready", Duration::from_secs(20))
             .context("camera (GStreamer RTSP server) did not start")?;
@@ -42,7 +54,7 @@ impl Video {
             "run",
             "--state-dir",
             &dir.to_string_lossy(),
-            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
+            &format!("--camera=cam1={}", camera_url(cam_port)),
         ]))?;
         agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
         host.control
@@ -50,7 +62,7 @@ impl Video {
         Ok(Video {
             host,
             camera,
-            _agent: agent,
+            agent,
             rtsp,
         })
     }
@@ -256,5 +268,87 @@ fn a_stalled_viewer_costs_only_itself() -> Result<()> {
     // never blocked the camera or the other viewer.
     assert_eq!(v.camera_clients(), 1);
     drop(stalled);
+    Ok(())
+}
+
+#[test]
+fn a_camera_that_requires_digest_credentials_is_pulled_with_them() -> Result<()> {
+    let v = Video::start_with(
+        25,
+        &["--auth", "digest", "--user", "user", "--password", "secret"],
+        |port| format!("rtsp://user:secret@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 6)?;
+    // About 150 at 25 fps; the first second may go to connection setup.
+    assert!(
+        frames >= 100,
+        "viewer decoded {frames} frames; stderr: {err}"
+    );
+    assert!(err.trim().is_empty(), "decode errors: {err}");
+    assert_eq!(v.camera_clients(), 1);
+    let log = v.agent.log();
+    assert!(
+        log.contains("user:***@127.0.0.1"),
+        "the site should log the camera URL, redacted:\n{log}"
+    );
+    assert!(!log.contains("secret"), "password in the site log:\n{log}");
+    assert!(!v.host.control.log().contains("secret"));
+    Ok(())
+}
+
+#[test]
+fn a_camera_that_requires_basic_credentials_is_pulled_with_them() -> Result<()> {
+    // Reserved characters in the password are %-encoded in the URL.
+    let v = Video::start_with(
+        25,
+        &[
+            "--auth",
+            "basic",
+            "--user",
+            "user",
+            "--password",
+            "s3cr:t@/x",
+        ],
+        |port| format!("rtsp://user:s3cr%3At%40%2Fx@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 4)?;
+    assert!(
+        frames >= 50,
+        "viewer decoded {frames} frames; stderr: {err}"
+    );
+    let log = v.agent.log();
+    assert!(!log.contains("s3cr"), "password in the site log:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn a_wrong_camera_password_is_refused_and_never_logged() -> Result<()> {
+    let v = Video::start_with(
+        25,
+        &["--auth", "digest", "--user", "user", "--password", "secret"],
+        |port| format!("rtsp://user:wr0ng-pass@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 2)?;
+    assert_eq!(frames, 0, "{err}");
+    assert!(err.contains("DESCRIBE failed"), "viewer error: {err}");
+    v.agent
+        .wait_log("credentials refused", Duration::from_secs(10))?;
+    let log = v.agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("credentials refused"))
+        .unwrap_or_default();
+    assert!(line.contains("cam1"), "the error names no camera: {line}");
+    assert!(
+        line.contains("Digest"),
+        "Digest was not the scheme tried: {line}"
+    );
+    assert!(
+        log.contains("user:***@127.0.0.1"),
+        "the site should log the camera URL, redacted:\n{log}"
+    );
+    assert!(!log.contains("wr0ng"), "password in the site log:\n{log}");
+    assert!(!v.host.control.log().contains("wr0ng"));
+    assert!(!log.contains("panicked") && !v.host.control.log().contains("panicked"));
     Ok(())
 }
