@@ -1,12 +1,20 @@
-//! RTSP requests, interleaved RTP and access-unit assembly on arbitrary
-//! bytes: errors map to a status, nothing panics, ranges stay in bounds.
+//! RTSP requests, interleaved RTP and access-unit assembly, camera
+//! authentication challenges and URLs on arbitrary bytes: errors map to a
+//! status, nothing panics, ranges stay in bounds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use revtun_proto::rtp::{self, Assembler, Codec};
-use revtun_proto::rtsp;
+use revtun_proto::{rtsp, rtsp_auth};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(rtsp_auth::Challenge::Digest(d)) = rtsp_auth::choose(text.split("\r\n")) {
+            assert!(!d.nonce.is_empty() && d.nonce.len() <= rtsp_auth::MAX_VALUE);
+        }
+        let _ = rtsp_auth::split_credentials(text);
+        let _ = rtsp_auth::redact(text);
+    }
     let mut at = 0;
     while at < data.len() {
         match rtsp::parse_request(&data[at..]) {

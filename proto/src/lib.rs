@@ -21,6 +21,7 @@ pub mod keyfile;
 pub mod record;
 pub mod rtp;
 pub mod rtsp;
+pub mod rtsp_auth;
 pub mod token;
 pub mod tunnel;
 pub mod video;

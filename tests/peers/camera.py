@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """A camera stand-in: GStreamer's RTSP server on 127.0.0.1, TCP only.
 
-Usage: camera.py PORT [PATTERN] [KEYINT]. Serves rtsp://127.0.0.1:PORT/test
-(H.264, 640x360, 25 fps, a keyframe every KEYINT frames, default 25). Prints 'ready' when serving
-and 'client connected' for every RTSP client, so tests can count how many
-times the stream left the camera.
+Usage: camera.py PORT [PATTERN] [KEYINT] [--auth basic|digest --user U --password P].
+Serves rtsp://127.0.0.1:PORT/test (H.264, 640x360, 25 fps, a keyframe every
+KEYINT frames, default 25). Prints 'ready' when serving and 'client
+connected' for every RTSP client, so tests can count how many times the
+stream left the camera. With --auth, only USER with PASSWORD may describe
+and play the stream (RTSP Basic or Digest authentication; others get 401).
 """
+import argparse
 import sys
 
 import gi
@@ -15,9 +18,15 @@ gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
-port = sys.argv[1]
-pattern = sys.argv[2] if len(sys.argv) > 2 else "ball"
-keyint = int(sys.argv[3]) if len(sys.argv) > 3 else 25
+parser = argparse.ArgumentParser()
+parser.add_argument("port")
+parser.add_argument("pattern", nargs="?", default="ball")
+parser.add_argument("keyint", nargs="?", type=int, default=25)
+parser.add_argument("--auth", choices=["basic", "digest"])
+parser.add_argument("--user", default="user")
+parser.add_argument("--password", default="secret")
+args = parser.parse_args()
+port, pattern, keyint = args.port, args.pattern, args.keyint
 Gst.init(None)
 server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
@@ -30,6 +39,25 @@ factory.set_launch(
 )
 factory.set_shared(True)
 factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
+if args.auth:
+    # The user's token carries a role; the factory lets that role see
+    # (access) and start (construct) the stream. Anyone else gets 401.
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+    if args.auth == "digest":
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        auth.add_digest(args.user, args.password, token)
+    else:
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
+    server.set_auth(auth)
+    factory.add_role_from_structure(
+        Gst.Structure.new_from_string(
+            f"viewer, {GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS}=(boolean)true, "
+            f"{GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT}=(boolean)true"
+        )
+    )
 server.get_mount_points().add_factory("/test", factory)
 
 

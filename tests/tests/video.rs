@@ -13,7 +13,7 @@ struct Video {
     cam_port: u16,
     host: Host,
     camera: Proc,
-    _agent: Proc,
+    agent: Proc,
     rtsp: u16,
 }
 
@@ -22,12 +22,13 @@ fn camera_script() -> PathBuf {
 }
 
 /// The test camera on `port`, serving.
-fn start_camera(port: u16, keyint: u32) -> Result<Proc> {
-    let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
-        &port.to_string(),
-        "ball",
-        &keyint.to_string(),
-    ]))?;
+fn start_camera(port: u16, keyint: u32, extra: &[&str]) -> Result<Proc> {
+    let camera = Proc::spawn(
+        Command::new("/usr/bin/python3")
+            .arg(camera_script())
+            .args([&port.to_string(), "ball", &keyint.to_string()])
+            .args(extra),
+    )?;
     camera
         .wait_stdout("ready", Duration::from_secs(20))
         .context("camera (GStreamer RTSP server) did not start")?;
@@ -44,8 +45,30 @@ impl Video {
     /// As [`Video::start`] with extra host flags and these camera names
     /// (all pulling the same test camera).
     fn start_with(keyint: u32, host_flags: &[&str], cams: &[&str]) -> Result<Video> {
+        Video::start_full(keyint, host_flags, &[], cams, |port| {
+            format!("rtsp://127.0.0.1:{port}/test")
+        })
+    }
+
+    /// A camera started with extra `camera_args` (`--auth digest ...`),
+    /// configured at the site as `cam1` = `camera_url(camera port)`.
+    fn start_cam(
+        keyint: u32,
+        camera_args: &[&str],
+        camera_url: impl Fn(u16) -> String,
+    ) -> Result<Video> {
+        Video::start_full(keyint, &[], camera_args, &["cam1"], camera_url)
+    }
+
+    fn start_full(
+        keyint: u32,
+        host_flags: &[&str],
+        camera_args: &[&str],
+        cams: &[&str],
+        camera_url: impl Fn(u16) -> String,
+    ) -> Result<Video> {
         let cam_port = free_port()?;
-        let camera = start_camera(cam_port, keyint)?;
+        let camera = start_camera(cam_port, keyint, camera_args)?;
         let rtsp = free_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
@@ -55,7 +78,7 @@ impl Video {
         let mut site = Command::new(bin("revtun-site"));
         site.args(["run", "--state-dir", &dir.to_string_lossy()]);
         for cam in cams {
-            site.arg(format!("--camera={cam}=rtsp://127.0.0.1:{cam_port}/test"));
+            site.arg(format!("--camera={cam}={}", camera_url(cam_port)));
         }
         let agent = Proc::spawn(&mut site)?;
         agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
@@ -65,7 +88,7 @@ impl Video {
             cam_port,
             host,
             camera,
-            _agent: agent,
+            agent,
             rtsp,
         })
     }
@@ -433,12 +456,94 @@ fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> 
     assert_eq!(frames, 0);
     assert!(err.contains("404") || err.contains("503"), "{err}");
     // The camera is back: the next viewer gets video again.
-    v.camera = start_camera(v.cam_port, 25)?;
+    v.camera = start_camera(v.cam_port, 25, &[])?;
     let (frames, err) = ffprobe_frames(&url, 4)?;
     assert!(
         frames > 50,
         "after the camera came back: {frames} frames; {err}"
     );
     assert!(!v.host.control.log().contains("panicked"));
+    Ok(())
+}
+
+#[test]
+fn a_camera_that_requires_digest_credentials_is_pulled_with_them() -> Result<()> {
+    let v = Video::start_cam(
+        25,
+        &["--auth", "digest", "--user", "user", "--password", "secret"],
+        |port| format!("rtsp://user:secret@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 6)?;
+    // About 150 at 25 fps; the first second may go to connection setup.
+    assert!(
+        frames >= 100,
+        "viewer decoded {frames} frames; stderr: {err}"
+    );
+    assert!(err.trim().is_empty(), "decode errors: {err}");
+    assert_eq!(v.camera_clients(), 1);
+    let log = v.agent.log();
+    assert!(
+        log.contains("user:***@127.0.0.1"),
+        "the site should log the camera URL, redacted:\n{log}"
+    );
+    assert!(!log.contains("secret"), "password in the site log:\n{log}");
+    assert!(!v.host.control.log().contains("secret"));
+    Ok(())
+}
+
+#[test]
+fn a_camera_that_requires_basic_credentials_is_pulled_with_them() -> Result<()> {
+    // Reserved characters in the password are %-encoded in the URL.
+    let v = Video::start_cam(
+        25,
+        &[
+            "--auth",
+            "basic",
+            "--user",
+            "user",
+            "--password",
+            "s3cr:t@/x",
+        ],
+        |port| format!("rtsp://user:s3cr%3At%40%2Fx@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 4)?;
+    assert!(
+        frames >= 50,
+        "viewer decoded {frames} frames; stderr: {err}"
+    );
+    let log = v.agent.log();
+    assert!(!log.contains("s3cr"), "password in the site log:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn a_wrong_camera_password_is_refused_and_never_logged() -> Result<()> {
+    let v = Video::start_cam(
+        25,
+        &["--auth", "digest", "--user", "user", "--password", "secret"],
+        |port| format!("rtsp://user:wr0ng-pass@127.0.0.1:{port}/test"),
+    )?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 2)?;
+    assert_eq!(frames, 0, "{err}");
+    assert!(err.contains("DESCRIBE failed"), "viewer error: {err}");
+    v.agent
+        .wait_log("credentials refused", Duration::from_secs(10))?;
+    let log = v.agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("credentials refused"))
+        .unwrap_or_default();
+    assert!(line.contains("cam1"), "the error names no camera: {line}");
+    assert!(
+        line.contains("Digest"),
+        "Digest was not the scheme tried: {line}"
+    );
+    assert!(
+        log.contains("user:***@127.0.0.1"),
+        "the site should log the camera URL, redacted:\n{log}"
+    );
+    assert!(!log.contains("wr0ng"), "password in the site log:\n{log}");
+    assert!(!v.host.control.log().contains("wr0ng"));
+    assert!(!log.contains("panicked") && !v.host.control.log().contains("panicked"));
     Ok(())
 }

@@ -57,10 +57,13 @@ enum Cmd {
         services: Vec<(String, String)>,
         #[command(flatten)]
         tunnel: TunnelArgs,
-        /// A camera for the site redirector, NAME=rtsp://HOST:PORT/PATH
-        /// (repeatable); viewers reach it at the host as rtsp://HOST:PORT/SITE/NAME.
-        #[arg(long = "camera", value_parser = parse_camera)]
-        cameras: Vec<(String, String)>,
+        /// A camera for the site redirector, NAME=rtsp://[USER:PASSWORD@]HOST:PORT/PATH
+        /// (repeatable; %-encode reserved characters of the user and password);
+        /// viewers reach it at the host as rtsp://HOST:PORT/SITE/NAME.
+        // Checked after parsing (parse_camera), not by clap, whose errors
+        // would echo the value and so the password.
+        #[arg(long = "camera", value_name = "NAME=URL")]
+        cameras: Vec<String>,
         /// Pin the agent to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -70,18 +73,23 @@ enum Cmd {
     },
 }
 
+/// Checks a `--camera NAME=URL`; errors show the URL with its password
+/// redacted.
 fn parse_camera(s: &str) -> Result<(String, String), String> {
-    let (name, url) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not NAME=rtsp://HOST:PORT/PATH"))?;
+    use revtun_proto::rtsp_auth::{redact, split_credentials};
+    let (name, url) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "--camera {:?} is not NAME=rtsp://[USER:PASSWORD@]HOST:PORT/PATH",
+            redact(s)
+        )
+    })?;
     if !revtun_proto::frame::valid_service_name(name) || name.len() > 60 {
         return Err(format!(
-            "camera name {name:?} must be 1-60 of A-Z a-z 0-9 . _ -"
+            "camera name {:?} must be 1-60 of A-Z a-z 0-9 . _ -",
+            redact(name)
         ));
     }
-    if !url.starts_with("rtsp://") {
-        return Err(format!("camera URL {url:?} must start with rtsp://"));
-    }
+    split_credentials(url).map_err(|e| format!("camera {name} ({}): {e}", redact(url)))?;
     Ok((name.to_string(), url.to_string()))
 }
 
@@ -132,6 +140,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             cpu,
             spin,
         } => {
+            let cameras = cameras
+                .iter()
+                .map(|c| parse_camera(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let mut map = HashMap::new();
             for (name, target) in services {
                 if map.insert(name.clone(), target).is_some() {

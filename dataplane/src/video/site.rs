@@ -2,12 +2,18 @@
 //! camera (RTSP, RTP interleaved over TCP), group its packets into access
 //! units (keyframes and parameter sets found once, here) and send one feed
 //! message per access unit on the stream.
+//!
+//! A camera URL may carry credentials (`rtsp://user:pass@host/path`): on a
+//! 401 the request is retried once with Digest (preferred) or Basic
+//! authorization, which then goes on every request of the session. The
+//! password never appears in logs or errors.
 
 use crate::tunnel::{Pipe, PipeHandler};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use revtun_proto::rtp::{self, Assembler};
 use revtun_proto::rtsp::{self, Response};
+use revtun_proto::rtsp_auth::{self, Authenticator, Credentials};
 use revtun_proto::video::{self, FLAG_DISCONTINUITY, FLAG_KEY, FLAG_PARAMS};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,7 +36,7 @@ pub fn handlers(cameras: &HashMap<String, String>) -> HashMap<String, PipeHandle
                 let (name, url) = (name2.clone(), url.clone());
                 glommio::spawn_local(async move {
                     let mut pipe = pipe;
-                    match feed(&pipe, &url).await {
+                    match feed(&pipe, &name, &url).await {
                         Ok(()) => tracing::info!(camera = %name, "feed ended"),
                         Err(e) => {
                             tracing::warn!(camera = %name, error = %e, "camera feed failed");
@@ -50,14 +56,71 @@ pub fn handlers(cameras: &HashMap<String, String>) -> HashMap<String, PipeHandle
 }
 
 struct Camera {
+    /// The camera's name (for errors).
+    name: String,
     sock: TcpStream,
     buf: Vec<u8>,
     cseq: u32,
     session: Option<String>,
+    /// Credentials from the URL, if any.
+    creds: Option<Credentials>,
+    /// Set by the first 401: answers every later request.
+    auth: Option<Authenticator>,
 }
 
 impl Camera {
+    /// Sends a request and returns its 200 response. A 401 is answered
+    /// once, with the camera's new challenge; a second 401 in a row means
+    /// the credentials were refused.
     async fn request(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        let mut answered = false;
+        loop {
+            let resp = self.exchange(method, uri, extra).await?;
+            if resp.status == 200 {
+                return Ok(resp);
+            }
+            if resp.status != 401 {
+                return Err(format!("camera answered {method} with {}", resp.status));
+            }
+            let name = &self.name;
+            let Some(creds) = &self.creds else {
+                return Err(format!(
+                    "camera {name} requires credentials (401 to {method}); \
+                     give them in its URL: rtsp://USER:PASSWORD@HOST:PORT/PATH"
+                ));
+            };
+            if answered {
+                let scheme = self.auth.as_ref().map_or("", Authenticator::scheme);
+                return Err(format!(
+                    "camera {name}: credentials refused for user {:?} \
+                     (401 to {method} with {scheme} authorization)",
+                    creds.user()
+                ));
+            }
+            let challenges = resp
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("WWW-Authenticate"))
+                .map(|(_, v)| v.as_str());
+            let challenge = rtsp_auth::choose(challenges).ok_or_else(|| {
+                format!(
+                    "camera {name} asks for an authentication scheme this client lacks \
+                     (401 to {method}; Basic and Digest with MD5 are supported)"
+                )
+            })?;
+            self.auth = Some(Authenticator::new(creds.clone(), challenge));
+            answered = true;
+        }
+    }
+
+    /// Sends one request (with `Authorization` once challenged) and reads
+    /// its response, whatever the status.
+    async fn exchange(
         &mut self,
         method: &str,
         uri: &str,
@@ -71,6 +134,10 @@ impl Camera {
         if let Some(s) = &self.session {
             req.push_str(&format!("Session: {s}\r\n"));
         }
+        if let Some(auth) = &mut self.auth {
+            let value = auth.authorization(method, uri, &cnonce()?);
+            req.push_str(&format!("Authorization: {value}\r\n"));
+        }
         for (k, v) in extra {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -83,9 +150,6 @@ impl Camera {
             match rtsp::parse_response(&self.buf) {
                 Ok(Some((resp, used))) => {
                     self.buf.drain(..used);
-                    if resp.status != 200 {
-                        return Err(format!("camera answered {method} with {}", resp.status));
-                    }
                     return Ok(resp);
                 }
                 Ok(None) => self.fill().await?,
@@ -112,16 +176,21 @@ impl Camera {
     }
 }
 
+/// A fresh Digest client nonce: 16 random hex digits.
+fn cnonce() -> Result<String, String> {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness for the Digest cnonce".to_string())?;
+    Ok(revtun_proto::hex::encode(&b))
+}
+
 /// Connects to the camera and pumps access units into `pipe` until either
 /// side goes away.
-async fn feed(pipe: &Pipe, url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("rtsp://")
-        .ok_or_else(|| format!("{url:?} is not an rtsp:// URL"))?;
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') {
-        return Err("camera URLs with credentials are not supported yet".into());
-    }
+async fn feed(pipe: &Pipe, name: &str, url: &str) -> Result<(), String> {
+    let parsed = rtsp_auth::split_credentials(url).map_err(|e| format!("camera {name}: {e}"))?;
+    tracing::info!(camera = %name, url = %rtsp_auth::redact(url), "pulling camera");
+    // Requests go to the URL without user info; credentials go in headers.
+    let url = parsed.url.as_str();
+    let authority = parsed.authority.as_str();
     let addr = if authority.contains(':') {
         authority.to_string()
     } else {
@@ -136,10 +205,13 @@ async fn feed(pipe: &Pipe, url: &str) -> Result<(), String> {
     .map_err(|e| format!("cannot reach camera {addr}: {e}"))?;
     let _ = sock.set_nodelay(true);
     let mut cam = Camera {
+        name: name.to_string(),
         sock,
         buf: Vec::new(),
         cseq: 0,
         session: None,
+        creds: parsed.credentials,
+        auth: None,
     };
     let desc = cam
         .request("DESCRIBE", url, &[("Accept", "application/sdp")])
