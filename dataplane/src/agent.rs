@@ -18,8 +18,9 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// First backoff step.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
 
-/// How the agent runs.
-#[derive(Debug, Clone)]
+/// How the agent runs. `Debug` shows camera URLs with their passwords
+/// redacted.
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Service name -> local target.
     pub services: HashMap<String, String>,
@@ -35,6 +36,24 @@ pub struct AgentConfig {
     pub spin: Duration,
     /// Camera name -> RTSP URL (site redirector).
     pub cameras: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cameras: HashMap<&String, String> = self
+            .cameras
+            .iter()
+            .map(|(k, v)| (k, revtun_proto::rtsp_auth::redact(v)))
+            .collect();
+        f.debug_struct("AgentConfig")
+            .field("services", &self.services)
+            .field("tunnel", &self.tunnel)
+            .field("max_backoff", &self.max_backoff)
+            .field("cpu", &self.cpu)
+            .field("spin", &self.spin)
+            .field("cameras", &cameras)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the agent until stopped or definitively refused.
@@ -124,5 +143,29 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
             )
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_camera_passwords() {
+        let cfg = AgentConfig {
+            services: HashMap::new(),
+            tunnel: Config::default(),
+            max_backoff: Duration::from_secs(1),
+            stop: Arc::default(),
+            cpu: None,
+            spin: Duration::ZERO,
+            cameras: HashMap::from([(
+                "door".to_string(),
+                "rtsp://admin:hunter2@192.0.2.1:554/live".to_string(),
+            )]),
+        };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("admin:***@192.0.2.1"), "{text}");
     }
 }
