@@ -133,7 +133,9 @@ fn stream(mut c: TcpStream) -> Result<()> {
 
 struct Viewer {
     sock: TcpStream,
+    /// Fixed receive buffer: bytes `..filled` are unparsed.
     buf: Vec<u8>,
+    filled: usize,
     frames: u64,
     drops: u64,
     last_seq: Option<u16>,
@@ -187,52 +189,64 @@ fn open_viewer(port: u16, path: &str) -> Result<Viewer> {
         buf.extend_from_slice(&chunk[..n]);
     }
     s.set_nonblocking(true)?;
+    let filled = buf.len();
+    buf.resize(VIEWER_BUF.max(filled), 0);
     Ok(Viewer {
         sock: s,
         buf,
+        filled,
         frames: 0,
         drops: 0,
         last_seq: None,
     })
 }
 
-/// Reads everything available; records frames, drops and latencies.
-fn drain(v: &mut Viewer, chunk: &mut [u8], lat: &mut Histogram<u64>, record: bool) -> Result<bool> {
+/// Receive buffer per viewer (RTP packets are far smaller).
+const VIEWER_BUF: usize = 128 * 1024;
+
+/// Reads everything available straight into the viewer's buffer and
+/// parses as it goes (no copy in the load generator beyond moving a
+/// partial packet to the front); records frames, drops and latencies.
+fn drain(v: &mut Viewer, lat: &mut Histogram<u64>, record: bool) -> Result<bool> {
     loop {
-        match v.sock.read(chunk) {
+        match v.sock.read(&mut v.buf[v.filled..]) {
             Ok(0) => return Ok(false),
-            Ok(n) => v.buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Ok(n) => v.filled += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
             Err(e) => return Err(e.into()),
         }
-    }
-    let mut at = 0;
-    while let Ok(Some((_, range, used))) = revtun_proto::rtp::interleaved(&v.buf[at..]) {
-        let pkt = &v.buf[at + range.start..at + range.end];
-        if pkt.len() >= 22 {
-            let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
-            if let Some(prev) = v.last_seq {
-                let gap = seq.wrapping_sub(prev).wrapping_sub(1);
-                if gap != 0 && gap < 0x8000 && record {
-                    v.drops += u64::from(gap);
+        let mut at = 0;
+        while let Ok(Some((_, range, used))) = revtun_proto::rtp::interleaved(&v.buf[at..v.filled])
+        {
+            let pkt = &v.buf[at + range.start..at + range.end];
+            if pkt.len() >= 22 {
+                let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+                if let Some(prev) = v.last_seq {
+                    let gap = seq.wrapping_sub(prev).wrapping_sub(1);
+                    if gap != 0 && gap < 0x8000 && record {
+                        v.drops += u64::from(gap);
+                    }
+                }
+                v.last_seq = Some(seq);
+                if pkt[13] & 0x80 != 0 {
+                    // First packet of a frame: stamped by the camera.
+                    let sent = u64::from_be_bytes([
+                        pkt[14], pkt[15], pkt[16], pkt[17], pkt[18], pkt[19], pkt[20], pkt[21],
+                    ]);
+                    if record {
+                        v.frames += 1;
+                        let _ = lat.record(now_ns().saturating_sub(sent).max(1));
+                    }
                 }
             }
-            v.last_seq = Some(seq);
-            if pkt[13] & 0x80 != 0 {
-                // First packet of a frame: stamped by the camera.
-                let sent = u64::from_be_bytes([
-                    pkt[14], pkt[15], pkt[16], pkt[17], pkt[18], pkt[19], pkt[20], pkt[21],
-                ]);
-                if record {
-                    v.frames += 1;
-                    let _ = lat.record(now_ns().saturating_sub(sent).max(1));
-                }
-            }
+            at += used;
         }
-        at += used;
+        v.buf.copy_within(at..v.filled, 0);
+        v.filled -= at;
+        if v.filled == v.buf.len() {
+            bail!("a viewer got an interleaved packet larger than its buffer");
+        }
     }
-    v.buf.drain(..at);
-    Ok(true)
 }
 
 /// Viewer threads of the load generator.
@@ -281,14 +295,13 @@ fn watch(
         ep.add(&v.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
     }
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut chunk = vec![0u8; 256 * 1024];
     let mut events = vec![EpollEvent::empty(); 256];
     while Instant::now() < end {
         let record = Instant::now() >= warm;
         let n = ep.wait(&mut events, EpollTimeout::from(50u16))?;
         for e in &events[..n] {
             let v = &mut viewers[e.data() as usize];
-            if !drain(v, &mut chunk, &mut lat, record)? {
+            if !drain(v, &mut lat, record)? {
                 bail!("a viewer was disconnected");
             }
         }
