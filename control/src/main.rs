@@ -141,6 +141,14 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     if args.pin {
         extra.push("--pin".into());
     }
+    // The data plane binds these; a taken address is reported here, once,
+    // instead of as a data plane that keeps failing.
+    for (addr, what) in [(args.rtsp_listen, "RTSP"), (args.metrics_listen, "metrics")] {
+        if let Some(a) = addr.filter(|a| a.port() != 0) {
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("cannot listen for {what} on {a}"))?;
+        }
+    }
     if let Some(a) = args.rtsp_listen {
         extra.push(format!("--rtsp-listen={a}"));
     }

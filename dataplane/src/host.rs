@@ -72,12 +72,19 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
     let board = match cfg.metrics_listen {
         Some(addr) => {
             let board = Board::new(shards);
-            let bound = crate::metrics::serve(addr, board.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-            tracing::info!(listen = %bound, "metrics listening");
-            println!("metrics listening on {bound}");
-            let _ = std::io::stdout().flush();
-            Some(board)
+            match crate::metrics::serve(addr, board.clone()) {
+                Ok(bound) => {
+                    tracing::info!(listen = %bound, "metrics listening");
+                    println!("metrics listening on {bound}");
+                    let _ = std::io::stdout().flush();
+                    Some(board)
+                }
+                // Tunnels matter more than metrics: serve without them.
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen for metrics; running without");
+                    None
+                }
+            }
         }
         None => None,
     };

@@ -263,3 +263,44 @@ fn every_binary_has_help_and_rejects_bad_flags() -> Result<()> {
     fails_with(&o, "init' first");
     Ok(())
 }
+
+#[test]
+fn control_refuses_taken_or_bad_video_and_metrics_settings() -> Result<()> {
+    let host_dir = tempfile::tempdir()?;
+    let state = host_dir.path().join("host");
+    let o = run(
+        Command::new(bin("revtun-keytool")).args(["--state-dir", &s(&state), "init"]),
+        Duration::from_secs(20),
+    )?;
+    assert!(o.status.success());
+    // A port that is already taken: control says so and exits, instead of
+    // leaving a data plane that keeps failing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    for flag in ["--metrics-listen", "--rtsp-listen"] {
+        let o = run(
+            Command::new(bin("revtun-control")).args([
+                "--state-dir",
+                &s(&state),
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                &addr,
+            ]),
+            Duration::from_secs(10),
+        )?;
+        fails_with(&o, &format!("on {addr}"));
+    }
+    for (flag, value, needle) in [
+        ("--max-site-bandwidth", "fast", "not a bit rate"),
+        ("--viewer-stuck", "soon", "--viewer-stuck"),
+        ("--metrics-listen", "localhost", "--metrics-listen"),
+    ] {
+        let o = run(
+            Command::new(bin("revtun-control")).args(["--state-dir", &s(&state), flag, value]),
+            Duration::from_secs(10),
+        )?;
+        fails_with(&o, needle);
+    }
+    Ok(())
+}
