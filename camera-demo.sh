@@ -12,28 +12,14 @@ cd "$(dirname "$0")"
 KEEP=0
 [ "${1:-}" = "--keep" ] && KEEP=1
 
-if ! command -v ffprobe >/dev/null || ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    echo "== installing GStreamer's RTSP server and ffmpeg (Debian packages)"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg \
-        gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-        gstreamer1.0-plugins-ugly gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
-fi
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+ensure_build_tools
+ensure_video_peers
 echo "== building (release)"
 cargo build --release --bins -q
 BIN=target/release
-WORK=$(mktemp -d -t revtun-camera.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() { for _ in $(seq 200); do grep -q "$1" "$2" 2>/dev/null && return 0; sleep 0.05; done; echo "timed out waiting for '$1' in $2" >&2; cat "${2%.out}.log" >&2 || true; exit 1; }
+start_work revtun-camera
 
 CAM_PORT=$(free_port)
 RTSP_PORT=$(free_port)

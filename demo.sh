@@ -5,48 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# What the demo needs, installed if missing: Debian packages through
-# apt-get (as root, or with sudo), a Rust toolchain through rustup.
-need=()
-command -v curl >/dev/null || need+=(curl ca-certificates)
-command -v python3 >/dev/null || need+=(python3)
-command -v cc >/dev/null || need+=(gcc libc6-dev)
-if [ ${#need[@]} -gt 0 ]; then
-    if ! command -v apt-get >/dev/null; then
-        echo "demo: please install: ${need[*]}" >&2
-        exit 1
-    fi
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    echo "== installing ${need[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
-if ! command -v cargo >/dev/null; then
-    if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
-        echo "== installing a Rust toolchain (rustup, minimal profile)"
-        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-    fi
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+ensure_build_tools
 echo "== building (release)"
 cargo build --release --bins -q
 BIN=target/release
-WORK=$(mktemp -d -t revtun-demo.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+start_work revtun-demo
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "host: create the host identity"
 $BIN/revtun-keytool --state-dir "$WORK/host" init
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 WEB_PORT=$(free_port)      # the site's web server (never exposed by the site itself)
 HOST_PORT=$(free_port)     # where the host offers it
 

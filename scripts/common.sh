@@ -1,0 +1,69 @@
+# Shared by demo.sh, camera-demo.sh and .ci/run (sourced, not run).
+
+# Runs a command as root (directly, or through sudo).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs Debian packages with one `apt-get update` first.
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# curl, python3 and a C compiler from Debian's packages, a Rust toolchain
+# through rustup, each only when missing.
+ensure_build_tools() {
+    local need=()
+    command -v curl >/dev/null || need+=(curl ca-certificates)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v cc >/dev/null || need+=(gcc libc6-dev)
+    if [ ${#need[@]} -gt 0 ]; then
+        if ! command -v apt-get >/dev/null; then
+            echo "please install: ${need[*]}" >&2
+            exit 1
+        fi
+        echo "== installing ${need[*]}"
+        apt_install "${need[@]}"
+    fi
+    if ! command -v cargo >/dev/null; then
+        if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+            echo "== installing a Rust toolchain (rustup, minimal profile)"
+            curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+        fi
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+}
+
+# The real video peers of the tests (docs/video.md): GStreamer's RTSP
+# server as the camera, ffprobe/ffmpeg as viewers; only when missing.
+ensure_video_peers() {
+    if ! command -v ffprobe >/dev/null ||
+        ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
+        echo "== installing GStreamer's RTSP server and ffmpeg (Debian packages)"
+        apt_install ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+            gstreamer1.0-libav gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
+    fi
+}
+
+# A temporary work directory in $WORK; every PID added to PIDS is killed
+# and the directory removed on exit.
+start_work() {
+    WORK=$(mktemp -d -t "$1.XXXXXX")
+    PIDS=()
+    trap 'for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits up to 10 s for a line matching $1 in file $2 (then shows $2's log).
+wait_for() {
+    for _ in $(seq 200); do
+        grep -q "$1" "$2" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "timed out waiting for '$1' in $2" >&2
+    cat "${2%.out}.log" >&2 || true
+    exit 1
+}
