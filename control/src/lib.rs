@@ -11,6 +11,7 @@ pub mod limits;
 pub mod pki;
 pub mod priority;
 pub mod provision;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod store;

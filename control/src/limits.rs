@@ -14,6 +14,11 @@ pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at once from one source address (threat 5).
 pub const MAX_PENDING_PER_ADDR: usize = 32;
 
+/// Handshakes one source address may start per second, in bursts of as
+/// many (threat 6). A site connects a few times a day; labs simulating
+/// many sites from one address turn it off with 0.
+pub const HANDSHAKES_PER_ADDR_PER_SEC: u32 = 100;
+
 /// Read buffer for one handshaking connection.
 pub const HANDSHAKE_READ_BUF: usize = 16 * 1024;
 

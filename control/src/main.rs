@@ -33,6 +33,10 @@ struct Args {
     /// Handshakes in progress at once from one source address.
     #[arg(long, default_value_t = limits::MAX_PENDING_PER_ADDR)]
     max_pending_per_addr: usize,
+    /// Handshakes one source address may start per second, in bursts of as
+    /// many; more are closed at once (0: no limit).
+    #[arg(long, default_value_t = limits::HANDSHAKES_PER_ADDR_PER_SEC)]
+    handshake_rate_per_addr: u32,
     /// Validity of site certificates issued at enrollment.
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     site_cert_ttl: Duration,
@@ -216,6 +220,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         max_pending: args.max_pending,
         max_pending_per_addr: args.max_pending_per_addr,
+        handshake_rate_per_addr: args.handshake_rate_per_addr,
         site_cert_ttl: args.site_cert_ttl,
     };
     let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;

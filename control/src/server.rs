@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub max_pending: usize,
     /// Pending handshakes per source address.
     pub max_pending_per_addr: usize,
+    /// Handshakes one address may start per second (0: no limit).
+    pub handshake_rate_per_addr: u32,
     /// Validity of site certificates issued at enrollment.
     pub site_cert_ttl: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for ServerOptions {
             handshake_timeout: limits::HANDSHAKE_TIMEOUT,
             max_pending: limits::MAX_PENDING_HANDSHAKES,
             max_pending_per_addr: limits::MAX_PENDING_PER_ADDR,
+            handshake_rate_per_addr: limits::HANDSHAKES_PER_ADDR_PER_SEC,
             site_cert_ttl: limits::SITE_CERT_TTL,
         }
     }
@@ -278,6 +281,7 @@ async fn revocations(ctx: Rc<Ctx>) {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
+    let mut rate = crate::ratelimit::PerAddrRate::new(ctx.opts.handshake_rate_per_addr);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -288,6 +292,11 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
                 continue;
             }
         };
+        if !rate.allow(peer.ip(), std::time::Instant::now()) {
+            debug!(%peer, "handshake rate of this address exceeded; closing");
+            drop(stream);
+            continue;
+        }
         let guard = {
             let mut p = ctx.pending.borrow_mut();
             let per = p.per_addr.get(&peer.ip()).copied().unwrap_or(0);
