@@ -22,6 +22,10 @@ pub struct TunnelArgs {
     /// Declare the tunnel dead when nothing arrived for this long.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub dead_after: Duration,
+    /// Stream opens and resets the peer may send per second before the
+    /// tunnel is closed (0 = no limit).
+    #[arg(long, default_value_t = Config::default().max_churn_per_sec)]
+    pub max_stream_churn: u32,
 }
 
 impl TunnelArgs {
@@ -33,6 +37,7 @@ impl TunnelArgs {
             max_streams: self.max_streams.max(1),
             ping_interval: self.heartbeat,
             dead_after: self.dead_after.max(self.heartbeat),
+            max_churn_per_sec: self.max_stream_churn,
         }
     }
 
@@ -44,6 +49,7 @@ impl TunnelArgs {
             format!("--max-streams={}", self.max_streams),
             format!("--heartbeat={}ms", self.heartbeat.as_millis()),
             format!("--dead-after={}ms", self.dead_after.as_millis()),
+            format!("--max-stream-churn={}", self.max_stream_churn),
         ]
     }
 }

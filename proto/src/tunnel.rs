@@ -36,6 +36,9 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Declare the tunnel dead when nothing arrived for this long.
     pub dead_after: Duration,
+    /// Stream opens and resets the peer may send per second (threat 8);
+    /// more within one second closes the tunnel. 0: no limit.
+    pub max_churn_per_sec: u32,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             max_streams: 1024,
             ping_interval: Duration::from_secs(5),
             dead_after: Duration::from_secs(15),
+            max_churn_per_sec: 20_000,
         }
     }
 }
@@ -149,6 +153,9 @@ pub struct Tunnel {
     last_rx: Instant,
     next_ping: Instant,
     ping_seq: u64,
+    /// Start of the current churn second and the opens and resets in it.
+    churn_since: Instant,
+    churn: u32,
 }
 
 impl Tunnel {
@@ -169,6 +176,8 @@ impl Tunnel {
             last_rx: now,
             next_ping: now + cfg.ping_interval,
             ping_seq: 0,
+            churn_since: now,
+            churn: 0,
             cfg,
         };
         let s = Settings {
@@ -344,6 +353,25 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Counts one peer OPEN or RESET against the churn limit.
+    fn churned(&mut self) -> Result<(), TunnelError> {
+        if self.cfg.max_churn_per_sec == 0 {
+            return Ok(());
+        }
+        // `last_rx` is the time of the record being handled.
+        if self.last_rx.saturating_duration_since(self.churn_since) >= Duration::from_secs(1) {
+            self.churn_since = self.last_rx;
+            self.churn = 0;
+        }
+        self.churn += 1;
+        if self.churn > self.cfg.max_churn_per_sec {
+            return Err(TunnelError::Protocol(
+                "stream churn limit: too many opens and resets per second",
+            ));
+        }
+        Ok(())
+    }
+
     fn handle_frame(&mut self, f: Frame<'_>, base: usize) -> Result<(), TunnelError> {
         match f {
             Frame::Settings(s) => {
@@ -367,6 +395,7 @@ impl Tunnel {
                 ));
             }
             Frame::Open { stream, service } => {
+                self.churned()?;
                 let peer_parity = if self.side == Side::Host { 0 } else { 1 };
                 if stream % 2 != peer_parity || stream <= self.last_peer {
                     return Err(TunnelError::Protocol(
@@ -455,6 +484,7 @@ impl Tunnel {
                 }
             }
             Frame::Reset { stream, code } => {
+                self.churned()?;
                 if self.streams.remove(&stream).is_some() {
                     self.events.push_back(Event::Reset { id: stream, code });
                 }

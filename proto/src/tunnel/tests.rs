@@ -374,8 +374,40 @@ fn open_reset_churn_keeps_memory_flat() {
             let id = p.host.t.open("svc").expect("open");
             p.host.t.reset(id, code::NORMAL);
         }
+        // 100 opens and resets per 20 ms: 10,000 of each per second, the
+        // most the default churn limit (20,000 per second) allows.
+        p.now += Duration::from_millis(20);
         p.settle().expect("churn");
         assert_eq!(p.host.t.stream_count(), 0, "round {round}");
         assert_eq!(p.site.t.stream_count(), 0, "round {round}");
+    }
+}
+
+#[test]
+fn a_peer_churning_streams_past_the_limit_closes_the_tunnel() {
+    let limit = Config {
+        max_churn_per_sec: 1_000,
+        ..cfg(100, 1000)
+    };
+    let mut p = Pair::new(limit.clone(), limit, 4096);
+    // Up to the limit within one second: fine (500 opens + 500 resets).
+    for _ in 0..500 {
+        let id = p.host.t.open("svc").expect("open");
+        p.host.t.reset(id, code::NORMAL);
+    }
+    p.settle().expect("at the limit");
+    // A second later the budget is back.
+    p.now += Duration::from_secs(1);
+    for _ in 0..500 {
+        let id = p.host.t.open("svc").expect("open");
+        p.host.t.reset(id, code::NORMAL);
+    }
+    p.settle().expect("next second");
+    // One more in the same second is too many.
+    let id = p.host.t.open("svc").expect("open");
+    p.host.t.reset(id, code::NORMAL);
+    match p.settle() {
+        Err(TunnelError::Protocol(why)) => assert!(why.contains("churn"), "{why}"),
+        other => panic!("expected the churn limit, got {other:?}"),
     }
 }
