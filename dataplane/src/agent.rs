@@ -65,6 +65,9 @@ pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     let ex = glommio::LocalExecutorBuilder::new(placement)
         .name("revtun-site")
         .spin_before_park(cfg.spin)
+        // glommio's registered buffers serve its file I/O, which the agent
+        // does not use; its 10 MiB default was most of an idle agent's RSS.
+        .io_memory(crate::config::GLOMMIO_IO_MEMORY)
         .make()
         .map_err(|e| SiteError::Local(format!("cannot start the executor: {e}")))?;
     ex.run(agent_loop(id, cfg))

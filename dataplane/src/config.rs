@@ -4,6 +4,11 @@ use crate::video::host::VideoConfig;
 use revtun_proto::tunnel::Config;
 use std::time::Duration;
 
+/// glommio's registered (DMA) buffer memory per executor. Its default,
+/// 10 MiB, serves file I/O, which neither the data plane nor the agent
+/// does; it was most of an idle process's resident memory.
+pub const GLOMMIO_IO_MEMORY: usize = 256 * 1024;
+
 /// Tunnel flags (both ends).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TunnelArgs {

@@ -101,6 +101,9 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("revtun-dp{k}"))
             .spin_before_park(cfg.spin)
+            // No file I/O on the data plane: glommio's registered buffers
+            // (10 MiB by default) would only be resident memory.
+            .io_memory(crate::config::GLOMMIO_IO_MEMORY)
             .spawn(move || shard(k, shards, fd, cfg, mesh_end, board))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);

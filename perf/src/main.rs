@@ -16,6 +16,7 @@ mod handshake;
 mod idle;
 mod multi;
 mod report;
+mod storm;
 mod tunnel;
 
 use anyhow::{bail, Context};
@@ -27,7 +28,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout), 'all', or 'demo' (the guided tour).
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm), 'all', or 'demo' (the guided tour).
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -44,6 +45,9 @@ struct Args {
     /// fanout: host data-plane shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
+    /// storm: site agents (processes) to run (default 200; 20 with --quick).
+    #[arg(long)]
+    sites: Option<usize>,
 }
 
 /// Scenario names in the order `all` runs them.
@@ -55,6 +59,7 @@ const SCENARIOS: &[&str] = &[
     "idle",
     "handshake",
     "fanout",
+    "storm",
 ];
 
 fn main() {
@@ -100,6 +105,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "idle" => idle::run(args.quick)?,
             "handshake" => handshake::run(args.quick)?,
             "fanout" => fanout::run(args.quick, &args.viewers, args.shards)?,
+            "storm" => storm::run(args.quick, args.sites)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

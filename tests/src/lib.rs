@@ -170,6 +170,21 @@ impl Proc {
         }
     }
 
+    /// Kills the child (SIGKILL) and reaps it.
+    pub fn kill(&self) {
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Lines on stdout so far that contain `needle`.
+    pub fn count_stdout(&self, needle: &str) -> usize {
+        self.stdout
+            .lock()
+            .map(|l| l.iter().filter(|x| x.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
     /// The child's PID.
     pub fn pid(&self) -> u32 {
         self.lock().id()
@@ -246,6 +261,24 @@ impl Host {
             .parse()
             .with_context(|| format!("bad listen line {line:?}"))?;
         Ok(Host { dir, control, addr })
+    }
+
+    /// Kills control (its data plane exits with it: the host is down),
+    /// waits `down`, and starts control again on the same address and
+    /// state with `extra` flags; returns once it listens.
+    pub fn restart_control(&mut self, down: Duration, extra: &[&str]) -> Result<()> {
+        self.control.kill();
+        std::thread::sleep(down);
+        self.control = Proc::spawn(
+            Command::new(bin("revtun-control"))
+                .arg("--state-dir")
+                .arg(self.state())
+                .args(["--listen", &self.addr.to_string()])
+                .args(extra),
+        )?;
+        self.control
+            .wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
+        Ok(())
     }
 
     /// PID of the current data plane (from control's stdout).
