@@ -45,7 +45,7 @@ struct Args {
     /// fanout: host data-plane shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
-    /// storm: site agents (processes) to run (default 200; 20 with --quick).
+    /// storm: site agents (processes) to run (default 1000; 20 with --quick).
     #[arg(long)]
     sites: Option<usize>,
 }

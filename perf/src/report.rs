@@ -74,7 +74,9 @@ pub fn svg(results: &Value) -> String {
     let (w, row) = (900.0, 34.0);
     let top = 60.0;
     let cdf_top = top + row * bars.len() as f64 + 60.0;
-    let h = cdf_top + 320.0;
+    let fan_top = cdf_top + 320.0;
+    let notes_top = fan_top + 300.0;
+    let h = notes_top + 110.0;
     let mut out = String::new();
     let _ = write!(
         out,
@@ -149,6 +151,131 @@ pub fn svg(results: &Value) -> String {
             ly = cdf_top + 30.0 + if name == "raw" { 0.0 } else { 18.0 }
         );
     }
+    fanout_chart(&mut out, s, fan_top);
+    notes(&mut out, s, notes_top);
     out.push_str("</svg>\n");
     out
+}
+
+/// Fan-out: added latency (p50, p99) against viewers, with the 5 ms target.
+fn fanout_chart(out: &mut String, s: &Value, top: f64) {
+    let Some(rounds) = s["fanout"]["rounds"].as_array().filter(|r| !r.is_empty()) else {
+        return;
+    };
+    let (x0, y0, w, h) = (60.0, top + 10.0, 800.0, 220.0);
+    let ms = |r: &Value, k: &str| r[k].as_f64().unwrap_or(0.0);
+    let top_ms = rounds
+        .iter()
+        .map(|r| ms(r, "latency_p99_ms"))
+        .fold(5.0f64, f64::max)
+        .min(100.0)
+        * 1.15;
+    let _ = write!(
+        out,
+        r##"<text x="20" y="{t}" font-size="15" font-weight="bold">Video fan-out: camera-to-viewer latency (ms) against viewers, one 8 Mbit/s stream</text>
+<text x="{sub_x}" y="{sub_y}" fill="#555" text-anchor="end">dashed: 5 ms target; red dot: a round with drops</text>
+<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>
+"##,
+        t = top - 10.0,
+        sub_x = x0 + w - 10.0,
+        sub_y = y0 + 18.0,
+    );
+    let n = rounds.len().max(2) as f64;
+    let px = |i: usize| x0 + 40.0 + i as f64 / (n - 1.0) * (w - 80.0);
+    let py = |v: f64| y0 + h - v.min(top_ms) / top_ms * h;
+    let _ = write!(
+        out,
+        r##"<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="black" stroke-dasharray="6,4"/>
+<text x="{tx}" y="{ty}">5 ms</text>
+<text x="{x0}" y="{top_y}" fill="#555">{top_ms:.0} ms</text>
+"##,
+        y = py(5.0),
+        x1 = x0 + w,
+        tx = x0 + w + 4.0,
+        ty = py(5.0) + 4.0,
+        top_y = y0 - 2.0,
+    );
+    for (key, color, name) in [
+        ("latency_p50_ms", "#1f6feb", "p50"),
+        ("latency_p99_ms", "#e36209", "p99"),
+    ] {
+        let mut path = String::new();
+        for (i, r) in rounds.iter().enumerate() {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1} ",
+                if i == 0 { "M" } else { "L" },
+                px(i),
+                py(ms(r, key))
+            );
+        }
+        let _ = write!(
+            out,
+            r##"<path d="{path}" fill="none" stroke="{color}" stroke-width="2"/>
+<text x="{lx}" y="{ly}" fill="{color}">{name}</text>
+"##,
+            lx = x0 + 10.0,
+            ly = y0 + 18.0 + if name == "p50" { 0.0 } else { 18.0 }
+        );
+    }
+    for (i, r) in rounds.iter().enumerate() {
+        let drops = r["dropped_packets"].as_u64().unwrap_or(0);
+        let fill = if drops == 0 { "#2a9d4b" } else { "#d1495b" };
+        let _ = write!(
+            out,
+            r##"<circle cx="{x}" cy="{y}" r="4" fill="{fill}"/>
+<text x="{x}" y="{ly}" text-anchor="middle">{v}</text>
+"##,
+            x = px(i),
+            y = py(ms(r, "latency_p99_ms")),
+            ly = y0 + h + 18.0,
+            v = r["viewers"].as_u64().unwrap_or(0),
+        );
+    }
+}
+
+/// One line each for the scenarios that are counts rather than ratios.
+fn notes(out: &mut String, s: &Value, top: f64) {
+    let mut lines = Vec::new();
+    if let (Some(e), Some(r), Some(f)) = (
+        num(s, &["handshake", "enrollments_per_s"]),
+        num(s, &["handshake", "reauth_per_s"]),
+        num(s, &["handshake", "flooded_over_quiet"]),
+    ) {
+        lines.push(format!(
+            "handshake: {e:.0} enrollments/s, {r:.0} re-authentications/s; data plane under a handshake flood: {f:.2} of its quiet throughput"
+        ));
+    }
+    if let (Some(p50), Some(p99)) = (
+        num(s, &["connect", "ratio", "p50"]),
+        num(s, &["connect", "ratio", "p99"]),
+    ) {
+        lines.push(format!(
+            "connect: new stream through the tunnel {p50:.2}x (p50) / {p99:.2}x (p99) a direct connection"
+        ));
+    }
+    if let (Some(n), Some(all), Some(peak)) = (
+        num(s, &["storm", "sites"]),
+        num(s, &["storm", "back_all_s"]),
+        num(s, &["storm", "peak_share_per_100ms"]),
+    ) {
+        let outage = num(s, &["storm", "outage_s"]).unwrap_or(0.0);
+        lines.push(format!(
+            "storm: {n:.0} site agents, host down {outage:.0} s: all back {all:.1} s after its return (target 60 s); at most {:.1}% of them in any 100 ms",
+            peak * 100.0
+        ));
+    }
+    if let Some(v) = num(s, &["fanout", "max_viewers_all_keeping_up"]) {
+        lines.push(format!(
+            "fan-out: {v:.0} viewers, the largest step with zero drops (target 1,000)"
+        ));
+    }
+    for (i, l) in lines.iter().enumerate() {
+        let _ = write!(
+            out,
+            r##"<text x="20" y="{y}">{l}</text>
+"##,
+            y = top + i as f64 * 22.0
+        );
+    }
 }
