@@ -271,10 +271,9 @@ fn notes(out: &mut String, s: &Value, top: f64) {
         ));
     }
     for (i, l) in lines.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            r##"<text x="20" y="{y}">{l}</text>
-"##,
+            r##"<text x="20" y="{y}">{l}</text>"##,
             y = top + i as f64 * 22.0
         );
     }
