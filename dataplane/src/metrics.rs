@@ -89,6 +89,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "Times a consumer overflowed and resumed at a keyframe.",
     ),
+    (
+        "revtun_video_send_latency_us",
+        "gauge",
+        "Host-added latency on this shard: access unit arrival at the host to its last byte in a viewer's socket, microseconds, quantiles of the last one-second window with frames.",
+    ),
+    (
+        "revtun_video_send_latency_frames",
+        "gauge",
+        "Viewer writes in that window.",
+    ),
 ];
 
 /// The latest snapshot of every shard.

@@ -323,7 +323,15 @@ pub fn video_lab(
     let cam = start_camera()?;
     let rtsp = free_port()?;
     let rtsp_arg = format!("127.0.0.1:{rtsp}");
-    let mut flags = vec!["--pin", "--log-level", "warn", "--rtsp-listen", &rtsp_arg];
+    let mut flags = vec![
+        "--pin",
+        "--log-level",
+        "warn",
+        "--rtsp-listen",
+        &rtsp_arg,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
     flags.extend_from_slice(host_extra);
     let host = Host::start(&flags)?;
     let dir = host.enroll(site)?;
@@ -354,8 +362,15 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
     if let Some(n) = &shards_arg {
         host_flags.extend(["--shards", n.as_str()]);
     }
-    // `_host` keeps control running until the scenario returns.
-    let (_host, agent, rtsp) = video_lab("lab", &host_flags, &[])?;
+    // `host` keeps control running until the scenario returns.
+    let (host, agent, rtsp) = video_lab("lab", &host_flags, &[])?;
+    let metrics = host
+        .control
+        .wait_stdout("metrics listening on", Duration::from_secs(10))?
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let steps: &[usize] = if !viewers.is_empty() {
         viewers
     } else if quick {
@@ -375,7 +390,21 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
             round(rtsp, "lab/cam", n, dur).with_context(|| format!("{n} viewers"))?;
         let expected = FPS * dur.as_secs();
         let kept_up = drops == 0 && min_frames + 2 >= expected;
+        // The host's own view: arrival at the host to the viewer's socket,
+        // over the round's last second (shards post once a second).
+        std::thread::sleep(Duration::from_millis(1500));
+        let text = revtun_tests::http_get(&metrics, "/metrics").unwrap_or_default();
+        let host_q = |q: &str| {
+            let prefix = format!("revtun_video_send_latency_us{{quantile=\"{q}\"");
+            text.lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .fold(0.0f64, f64::max)
+                / 1000.0
+        };
         rows.push(json!({
+            "host_send_p50_ms": host_q("0.5"),
+            "host_send_p99_ms": host_q("0.99"),
             "viewers": n,
             "min_frames_per_viewer": min_frames,
             "expected_frames": expected,
@@ -391,7 +420,7 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
     }
     drop(agent);
     Ok(json!({
-        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on two epoll threads; latency = camera send to viewer receive",
+        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on two epoll threads; latency = camera send to viewer receive; host_send = arrival at the host to the last byte in the viewer's socket (the host's own histogram, worst shard, the round's last second)",
         "stream_mbit_s": BITRATE / 1_000_000,
         "host_shards": shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         "max_viewers_all_keeping_up": best,

@@ -268,6 +268,15 @@ fn ten_viewers_decode_and_the_stream_crosses_once() -> Result<()> {
         30,
         "{m}"
     );
+    // The host's own latency figures (arrival to viewer socket) are there.
+    assert!(
+        metric_sum(&m, "revtun_video_send_latency_frames", &[]) > 0,
+        "{m}"
+    );
+    assert!(
+        m.contains("revtun_video_send_latency_us{quantile=\"0.99\""),
+        "{m}"
+    );
     // Some viewers were on the other shard and were served by its mirror.
     assert!(
         metric_sum(&m, "revtun_video_viewers_total", &["role=\"mirror\""]) > 0,

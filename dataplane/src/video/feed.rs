@@ -25,6 +25,8 @@ pub struct Frame {
     pub packets: Vec<Range<usize>>,
     /// Starts a decodable picture.
     pub keyframe: bool,
+    /// When it arrived at the host (on its origin shard).
+    pub arrived: Instant,
 }
 
 impl Frame {
@@ -272,5 +274,94 @@ impl Feed {
             t.resyncs += s.resyncs;
         }
         t
+    }
+}
+
+/// Host-added latency of one shard: from an access unit's arrival at the
+/// host to its last byte handed to a viewer's socket, in microseconds,
+/// over one-second windows (the last window with frames is kept for
+/// metrics).
+#[derive(Debug)]
+pub struct SendLatency {
+    current: RefCell<hdrhistogram::Histogram<u64>>,
+    last: Cell<Option<LatencySummary>>,
+}
+
+/// Quantiles of one window, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Frames sent in the window.
+    pub count: u64,
+}
+
+impl Default for SendLatency {
+    fn default() -> Self {
+        SendLatency {
+            current: RefCell::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                    .expect("static histogram bounds are valid"),
+            ),
+            last: Cell::new(None),
+        }
+    }
+}
+
+impl SendLatency {
+    /// Records one frame handed to a viewer's socket.
+    pub fn record(&self, arrived: Instant) {
+        let us = arrived.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+        let _ = self.current.borrow_mut().record(us);
+    }
+
+    /// Closes the current window (if it saw frames) and starts the next.
+    pub fn roll(&self) {
+        let mut h = self.current.borrow_mut();
+        if h.is_empty() {
+            return;
+        }
+        self.last.set(Some(LatencySummary {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            count: h.len(),
+        }));
+        h.reset();
+    }
+
+    /// The last window with frames.
+    pub fn last(&self) -> Option<LatencySummary> {
+        self.last.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_latency_keeps_the_last_window_with_frames() {
+        let l = SendLatency::default();
+        l.roll();
+        assert_eq!(l.last(), None, "no frames, no window");
+        let t = Instant::now() - Duration::from_millis(3);
+        for _ in 0..100 {
+            l.record(t);
+        }
+        l.roll();
+        let w = l.last().expect("a window");
+        assert_eq!(w.count, 100);
+        assert!(w.p50 >= 3_000 && w.p99 >= w.p50 && w.max >= w.p999, "{w:?}");
+        // An empty second keeps the previous figures.
+        l.roll();
+        assert_eq!(l.last(), Some(w));
     }
 }

@@ -80,6 +80,8 @@ pub struct Redirector {
     links: Vec<Option<Rc<Link>>>,
     next_sub: Cell<u64>,
     cfg: VideoConfig,
+    /// Host-added latency of this shard's viewer writes.
+    latency: Rc<super::feed::SendLatency>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -105,6 +107,7 @@ impl Redirector {
                 .collect(),
             next_sub: Cell::new(1),
             cfg,
+            latency: Rc::default(),
         })
     }
 
@@ -186,6 +189,26 @@ impl Redirector {
     pub fn samples(&self, shard: &str) -> Vec<crate::metrics::Sample> {
         use crate::metrics::label;
         let mut out = Vec::new();
+        self.latency.roll();
+        if let Some(l) = self.latency.last() {
+            for (q, v) in [
+                ("0.5", l.p50),
+                ("0.99", l.p99),
+                ("0.999", l.p999),
+                ("1", l.max),
+            ] {
+                out.push((
+                    "revtun_video_send_latency_us",
+                    format!("quantile=\"{q}\",{shard}"),
+                    v,
+                ));
+            }
+            out.push((
+                "revtun_video_send_latency_frames",
+                shard.to_string(),
+                l.count,
+            ));
+        }
         for ((site, cam), f) in self.feeds.borrow().iter() {
             let owner = shard_for(site, self.shards) == self.shard;
             let l = format!(
@@ -371,6 +394,7 @@ impl Redirector {
                             Err(e) => return (502, format!("bad feed: {e}")),
                         };
                         feed.deliver(Arc::new(Frame {
+                            arrived: Instant::now(),
                             keyframe: unit.flags & FLAG_KEY != 0,
                             msg,
                             packets: unit.packets,
@@ -523,6 +547,7 @@ impl Redirector {
                             v,
                             *channel,
                             self.cfg.viewer_stuck,
+                            self.latency.clone(),
                         ))
                         .detach();
                         continue;

@@ -2,7 +2,7 @@
 //! non-blocking `sendmsg` calls of this viewer's `$` headers interleaved
 //! with the packets of the shared buffer.
 
-use super::feed::Viewer;
+use super::feed::{SendLatency, Viewer};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -119,7 +119,13 @@ async fn write_vectored_from(
 /// Writes queued access units to one viewer: per packet a 4-byte `$`
 /// header of this viewer and the packet straight from the shared buffer,
 /// a whole access unit per `sendmsg` where the socket takes it.
-pub async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, stuck: Duration) {
+pub async fn writer(
+    conn: Rc<RefCell<TcpStream>>,
+    v: Rc<Viewer>,
+    channel: u8,
+    stuck: Duration,
+    latency: Rc<SendLatency>,
+) {
     let close = |conn: &Rc<RefCell<TcpStream>>| {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*conn.borrow());
         let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
@@ -179,7 +185,10 @@ pub async fn writer(conn: Rc<RefCell<TcpStream>>, v: Rc<Viewer>, channel: u8, st
             Err(e) => Err(glommio::GlommioError::IoError(e)),
         };
         match sent {
-            Ok(()) => v.queue.borrow_mut().progressed(Instant::now()),
+            Ok(()) => {
+                latency.record(frame.arrived);
+                v.queue.borrow_mut().progressed(Instant::now());
+            }
             Err(e) => {
                 let stuck = matches!(e, glommio::GlommioError::TimedOut(_));
                 let stats = v.queue.borrow().stats;
