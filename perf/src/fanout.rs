@@ -364,13 +364,7 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
     }
     // `host` keeps control running until the scenario returns.
     let (host, agent, rtsp) = video_lab("lab", &host_flags, &[])?;
-    let metrics = host
-        .control
-        .wait_stdout("metrics listening on", Duration::from_secs(10))?
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let metrics = host.metrics_addr()?;
     let steps: &[usize] = if !viewers.is_empty() {
         viewers
     } else if quick {

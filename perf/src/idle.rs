@@ -73,16 +73,7 @@ pub fn enroll_many(host: &Host, n: usize) -> Result<Vec<Identity>> {
 /// Runs the scenario.
 pub fn run(quick: bool) -> Result<Value> {
     let n = if quick { 50 } else { 1000 };
-    // 1,000 sites from one address: the per-address handshake rate limit
-    // is for real deployments, off here.
-    let host = Host::start(&[
-        "--shards",
-        "1",
-        "--log-level",
-        "warn",
-        "--handshake-rate-per-addr",
-        "0",
-    ])?;
+    let host = Host::start(crate::MANY_SITES_HOST_FLAGS)?;
     let dp = host.dataplane_pid().context("no data plane pid")?;
     let t0 = Instant::now();
     let ids = enroll_many(&host, n)?;

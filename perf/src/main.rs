@@ -50,6 +50,18 @@ struct Args {
     sites: Option<usize>,
 }
 
+/// Host flags of scenarios that simulate many sites from one address
+/// (127.0.0.1): one shard, quiet logs, and no per-address handshake rate
+/// limit (it is for real deployments).
+pub const MANY_SITES_HOST_FLAGS: &[&str] = &[
+    "--shards",
+    "1",
+    "--log-level",
+    "warn",
+    "--handshake-rate-per-addr",
+    "0",
+];
+
 /// Scenario names in the order `all` runs them.
 const SCENARIOS: &[&str] = &[
     "baseline",

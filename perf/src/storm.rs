@@ -14,16 +14,7 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Control flags: every lab site comes from 127.0.0.1, so the
-/// per-address handshake rate limit is off.
-const HOST_FLAGS: &[&str] = &[
-    "--shards",
-    "1",
-    "--log-level",
-    "warn",
-    "--handshake-rate-per-addr",
-    "0",
-];
+use crate::MANY_SITES_HOST_FLAGS as HOST_FLAGS;
 
 /// Runs the scenario with `sites` agents (default 1,000 as in THREATS.md;
 /// 20 with `quick`). Fails if a site is not back within 90 s of the host's

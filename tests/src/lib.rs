@@ -281,6 +281,15 @@ impl Host {
         Ok(())
     }
 
+    /// Address of the data plane's metrics endpoint (started with
+    /// `--metrics-listen`), from control's stdout.
+    pub fn metrics_addr(&self) -> Result<String> {
+        let line = self
+            .control
+            .wait_stdout("metrics listening on", Duration::from_secs(10))?;
+        Ok(line.rsplit(' ').next().unwrap_or_default().to_string())
+    }
+
     /// PID of the current data plane (from control's stdout).
     pub fn dataplane_pid(&self) -> Option<i32> {
         self.control

@@ -180,14 +180,7 @@ fn ten_viewers_decode_and_the_stream_crosses_once() -> Result<()> {
         &["--shards", "2", "--metrics-listen", "127.0.0.1:0"],
         &["cam1"],
     )?;
-    let metrics = v
-        .host
-        .control
-        .wait_stdout("metrics listening on", Duration::from_secs(10))?
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let metrics = v.host.metrics_addr()?;
     let url = v.url("s1/cam1");
     // Twenty more raw viewers, so both shards surely get some.
     let raws: Vec<_> = (0..20)
