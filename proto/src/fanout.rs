@@ -92,6 +92,14 @@ pub struct ViewerStats {
     pub resyncs: u64,
 }
 
+impl std::ops::AddAssign for ViewerStats {
+    fn add_assign(&mut self, o: ViewerStats) {
+        self.sent += o.sent;
+        self.dropped += o.dropped;
+        self.resyncs += o.resyncs;
+    }
+}
+
 /// One viewer's queue. The producer never waits on it.
 #[derive(Debug)]
 pub struct ViewerQueue<T> {

@@ -233,10 +233,7 @@ impl Feed {
         {
             let mut c = self.counters.borrow_mut();
             for v in departed {
-                let s = v.queue.borrow().stats;
-                c.departed.sent += s.sent;
-                c.departed.dropped += s.dropped;
-                c.departed.resyncs += s.resyncs;
+                c.departed += v.queue.borrow().stats;
                 c.viewers_cut += u64::from(v.cut.get());
             }
         }
@@ -268,10 +265,7 @@ impl Feed {
     pub fn viewer_totals(&self) -> ViewerStats {
         let mut t = self.counters.borrow().departed;
         for v in self.viewers.borrow().iter() {
-            let s = v.queue.borrow().stats;
-            t.sent += s.sent;
-            t.dropped += s.dropped;
-            t.resyncs += s.resyncs;
+            t += v.queue.borrow().stats;
         }
         t
     }

@@ -279,13 +279,19 @@ impl Redirector {
             let (status, reason) = me.pump(&f, pipe).await;
             tracing::info!(site = %key.0, camera = %key.1, %reason, "feed closed");
             f.close(status, reason);
-            let mut feeds = me.feeds.borrow_mut();
-            if feeds.get(&key).is_some_and(|cur| Rc::ptr_eq(cur, &f)) {
-                feeds.remove(&key);
-            }
+            me.forget(&key, &f);
         })
         .detach();
         Ok(feed)
+    }
+
+    /// Drops `feed` from the map of live feeds, unless a newer feed of the
+    /// same camera has taken its place.
+    fn forget(&self, key: &(String, String), feed: &Rc<Feed>) {
+        let mut feeds = self.feeds.borrow_mut();
+        if feeds.get(key).is_some_and(|cur| Rc::ptr_eq(cur, feed)) {
+            feeds.remove(key);
+        }
     }
 
     /// Admission of one more stream of `site` (streams and bandwidth).
@@ -346,10 +352,7 @@ impl Redirector {
                 }
             }
             me.mirrors.borrow_mut().remove(&sub);
-            let mut feeds = me.feeds.borrow_mut();
-            if feeds.get(&key).is_some_and(|cur| Rc::ptr_eq(cur, &f)) {
-                feeds.remove(&key);
-            }
+            me.forget(&key, &f);
         })
         .detach();
         feed

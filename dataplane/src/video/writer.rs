@@ -8,23 +8,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Writes `data` whole (RTSP replies), waiting for room as needed.
 pub async fn write_all(conn: &Rc<RefCell<TcpStream>>, data: &[u8]) -> std::io::Result<()> {
-    let mut off = 0;
-    while off < data.len() {
-        let n = std::future::poll_fn(|cx| {
-            futures_lite::AsyncWrite::poll_write(
-                std::pin::Pin::new(&mut *conn.borrow_mut()),
-                cx,
-                &data[off..],
-            )
-        })
-        .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        off += n;
-    }
-    Ok(())
+    write_vectored_from(conn, &[data], (0, 0)).await
 }
 
 /// Where a vectored write stands: part index, offset in that part.
