@@ -150,7 +150,7 @@ impl DataPlane {
     pub fn hand_off(
         &self,
         site: &str,
-        secrets: [u8; 64],
+        secrets: zeroize::Zeroizing<[u8; 64]>,
         conn_id: u64,
         fd: RawFd,
     ) -> Result<usize, HandoffError> {

@@ -469,7 +469,7 @@ fn hand_off(ctx: &Ctx, io: TlsIo, site: &str, peer: SocketAddr) {
         .conn
         .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
     {
-        Ok(s) => s,
+        Ok(s) => zeroize::Zeroizing::new(s),
         Err(e) => {
             warn!(%peer, %site, error = %e, "key export failed; closing");
             let _ = io.stream.shutdown(Shutdown::Both);

@@ -97,6 +97,7 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
                 let secrets = session
                     .tls
                     .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
+                    .map(zeroize::Zeroizing::new)
                     .map_err(|e| SiteError::Local(format!("key export: {e}")))?;
                 session
                     .stream

@@ -266,7 +266,7 @@ fn handle(
     k: usize,
     registry: &Registry,
     flaps: &mut HashMap<String, Flaps>,
-    msg: Vec<u8>,
+    msg: zeroize::Zeroizing<Vec<u8>>,
     fd: Option<OwnedFd>,
     cfg: &HostConfig,
 ) {
@@ -296,7 +296,7 @@ fn handle(
             let sock = glommio::net::TcpStream::from(socket2::Socket::from(std));
             if let Some(old) = registry.borrow_mut().remove(&site) {
                 tracing::warn!(%site, conn_id, "a second connection for this site: replacing the old tunnel");
-                old.close("replaced by a newer connection of the same site");
+                old.close(revtun_proto::tunnel::CloseReason::Replaced);
             }
             let spec = Spec {
                 side: Side::Host,
@@ -320,7 +320,7 @@ fn handle(
         (Some(Handoff::Revoke { site }), _) => {
             if let Some(t) = registry.borrow_mut().remove(&site) {
                 tracing::info!(%site, "site revoked: closing its tunnel");
-                t.close("site revoked");
+                t.close(revtun_proto::tunnel::CloseReason::Revoked);
             }
         }
         (decoded, _) => tracing::error!(
@@ -352,6 +352,7 @@ async fn publish(
                 ("revtun_tunnel_streams_opened_total", l, st.streams_opened),
             ]);
         }
+        samples.extend(crate::tunnel::end_samples(&shard));
         if let Some(r) = &redirector {
             samples.extend(r.samples(&shard));
         }
@@ -360,10 +361,15 @@ async fn publish(
     }
 }
 
+/// A control message (wiped when dropped) and the socket attached to it.
+type Received = (zeroize::Zeroizing<Vec<u8>>, Option<OwnedFd>);
+
 /// Receives one message and the socket attached to it, if any.
-fn recv_handoff(fd: RawFd) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
-    let mut buf = [0u8; MAX_HANDOFF_LEN];
-    let mut iov = [IoSliceMut::new(&mut buf)];
+fn recv_handoff(fd: RawFd) -> nix::Result<Option<Received>> {
+    // The message may carry session secrets: received into a buffer that
+    // is wiped when dropped.
+    let mut buf = zeroize::Zeroizing::new([0u8; MAX_HANDOFF_LEN]);
+    let mut iov = [IoSliceMut::new(&mut buf[..])];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let msg = match recvmsg::<()>(
         fd,
@@ -392,7 +398,7 @@ fn recv_handoff(fd: RawFd) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     if n == 0 && owned.is_none() {
         return Err(Errno::ECONNRESET);
     }
-    Ok(Some((buf[..n].to_vec(), owned)))
+    Ok(Some((zeroize::Zeroizing::new(buf[..n].to_vec()), owned)))
 }
 
 /// Accepts clients on a service port and opens a stream for each.

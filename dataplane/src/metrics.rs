@@ -45,6 +45,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Streams opened on the site's tunnel (this connection).",
     ),
     (
+        "revtun_tunnel_closes_total",
+        "counter",
+        "Tunnels closed on this shard, by cause (peer_*, dead, write_stalled and io_error: the peer or the path; the rest: this host).",
+    ),
+    (
+        "revtun_stream_resets_total",
+        "counter",
+        "Streams reset on this shard, by reason and by who reset them (us or the peer).",
+    ),
+    (
         "revtun_video_viewers",
         "gauge",
         "RTSP viewers of the camera on this shard.",

@@ -45,20 +45,81 @@ pub mod kind {
     pub const GOAWAY: u8 = 10;
 }
 
-/// Reset and go-away codes.
-pub mod code {
-    /// No error (clean close).
-    pub const NORMAL: u8 = 0;
+/// Why a stream was reset or a tunnel is going away: the wire code as a
+/// type (as h2's `Reason`), so every end can be named, counted and matched.
+/// Codes this version does not know are kept as they are, never refused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Reason(u8);
+
+impl Reason {
+    /// No error (clean close; a reader that went away).
+    pub const NORMAL: Reason = Reason(0);
     /// The service is unknown or its target refused the connection.
-    pub const REFUSED: u8 = 1;
+    pub const REFUSED: Reason = Reason(1);
     /// Too many streams.
-    pub const LIMIT: u8 = 2;
-    /// The local side of the stream failed.
-    pub const LOCAL_ERROR: u8 = 3;
+    pub const LIMIT: Reason = Reason(2);
+    /// The local side of the stream failed (its socket errored or reset).
+    pub const LOCAL_ERROR: Reason = Reason(3);
     /// The peer broke the protocol.
-    pub const PROTOCOL: u8 = 4;
+    pub const PROTOCOL: Reason = Reason(4);
     /// Shutting down.
-    pub const SHUTDOWN: u8 = 5;
+    pub const SHUTDOWN: Reason = Reason(5);
+    /// The service target did not answer in time.
+    pub const TIMEOUT: Reason = Reason(6);
+    /// This end has used up its stream ids: open a new tunnel.
+    pub const IDS_EXHAUSTED: Reason = Reason(7);
+    /// Every named reason, for metrics.
+    pub const ALL: [Reason; 8] = [
+        Reason::NORMAL,
+        Reason::REFUSED,
+        Reason::LIMIT,
+        Reason::LOCAL_ERROR,
+        Reason::PROTOCOL,
+        Reason::SHUTDOWN,
+        Reason::TIMEOUT,
+        Reason::IDS_EXHAUSTED,
+    ];
+
+    /// The reason a wire byte names.
+    pub const fn from_wire(b: u8) -> Reason {
+        Reason(b)
+    }
+
+    /// The wire byte.
+    pub const fn wire(self) -> u8 {
+        self.0
+    }
+
+    /// A short name for logs and metric labels (`other` for codes this
+    /// version does not know).
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "normal",
+            1 => "refused",
+            2 => "limit",
+            3 => "local_error",
+            4 => "protocol",
+            5 => "shutdown",
+            6 => "timeout",
+            7 => "ids_exhausted",
+            _ => "other",
+        }
+    }
+}
+
+impl std::fmt::Debug for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            "other" => write!(f, "Reason({})", self.0),
+            n => f.write_str(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
 }
 
 /// Receiver limits announced by SETTINGS.
@@ -111,15 +172,15 @@ pub enum Frame<'a> {
     Reset {
         /// Stream.
         stream: StreamId,
-        /// Why (see [`code`]).
-        code: u8,
+        /// Why.
+        code: Reason,
     },
     /// Probe.
     Ping(u64),
     /// Answer.
     Pong(u64),
     /// Closing.
-    GoAway(u8),
+    GoAway(Reason),
 }
 
 /// A frame the peer should not have sent. Closes the tunnel.
@@ -252,7 +313,7 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
             exact(1, "reset")?;
             Frame::Reset {
                 stream,
-                code: body[0],
+                code: Reason::from_wire(body[0]),
             }
         }
         kind::PING | kind::PONG => {
@@ -270,7 +331,7 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
         kind::GOAWAY => {
             on_tunnel("goaway")?;
             exact(1, "goaway")?;
-            Frame::GoAway(body[0])
+            Frame::GoAway(Reason::from_wire(body[0]))
         }
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -324,7 +385,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> usize {
         }
         Frame::End { stream } => (kind::END, *stream),
         Frame::Reset { stream, code } => {
-            body.push(*code);
+            body.push(code.wire());
             (kind::RESET, *stream)
         }
         Frame::Ping(v) => {
@@ -336,7 +397,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) -> usize {
             (kind::PONG, 0)
         }
         Frame::GoAway(c) => {
-            body.push(*c);
+            body.push(c.wire());
             (kind::GOAWAY, 0)
         }
     };

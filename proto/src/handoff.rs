@@ -6,6 +6,7 @@
 //! key.
 
 use crate::record::EXPORTER_LEN;
+use zeroize::Zeroizing;
 
 /// Largest message.
 pub const MAX_HANDOFF_LEN: usize = 256;
@@ -20,8 +21,8 @@ pub enum Handoff {
     Tunnel {
         /// The authenticated site.
         site: String,
-        /// Exported data-channel secrets.
-        secrets: [u8; EXPORTER_LEN],
+        /// Exported data-channel secrets (wiped when dropped).
+        secrets: Zeroizing<[u8; EXPORTER_LEN]>,
         /// Connection number, for logs.
         conn_id: u64,
     },
@@ -44,9 +45,10 @@ impl std::fmt::Debug for Handoff {
 }
 
 impl Handoff {
-    /// Encodes the message.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_HANDOFF_LEN);
+    /// Encodes the message (the buffer is wiped when dropped: it may hold
+    /// secrets).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(MAX_HANDOFF_LEN));
         let (t, site) = match self {
             Handoff::Tunnel { site, .. } => (T_TUNNEL, site),
             Handoff::Revoke { site } => (T_REVOKE, site),
@@ -59,7 +61,7 @@ impl Handoff {
             secrets, conn_id, ..
         } = self
         {
-            out.extend_from_slice(secrets);
+            out.extend_from_slice(&secrets[..]);
             out.extend_from_slice(&conn_id.to_be_bytes());
         }
         out
@@ -75,7 +77,7 @@ impl Handoff {
         let rest = &rest[usize::from(n)..];
         match t {
             T_TUNNEL if rest.len() == EXPORTER_LEN + 8 => {
-                let mut secrets = [0u8; EXPORTER_LEN];
+                let mut secrets = Zeroizing::new([0u8; EXPORTER_LEN]);
                 secrets.copy_from_slice(&rest[..EXPORTER_LEN]);
                 let mut id = [0u8; 8];
                 id.copy_from_slice(&rest[EXPORTER_LEN..]);
@@ -112,7 +114,7 @@ mod tests {
     fn round_trip_and_garbage() {
         let a = Handoff::Tunnel {
             site: "s-1".into(),
-            secrets: [9; 64],
+            secrets: Zeroizing::new([9; 64]),
             conn_id: 77,
         };
         let b = Handoff::Revoke { site: "s-1".into() };
@@ -127,7 +129,7 @@ mod tests {
             "{:?}",
             Handoff::Tunnel {
                 site: "s".into(),
-                secrets: [0xab; 64],
+                secrets: Zeroizing::new([0xab; 64]),
                 conn_id: 1
             }
         )

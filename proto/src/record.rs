@@ -15,6 +15,7 @@
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use aws_lc_rs::hkdf::{KeyType, Prk, HKDF_SHA256};
+use zeroize::{Zeroize, Zeroizing};
 
 /// TLS exporter label for the data-channel secrets.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-revtun-data-channel-v1";
@@ -30,6 +31,12 @@ pub const MAX_RECORD_PLAINTEXT: usize = 512 * 1024;
 pub const MAX_RECORD_LEN: usize = MAX_RECORD_PLAINTEXT + TAG_LEN;
 /// Default number of records sealed under one key before ratcheting.
 pub const RATCHET_INTERVAL: u64 = 1 << 20;
+/// Bytes (ciphertext and tag) sealed under one key before ratcheting,
+/// whatever the record count: 2^34 bytes is 2^30 AES blocks, well inside
+/// RFC 8446 section 5.5's margin for AES-GCM (about 2^34.5 blocks per key
+/// for a 2^-57 advantage). Both ends count the same records, so they
+/// ratchet at the same one.
+pub const RATCHET_BYTES: u64 = 1 << 34;
 
 /// A record the peer should not have sent, or a key failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,34 +56,39 @@ impl KeyType for Len {
     }
 }
 
-fn expand(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
+fn expand(secret: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
     let prk = Prk::new_less_safe(HKDF_SHA256, secret);
-    let mut out = [0u8; 32];
+    let mut out = Zeroizing::new([0u8; 32]);
     // Expanding 32 bytes from SHA-256 cannot fail (limit is 255 * 32).
     if let Ok(okm) = prk.expand(&[label], Len(32)) {
-        let _ = okm.fill(&mut out);
+        let _ = okm.fill(&mut out[..]);
     }
     out
 }
 
 /// One direction's key schedule.
 struct Direction {
-    secret: [u8; 32],
+    secret: Zeroizing<[u8; 32]>,
     key: LessSafeKey,
     counter: u64,
     interval: u64,
+    /// Bytes processed under the current key, and the most allowed.
+    bytes: u64,
+    byte_limit: u64,
     /// Epochs completed (for tests and metrics).
     epoch: u64,
 }
 
 impl Direction {
-    fn new(secret: [u8; 32], interval: u64) -> Self {
+    fn new(secret: Zeroizing<[u8; 32]>, interval: u64, byte_limit: u64) -> Self {
         let key = Self::key_for(&secret);
         Direction {
             secret,
             key,
             counter: 0,
             interval: interval.max(1),
+            bytes: 0,
+            byte_limit: byte_limit.max(1),
             epoch: 0,
         }
     }
@@ -88,23 +100,21 @@ impl Direction {
         LessSafeKey::new(unbound)
     }
 
-    fn next_nonce(&mut self) -> Nonce {
-        if self.counter == self.interval {
+    /// The nonce for the next record of `len` bytes (ciphertext and tag),
+    /// ratcheting first when the record or byte budget of the key is spent.
+    fn next_nonce(&mut self, len: usize) -> Nonce {
+        if self.counter == self.interval || self.bytes >= self.byte_limit {
             self.secret = expand(&self.secret, b"revtun ratchet");
             self.key = Self::key_for(&self.secret);
             self.counter = 0;
+            self.bytes = 0;
             self.epoch += 1;
         }
+        self.bytes += len as u64;
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&self.counter.to_be_bytes());
         self.counter += 1;
         Nonce::assume_unique_for_key(n)
-    }
-}
-
-impl Drop for Direction {
-    fn drop(&mut self) {
-        self.secret = [0; 32];
     }
 }
 
@@ -141,10 +151,23 @@ pub enum Side {
     Site,
 }
 
-/// Builds this side's sealer and opener from the exported secrets.
+/// Builds this side's sealer and opener from the exported secrets,
+/// ratcheting every `interval` records or [`RATCHET_BYTES`] bytes.
+/// The caller should wipe `exported` afterwards (it is copied here into
+/// buffers that are wiped on drop).
 pub fn keys(exported: &[u8; EXPORTER_LEN], side: Side, interval: u64) -> (Sealer, Opener) {
-    let mut h2s = [0u8; 32];
-    let mut s2h = [0u8; 32];
+    keys_with_byte_limit(exported, side, interval, RATCHET_BYTES)
+}
+
+/// [`keys`] with another byte budget per key (tests).
+pub fn keys_with_byte_limit(
+    exported: &[u8; EXPORTER_LEN],
+    side: Side,
+    interval: u64,
+    byte_limit: u64,
+) -> (Sealer, Opener) {
+    let mut h2s = Zeroizing::new([0u8; 32]);
+    let mut s2h = Zeroizing::new([0u8; 32]);
     h2s.copy_from_slice(&exported[..32]);
     s2h.copy_from_slice(&exported[32..]);
     let (tx, rx) = match side {
@@ -152,9 +175,14 @@ pub fn keys(exported: &[u8; EXPORTER_LEN], side: Side, interval: u64) -> (Sealer
         Side::Site => (s2h, h2s),
     };
     (
-        Sealer(Direction::new(tx, interval)),
-        Opener(Direction::new(rx, interval)),
+        Sealer(Direction::new(tx, interval, byte_limit)),
+        Opener(Direction::new(rx, interval, byte_limit)),
     )
+}
+
+/// Wipes exported secrets once the keys are built.
+pub fn wipe(exported: &mut [u8; EXPORTER_LEN]) {
+    exported.zeroize();
 }
 
 impl Sealer {
@@ -168,7 +196,7 @@ impl Sealer {
         let (hdr, rest) = record.split_at_mut(RECORD_HEADER_LEN);
         let split = rest.len() - TAG_LEN;
         let (body, tag_out) = rest.split_at_mut(split);
-        let nonce = self.0.next_nonce();
+        let nonce = self.0.next_nonce(len as usize);
         // Sealing only fails for inputs beyond AES-GCM's 64 GiB limit.
         let tag = self
             .0
@@ -207,7 +235,7 @@ impl Opener {
     /// plaintext range within `record`.
     pub fn open(&mut self, record: &mut [u8]) -> Result<std::ops::Range<usize>, RecordError> {
         let (hdr, rest) = record.split_at_mut(RECORD_HEADER_LEN);
-        let nonce = self.0.next_nonce();
+        let nonce = self.0.next_nonce(rest.len());
         let plain = self
             .0
             .key
@@ -251,6 +279,26 @@ mod tests {
             assert_eq!(&r[range], &[i; 100][..]);
         }
         assert_eq!(tx.epoch(), 6);
+    }
+
+    #[test]
+    fn keys_ratchet_by_bytes_as_well_as_records() {
+        let secrets = secrets();
+        let (mut tx, _) = keys_with_byte_limit(&secrets, Side::Host, 1_000_000, 1000);
+        let (_, mut rx) = keys_with_byte_limit(&secrets, Side::Site, 1_000_000, 1000);
+        // Records of 116 bytes: a new key after every ninth (9 * 116 >= 1000).
+        for i in 0..40u8 {
+            let mut r = record(&[i; 100]);
+            tx.seal(&mut r);
+            let range = rx
+                .open(&mut r)
+                .expect("both ends ratchet at the same record");
+            assert_eq!(&r[range], &[i; 100][..]);
+        }
+        assert_eq!(tx.epoch(), 4);
+        assert_eq!(tx.counter(), 4);
+        // The default budget keeps a key within RFC 8446's AES-GCM margin.
+        const { assert!(RATCHET_BYTES / 16 <= 1 << 34) };
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! 4. After any call, move [`Tunnel::take_frames`] into the outgoing record.
 //! 5. At [`Tunnel::poll_timeout`], call [`Tunnel::handle_timeout`].
 
-use crate::frame::{self, code, Frame, FrameError, Settings, StreamId};
+use crate::frame::{self, Frame, FrameError, Reason, Settings, StreamId};
 use crate::record::Side;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -54,6 +54,28 @@ impl Default for Config {
     }
 }
 
+/// Tunnel-level credit of one end (see [`Tunnel::windows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Bytes we may still send on all streams together.
+    pub send_credit: u64,
+    /// Bytes the peer may still send us.
+    pub recv_allowed: u64,
+    /// Bytes delivered (or dropped) but not yet granted back.
+    pub recv_unacked: u64,
+    /// Bytes received that the driver still holds.
+    pub held: u64,
+    /// Our tunnel window.
+    pub window: u64,
+}
+
+impl Windows {
+    /// True when nothing received is held and the receive window is whole.
+    pub fn whole(&self) -> bool {
+        self.held == 0 && self.recv_allowed + self.recv_unacked == self.window
+    }
+}
+
 /// Something the driver must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -85,7 +107,7 @@ pub enum Event {
         /// Stream.
         id: StreamId,
         /// Why.
-        code: u8,
+        code: Reason,
     },
     /// `id` (0: every stream) may send more.
     Credit {
@@ -93,7 +115,7 @@ pub enum Event {
         id: StreamId,
     },
     /// The peer is closing the tunnel.
-    GoAway(u8),
+    GoAway(Reason),
 }
 
 /// Why the tunnel must close. Each closes only this tunnel.
@@ -113,6 +135,97 @@ pub enum TunnelError {
     Dead(Duration),
 }
 
+/// Why a tunnel ended: who closed it and why, for logs, metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed the connection (end of file).
+    PeerClosed,
+    /// The peer sent GOAWAY.
+    PeerGoAway(Reason),
+    /// The peer broke the protocol (bad record, frame, credit or churn).
+    PeerMisbehaved(String),
+    /// Nothing arrived for this long (heartbeat).
+    Dead(Duration),
+    /// The peer stopped reading: nothing could be written for this long
+    /// while data waited.
+    WriteStalled(Duration),
+    /// Reading or writing the tunnel socket failed.
+    Io(String),
+    /// We sent GOAWAY: shutting down.
+    Shutdown,
+    /// We sent GOAWAY: our stream ids ran out.
+    IdsExhausted,
+    /// The site was revoked.
+    Revoked,
+    /// A newer connection of the same site replaced this one.
+    Replaced,
+}
+
+impl CloseReason {
+    /// A short name for metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::PeerGoAway(_) => "peer_goaway",
+            CloseReason::PeerMisbehaved(_) => "peer_misbehaved",
+            CloseReason::Dead(_) => "dead",
+            CloseReason::WriteStalled(_) => "write_stalled",
+            CloseReason::Io(_) => "io_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IdsExhausted => "ids_exhausted",
+            CloseReason::Revoked => "revoked",
+            CloseReason::Replaced => "replaced",
+        }
+    }
+
+    /// Every name, for metrics.
+    pub const NAMES: [&'static str; 10] = [
+        "peer_closed",
+        "peer_goaway",
+        "peer_misbehaved",
+        "dead",
+        "write_stalled",
+        "io_error",
+        "shutdown",
+        "ids_exhausted",
+        "revoked",
+        "replaced",
+    ];
+
+    /// True when the peer (or the path to it) ended the tunnel, false when
+    /// this end chose to.
+    pub fn by_peer(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::PeerClosed
+                | CloseReason::PeerGoAway(_)
+                | CloseReason::PeerMisbehaved(_)
+                | CloseReason::Dead(_)
+                | CloseReason::WriteStalled(_)
+                | CloseReason::Io(_)
+        )
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("the peer closed the connection"),
+            CloseReason::PeerGoAway(r) => write!(f, "the peer is going away ({r})"),
+            CloseReason::PeerMisbehaved(why) => write!(f, "the peer misbehaved: {why}"),
+            CloseReason::Dead(d) => write!(f, "peer silent for {d:?}; tunnel dead"),
+            CloseReason::WriteStalled(d) => {
+                write!(f, "the peer stopped reading: nothing written for {d:?}")
+            }
+            CloseReason::Io(e) => write!(f, "tunnel socket failed: {e}"),
+            CloseReason::Shutdown => f.write_str("shutting down"),
+            CloseReason::IdsExhausted => f.write_str("stream ids exhausted; going away"),
+            CloseReason::Revoked => f.write_str("site revoked"),
+            CloseReason::Replaced => f.write_str("replaced by a newer connection of the same site"),
+        }
+    }
+}
+
 /// Why a local open failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -122,6 +235,10 @@ pub enum OpenError {
     /// The service name is not valid.
     #[error("invalid service name")]
     BadName,
+    /// Every stream id of this end was used: the tunnel is going away
+    /// (GOAWAY queued) and a new one must be opened. Ids are never reused.
+    #[error("stream ids exhausted; the tunnel is going away")]
+    Exhausted,
 }
 
 #[derive(Debug)]
@@ -132,6 +249,10 @@ struct Stream {
     recv_allowed: u64,
     /// Bytes delivered locally but not yet granted back.
     recv_unacked: u64,
+    /// Bytes reported in [`Event::Data`] that the driver has not yet
+    /// [`Tunnel::consumed`]: they sit in our memory and are charged to both
+    /// windows. However the stream ends, they go back to the tunnel window.
+    held: u64,
     local_ended: bool,
     remote_ended: bool,
 }
@@ -143,16 +264,26 @@ pub struct Tunnel {
     cfg: Config,
     peer: Option<Settings>,
     streams: BTreeMap<StreamId, Stream>,
-    next_local: StreamId,
+    /// Our next stream id; past `StreamId::MAX` our ids are used up.
+    next_local: u64,
+    /// GOAWAY was queued because our ids ran out.
+    ids_exhausted: bool,
     last_peer: StreamId,
     tunnel_send_credit: u64,
     tunnel_recv_allowed: u64,
     tunnel_recv_unacked: u64,
+    /// Streams both sides ended whose received bytes are still held: they
+    /// stay in `streams` until delivered but no longer count as open.
+    draining: usize,
     out: Vec<u8>,
     events: VecDeque<Event>,
     last_rx: Instant,
     next_ping: Instant,
     ping_seq: u64,
+    /// The latest PING to answer: a peer's pings are answered by one PONG
+    /// per batch however many arrived, so a peer that floods PINGs and
+    /// never reads cannot grow `out`.
+    pong: Option<u64>,
     /// Start of the current churn second and the opens and resets in it.
     churn_since: Instant,
     churn: u32,
@@ -167,15 +298,18 @@ impl Tunnel {
             streams: BTreeMap::new(),
             // Host-opened streams are odd, site-opened even.
             next_local: if side == Side::Host { 1 } else { 2 },
+            ids_exhausted: false,
             last_peer: 0,
             tunnel_send_credit: 0,
             tunnel_recv_allowed: u64::from(cfg.tunnel_window),
             tunnel_recv_unacked: 0,
+            draining: 0,
             out: Vec::new(),
             events: VecDeque::new(),
             last_rx: now,
             next_ping: now + cfg.ping_interval,
             ping_seq: 0,
+            pong: None,
             churn_since: now,
             churn: 0,
             cfg,
@@ -206,10 +340,16 @@ impl Tunnel {
             return Err(OpenError::BadName);
         }
         let limit = self.peer.map_or(1, |p| p.max_streams) as usize;
-        if self.streams.len() >= limit {
+        if self.open_streams() >= limit {
             return Err(OpenError::Limit);
         }
-        let id = self.next_local;
+        let Ok(id) = StreamId::try_from(self.next_local) else {
+            if !self.ids_exhausted {
+                self.ids_exhausted = true;
+                self.go_away(Reason::IDS_EXHAUSTED);
+            }
+            return Err(OpenError::Exhausted);
+        };
         self.next_local += 2;
         let send_credit = self.peer.map_or(0, |p| u64::from(p.stream_window));
         self.streams.insert(id, self.new_stream(send_credit));
@@ -225,6 +365,7 @@ impl Tunnel {
             send_credit,
             recv_allowed: u64::from(self.cfg.stream_window),
             recv_unacked: 0,
+            held: 0,
             local_ended: false,
             remote_ended: false,
         }
@@ -247,9 +388,47 @@ impl Tunnel {
     }
 
     /// Records that `n` received bytes of `id` left our memory; grants
-    /// credit back once half a window has been consumed.
+    /// credit back once half a window has been consumed. Bytes of a stream
+    /// that already ended (reset, or finished) were credited back when it
+    /// ended, so consuming them again is a no-op.
     pub fn consumed(&mut self, id: StreamId, n: usize) {
-        let n = n as u64;
+        let half = u64::from(self.cfg.stream_window / 2);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let n = (n as u64).min(s.held);
+        s.held -= n;
+        let grant = if s.remote_ended {
+            None
+        } else {
+            s.recv_unacked += n;
+            if s.recv_unacked >= half.max(1) {
+                let inc = std::mem::take(&mut s.recv_unacked);
+                s.recv_allowed += inc;
+                Some(inc)
+            } else {
+                None
+            }
+        };
+        let drained = s.local_ended && s.remote_ended && s.held == 0;
+        if let Some(inc) = grant {
+            self.queue(&Frame::Window {
+                stream: id,
+                increment: inc as u32,
+            });
+        }
+        self.release(n);
+        if drained {
+            self.streams.remove(&id);
+            self.draining -= 1;
+        }
+    }
+
+    /// Returns `n` received bytes to the tunnel window.
+    fn release(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.tunnel_recv_unacked += n;
         if self.tunnel_recv_unacked >= u64::from(self.cfg.tunnel_window / 2) {
             let inc = std::mem::take(&mut self.tunnel_recv_unacked);
@@ -259,26 +438,36 @@ impl Tunnel {
                 increment: inc as u32,
             });
         }
-        let half = u64::from(self.cfg.stream_window / 2);
-        let grant = match self.streams.get_mut(&id) {
-            Some(s) if !s.remote_ended => {
-                s.recv_unacked += n;
-                if s.recv_unacked >= half.max(1) {
-                    let inc = std::mem::take(&mut s.recv_unacked);
-                    s.recv_allowed += inc;
-                    Some(inc)
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
-        if let Some(inc) = grant {
-            self.queue(&Frame::Window {
-                stream: id,
-                increment: inc as u32,
-            });
+    }
+
+    /// Forgets `id`, returning the bytes it still held to the tunnel window.
+    fn remove(&mut self, id: StreamId) -> Option<Stream> {
+        let s = self.streams.remove(&id)?;
+        if s.local_ended && s.remote_ended {
+            self.draining -= 1;
         }
+        self.release(s.held);
+        Some(s)
+    }
+
+    /// Marks one more end of `id`; a stream both sides ended is forgotten
+    /// once nothing it received is held, else it drains.
+    fn ended(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if s.local_ended && s.remote_ended {
+            if s.held == 0 {
+                self.streams.remove(&id);
+            } else {
+                self.draining += 1;
+            }
+        }
+    }
+
+    /// Streams open in the protocol's sense (not both ended).
+    fn open_streams(&self) -> usize {
+        self.streams.len() - self.draining
     }
 
     /// Half-closes `id`: we send no more.
@@ -290,34 +479,56 @@ impl Tunnel {
             return;
         }
         s.local_ended = true;
-        let done = s.remote_ended;
         self.queue(&Frame::End { stream: id });
-        if done {
-            self.streams.remove(&id);
+        self.ended(id);
+    }
+
+    /// Aborts `id`: the peer is told (unless both sides had already ended
+    /// it) and everything it still held goes back to the tunnel window.
+    pub fn reset(&mut self, id: StreamId, why: Reason) {
+        if let Some(s) = self.remove(id) {
+            if !(s.local_ended && s.remote_ended) {
+                self.queue(&Frame::Reset {
+                    stream: id,
+                    code: why,
+                });
+            }
         }
     }
 
-    /// Aborts `id`.
-    pub fn reset(&mut self, id: StreamId, why: u8) {
-        if self.streams.remove(&id).is_some() {
-            self.queue(&Frame::Reset {
-                stream: id,
-                code: why,
-            });
-        }
-    }
-
-    /// Forgets a stream both sides ended once its received bytes are
-    /// delivered (the driver calls this when it is done with `id`).
+    /// Forgets a stream both sides ended, returning what it still held to
+    /// the tunnel window (the driver calls this when it is done with `id`).
     pub fn finished(&mut self, id: StreamId) {
         if matches!(self.streams.get(&id), Some(s) if s.local_ended && s.remote_ended) {
-            self.streams.remove(&id);
+            self.remove(id);
+        }
+    }
+
+    /// The credit state, for invariant checks and metrics: once every
+    /// stream has ended and all frames are delivered, `held` is 0,
+    /// `recv_allowed + recv_unacked` is the whole tunnel window, and the
+    /// peer's `send_credit` equals our `recv_allowed`.
+    pub fn windows(&self) -> Windows {
+        Windows {
+            send_credit: self.tunnel_send_credit,
+            recv_allowed: self.tunnel_recv_allowed,
+            recv_unacked: self.tunnel_recv_unacked,
+            held: self.streams.values().map(|s| s.held).sum(),
+            window: u64::from(self.cfg.tunnel_window),
         }
     }
 
     /// Starts a clean close.
-    pub fn go_away(&mut self, why: u8) {
+    pub fn go_away(&mut self, why: Reason) {
         self.queue(&Frame::GoAway(why));
+    }
+
+    /// Skips our stream ids ahead so that `left` opens remain (tests of id
+    /// exhaustion; keeps parity).
+    #[doc(hidden)]
+    pub fn skip_ids(&mut self, left: u64) {
+        let last = u64::from(StreamId::MAX) - u64::from(self.side == Side::Site);
+        self.next_local = last + 2 - 2 * left;
     }
 
     /// Live streams.
@@ -403,10 +614,10 @@ impl Tunnel {
                     ));
                 }
                 self.last_peer = stream;
-                if self.streams.len() >= self.cfg.max_streams as usize {
+                if self.open_streams() >= self.cfg.max_streams as usize {
                     self.queue(&Frame::Reset {
                         stream,
-                        code: code::LIMIT,
+                        code: Reason::LIMIT,
                     });
                     return Ok(());
                 }
@@ -433,6 +644,7 @@ impl Tunnel {
                             return Err(TunnelError::FlowControl(stream));
                         }
                         s.recv_allowed -= n;
+                        s.held += n;
                         if n > 0 {
                             self.events.push_back(Event::Data {
                                 id: stream,
@@ -441,9 +653,9 @@ impl Tunnel {
                         }
                     }
                     None if known => {
-                        // A stream we already reset: drop the bytes but
+                        // A stream we already ended: drop the bytes but
                         // give their tunnel credit back.
-                        self.consumed(stream, n as usize);
+                        self.release(n);
                     }
                     None => return Err(TunnelError::Protocol("DATA on a stream never opened")),
                 }
@@ -475,9 +687,7 @@ impl Tunnel {
                         return Err(TunnelError::Protocol("second END"));
                     }
                     s.remote_ended = true;
-                    if s.local_ended {
-                        self.streams.remove(&stream);
-                    }
+                    self.ended(stream);
                     self.events.push_back(Event::Ended { id: stream });
                 } else if !self.known(stream) {
                     return Err(TunnelError::Protocol("END on a stream never opened"));
@@ -485,11 +695,11 @@ impl Tunnel {
             }
             Frame::Reset { stream, code } => {
                 self.churned()?;
-                if self.streams.remove(&stream).is_some() {
+                if self.remove(stream).is_some() {
                     self.events.push_back(Event::Reset { id: stream, code });
                 }
             }
-            Frame::Ping(v) => self.queue(&Frame::Pong(v)),
+            Frame::Ping(v) => self.pong = Some(v),
             Frame::Pong(_) => {}
             Frame::GoAway(c) => self.events.push_back(Event::GoAway(c)),
         }
@@ -498,8 +708,8 @@ impl Tunnel {
 
     /// True when `id` was opened at some point by either side.
     fn known(&self, id: StreamId) -> bool {
-        if id % 2 == self.next_local % 2 {
-            id < self.next_local
+        if u64::from(id) % 2 == self.next_local % 2 {
+            u64::from(id) < self.next_local
         } else {
             id <= self.last_peer
         }
@@ -512,12 +722,22 @@ impl Tunnel {
 
     /// Moves encoded frames waiting to be sent into `out`.
     pub fn take_frames(&mut self, out: &mut Vec<u8>) {
+        if let Some(v) = self.pong.take() {
+            self.queue(&Frame::Pong(v));
+        }
         out.append(&mut self.out);
     }
 
     /// True when frames wait to be sent.
     pub fn has_frames(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.pong.is_some()
+    }
+
+    /// Bytes of encoded frames waiting to be taken. The driver stops
+    /// reading the tunnel while this is above its bound (the peer is not
+    /// reading our replies), so what the peer can make us queue is bounded.
+    pub fn queued_len(&self) -> usize {
+        self.out.len()
     }
 
     /// When [`Tunnel::handle_timeout`] should run next.

@@ -22,10 +22,10 @@ pub use pipe::Pipe;
 use crate::signal::Signal;
 use bytes::Bytes;
 use glommio::net::TcpStream;
-use revtun_proto::channel::{Deframer, Framer};
-use revtun_proto::frame::{code, StreamId};
+use revtun_proto::channel::{Deframer, Framer, BATCH_LIMIT};
+use revtun_proto::frame::{Reason, StreamId};
 use revtun_proto::record::{keys, Side, EXPORTER_LEN};
-use revtun_proto::tunnel::{Config, OpenError, Tunnel as Proto};
+use revtun_proto::tunnel::{CloseReason, Config, OpenError, Tunnel as Proto};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::Shutdown;
@@ -40,6 +40,16 @@ use std::time::{Duration, Instant};
 pub const READ_CHUNK: usize = 128 * 1024;
 /// A stream reader waits when the outgoing batch has less room than this.
 pub const MIN_ROOM: usize = 16 * 1024;
+/// Most bytes of protocol frames (replies the peer's frames call for:
+/// RESETs, WINDOWs, a PONG) that may wait unsent before the tunnel stops
+/// reading its socket. A peer that sends and never reads makes us queue at
+/// most this plus what one receive chunk's records call for.
+pub const MAX_QUEUED_CONTROL: usize = 64 * 1024;
+/// A local side with this many bytes already queued is lagging: what
+/// arrives for it is copied out of the receive chunk instead of pinning it.
+pub const COPY_QUEUED: usize = 64 * 1024;
+/// How long the site waits for a service target to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What this end does with streams the peer opens.
 #[derive(Clone)]
@@ -103,6 +113,11 @@ struct LocalStream {
     sock: RefCell<Option<TcpStream>>,
     /// Payloads from the peer waiting to be written locally.
     queue: RefCell<VecDeque<Bytes>>,
+    /// Bytes in `queue`.
+    queued: Cell<usize>,
+    /// The local socket stopped taking bytes: what waits is copied into
+    /// buffers of its own instead of pinning receive chunks.
+    blocked: Cell<bool>,
     /// Wakes this stream's reader and writer.
     sig: Signal,
     peer_ended: Cell<bool>,
@@ -117,12 +132,50 @@ impl LocalStream {
             id,
             sock: RefCell::new(sock),
             queue: RefCell::default(),
+            queued: Cell::new(0),
+            blocked: Cell::new(false),
             sig: Signal::default(),
             peer_ended: Cell::new(false),
             reset: Cell::new(false),
             reader_done: Cell::new(false),
             writer_done: Cell::new(false),
         })
+    }
+
+    fn push(&self, b: Bytes) {
+        self.queued.set(self.queued.get() + b.len());
+        self.queue.borrow_mut().push_back(b);
+    }
+
+    fn pop(&self) -> Option<Bytes> {
+        let b = self.queue.borrow_mut().pop_front()?;
+        self.queued.set(self.queued.get() - b.len());
+        Some(b)
+    }
+
+    /// Drops what waits (the core returns its credit when the stream ends).
+    fn clear(&self) {
+        self.queue.borrow_mut().clear();
+        self.queued.set(0);
+    }
+
+    /// True when this stream's local side is not keeping up.
+    fn lagging(&self) -> bool {
+        self.blocked.get() || self.queued.get() >= COPY_QUEUED
+    }
+
+    /// Copies every queued slice into one buffer of the stream's own, so
+    /// the receive chunks they pointed into can be reused.
+    fn compact(&self) {
+        let mut q = self.queue.borrow_mut();
+        if q.is_empty() {
+            return;
+        }
+        let mut own = bytes::BytesMut::with_capacity(self.queued.get());
+        for b in q.drain(..) {
+            own.extend_from_slice(&b);
+        }
+        q.push_back(own.freeze());
     }
 
     /// Shuts the local socket down so pending reads and writes finish.
@@ -145,7 +198,7 @@ struct State {
     spare: Vec<u8>,
     streams: HashMap<StreamId, Rc<LocalStream>>,
     services: Vec<String>,
-    closed: Option<String>,
+    closed: Option<CloseReason>,
     stats: Stats,
 }
 
@@ -164,6 +217,8 @@ struct Inner {
     ready_sig: Signal,
     /// Set from outside (SIGTERM) to close cleanly.
     stop: Option<Arc<AtomicBool>>,
+    /// The heartbeat bound, also the write deadline of the tunnel socket.
+    dead_after: Duration,
 }
 
 /// A running tunnel. Cheap to clone; all clones drive the same tunnel.
@@ -205,6 +260,10 @@ impl Tunnel {
         stop: Option<Arc<AtomicBool>>,
     ) -> Tunnel {
         let _ = sock.set_nodelay(true);
+        // A peer that stops reading: nothing written for `dead_after`
+        // while data waits fails the write and closes the tunnel.
+        let _ = sock.set_write_timeout(Some(spec.cfg.dead_after));
+        let dead_after = spec.cfg.dead_after;
         let (sealer, opener) = keys(secrets, spec.side, spec.ratchet_interval);
         let mut t = Proto::new(spec.side, spec.cfg, Instant::now());
         if !advertise.is_empty() {
@@ -229,6 +288,7 @@ impl Tunnel {
             closed_sig: Signal::default(),
             ready_sig: Signal::default(),
             stop,
+            dead_after,
         });
         let tunnel = Tunnel { inner };
         glommio::spawn_local(tasks::tunnel_reader(tunnel.clone())).detach();
@@ -283,7 +343,7 @@ impl Tunnel {
     }
 
     /// Waits until the tunnel closes; returns why.
-    pub async fn closed(&self) -> String {
+    pub async fn closed(&self) -> CloseReason {
         loop {
             let w = self.inner.closed_sig.wait();
             if let Some(r) = self.inner.st.borrow().closed.clone() {
@@ -318,7 +378,14 @@ impl Tunnel {
             if !st.services.iter().any(|s| s == service) {
                 return Err(StreamError::UnknownService(service.to_string()));
             }
-            let id = st.t.open(service)?;
+            let id = match st.t.open(service) {
+                Ok(id) => id,
+                Err(e) => {
+                    drop(st);
+                    self.refused_open(&e);
+                    return Err(e.into());
+                }
+            };
             st.stats.streams_opened += 1;
             let ls = LocalStream::new(id, None);
             st.streams.insert(id, ls.clone());
@@ -347,6 +414,8 @@ impl Tunnel {
                 Ok(id) => id,
                 Err(e) => {
                     reject(local);
+                    drop(st);
+                    self.refused_open(&e);
                     return Err(e.into());
                 }
             };
@@ -360,6 +429,19 @@ impl Tunnel {
         self.spawn_stream(ls);
         self.pump();
         Ok(id)
+    }
+
+    /// After a refused open: when our stream ids ran out the core has
+    /// queued GOAWAY; the tunnel closes once it is flushed and the site
+    /// reconnects with fresh ids.
+    fn refused_open(&self, e: &OpenError) {
+        if *e == OpenError::Exhausted {
+            let t = self.clone();
+            glommio::spawn_local(
+                async move { t.close_after_flush(CloseReason::IdsExhausted).await },
+            )
+            .detach();
+        }
     }
 
     fn spawn_stream(&self, ls: Rc<LocalStream>) {
@@ -378,20 +460,22 @@ impl Tunnel {
     }
 
     /// Closes the tunnel now; every stream is reset. Idempotent.
-    pub fn close(&self, reason: impl Into<String>) {
+    pub fn close(&self, reason: CloseReason) {
         let streams = {
             let mut st = self.inner.st.borrow_mut();
             if st.closed.is_some() {
                 return;
             }
-            let reason = reason.into();
-            tracing::info!(site = %self.inner.name, %reason, bytes_in = st.stats.bytes_in,
+            tracing::info!(site = %self.inner.name, %reason, cause = reason.name(),
+                by_peer = reason.by_peer(), bytes_in = st.stats.bytes_in,
                 bytes_out = st.stats.bytes_out, "tunnel closed");
+            count_close(&reason);
             st.closed = Some(reason);
             std::mem::take(&mut st.streams)
         };
         for ls in streams.values() {
             ls.reset.set(true);
+            ls.clear();
             ls.shutdown(Shutdown::Both);
             ls.sig.notify();
         }
@@ -404,17 +488,26 @@ impl Tunnel {
     }
 
     /// Sends GOAWAY, gives the writer a moment to flush, then closes.
-    pub async fn close_gracefully(&self, reason: &str) {
+    pub async fn close_gracefully(&self, reason: CloseReason) {
         {
             let mut st = self.inner.st.borrow_mut();
             if st.closed.is_some() {
                 return;
             }
-            st.t.go_away(code::SHUTDOWN);
+            st.t.go_away(Reason::SHUTDOWN);
         }
+        self.close_after_flush(reason).await;
+    }
+
+    /// Gives the writer a moment to flush what is queued, then closes.
+    async fn close_after_flush(&self, reason: CloseReason) {
         self.pump();
         for _ in 0..20 {
-            if self.inner.st.borrow().framer.is_empty() {
+            let flushed = {
+                let st = self.inner.st.borrow();
+                st.closed.is_some() || (st.framer.is_empty() && !st.t.has_frames())
+            };
+            if flushed {
                 break;
             }
             glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
@@ -432,8 +525,12 @@ impl Tunnel {
     }
 
     /// Aborts one stream (local failure or refusal) and tells the peer.
-    fn reset_stream(&self, ls: &LocalStream, why: u8) {
+    /// Payloads still queued for the local side are dropped; the core
+    /// returns their credit to the tunnel window.
+    fn reset_stream(&self, ls: &LocalStream, why: Reason) {
+        count_reset(why, false);
         ls.reset.set(true);
+        ls.clear();
         ls.shutdown(Shutdown::Both);
         ls.sig.notify();
         {
@@ -480,10 +577,87 @@ fn reserve(
     Poll::Ready(Some(credit.min(room - 1024).min(READ_CHUNK)))
 }
 
+/// Moves the core's frames into the outgoing batch unless a full batch
+/// already waits (the peer is slow to read): then they wait in the core,
+/// where [`MAX_QUEUED_CONTROL`] bounds them. Every DATA write calls this
+/// with room in the batch first, so frames keep their order.
 fn pump_frames(st: &mut State) {
-    if st.t.has_frames() {
+    if st.t.has_frames() && st.framer.len() < BATCH_LIMIT {
         let mut frames = Vec::new();
         st.t.take_frames(&mut frames);
         st.framer.push_encoded(&frames);
     }
+}
+
+/// How tunnels and streams ended on this shard (each executor thread is a
+/// shard), by cause: for the metrics and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct Ends {
+    /// Tunnel closes by [`CloseReason::name`], in [`CloseReason::NAMES`] order.
+    pub tunnels: [u64; CloseReason::NAMES.len()],
+    /// Stream resets we sent, by [`Reason::ALL`] index (last: other codes).
+    pub resets_sent: [u64; Reason::ALL.len() + 1],
+    /// Stream resets the peer sent, likewise.
+    pub resets_received: [u64; Reason::ALL.len() + 1],
+}
+
+thread_local! {
+    static ENDS: RefCell<Ends> = RefCell::default();
+}
+
+/// This shard's counts of tunnel and stream ends.
+pub fn ends() -> Ends {
+    ENDS.with(|e| e.borrow().clone())
+}
+
+fn reason_slot(r: Reason) -> usize {
+    Reason::ALL
+        .iter()
+        .position(|x| *x == r)
+        .unwrap_or(Reason::ALL.len())
+}
+
+fn count_reset(r: Reason, by_peer: bool) {
+    ENDS.with(|e| {
+        let mut e = e.borrow_mut();
+        let slot = reason_slot(r);
+        if by_peer {
+            e.resets_received[slot] += 1;
+        } else {
+            e.resets_sent[slot] += 1;
+        }
+    });
+}
+
+fn count_close(r: &CloseReason) {
+    let slot = CloseReason::NAMES
+        .iter()
+        .position(|n| *n == r.name())
+        .unwrap_or(0);
+    ENDS.with(|e| e.borrow_mut().tunnels[slot] += 1);
+}
+
+/// This shard's end counts as metric samples (`revtun_tunnel_closes_total`
+/// by cause, `revtun_stream_resets_total` by reason and direction).
+pub fn end_samples(shard: &str) -> Vec<crate::metrics::Sample> {
+    let e = ends();
+    let mut out = Vec::new();
+    for (name, n) in CloseReason::NAMES.iter().zip(e.tunnels) {
+        out.push((
+            "revtun_tunnel_closes_total",
+            format!("cause=\"{name}\",{shard}"),
+            n,
+        ));
+    }
+    let names = Reason::ALL.iter().map(|r| r.name()).chain(["other"]);
+    for (i, name) in names.enumerate() {
+        for (by, counts) in [("us", &e.resets_sent), ("peer", &e.resets_received)] {
+            out.push((
+                "revtun_stream_resets_total",
+                format!("reason=\"{name}\",by=\"{by}\",{shard}"),
+                counts[i],
+            ));
+        }
+    }
+    out
 }

@@ -3,7 +3,7 @@
 
 use super::{LocalStream, StreamError, Tunnel};
 use bytes::Bytes;
-use revtun_proto::frame::code;
+use revtun_proto::frame::Reason;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
@@ -31,7 +31,7 @@ impl Pipe {
     pub async fn recv(&self) -> Option<Bytes> {
         loop {
             let wake = self.ls.sig.wait();
-            let next = self.ls.queue.borrow_mut().pop_front();
+            let next = self.ls.pop();
             if let Some(chunk) = next {
                 self.tun
                     .inner
@@ -89,14 +89,13 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        if !self.finished && !self.ls.reset.get() && !self.tun.is_closed() {
-            self.tun.reset_stream(&self.ls, code::NORMAL);
-        } else {
-            self.ls.writer_done.set(true);
-            self.ls.reader_done.set(true);
-            let mut st = self.tun.inner.st.borrow_mut();
-            st.streams.remove(&self.ls.id);
-            st.t.finished(self.ls.id);
+        self.ls.writer_done.set(true);
+        self.ls.reader_done.set(true);
+        if !self.ls.reset.get() && !self.tun.is_closed() {
+            // Nobody reads this stream any more: the peer is told to stop
+            // (unless both sides had ended it) and whatever it still held
+            // goes back to the tunnel window.
+            self.tun.reset_stream(&self.ls, Reason::NORMAL);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The tasks of one tunnel. See the module documentation of `tunnel`.
 
-use super::{pump_frames, LocalStream, Role, Tunnel};
+use super::{pump_frames, LocalStream, Role, Tunnel, CONNECT_TIMEOUT, MAX_QUEUED_CONTROL};
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
-use revtun_proto::frame::code;
-use revtun_proto::tunnel::Event;
+use revtun_proto::frame::Reason;
+use revtun_proto::tunnel::{CloseReason, Event};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::Shutdown;
 use std::pin::Pin;
@@ -24,6 +26,15 @@ pub(super) async fn tunnel_reader(tun: Tunnel) {
             if st.closed.is_some() {
                 return Poll::Ready(Ok(0));
             }
+            if st.t.queued_len() > MAX_QUEUED_CONTROL {
+                // The peer does not read what we owe it (replies to its
+                // frames): stop reading until the writer makes room. A
+                // peer that never reads is then ended by the heartbeat or
+                // the write deadline, and what it made us queue is bounded.
+                inner.room.register(cx);
+                inner.writer_wake.notify();
+                return Poll::Pending;
+            }
             let buf = st.deframer.read_buf();
             match Pin::new(&mut *inner.sock.borrow_mut()).poll_read(cx, buf) {
                 Poll::Ready(Ok(n)) => {
@@ -36,13 +47,13 @@ pub(super) async fn tunnel_reader(tun: Tunnel) {
         })
         .await;
         match read {
-            Ok(0) => return tun.close("the peer closed the connection"),
-            Err(e) => return tun.close(format!("tunnel read failed: {e}")),
+            Ok(0) => return tun.close(CloseReason::PeerClosed),
+            Err(e) => return tun.close(CloseReason::Io(format!("read: {e}"))),
             Ok(_) => {}
         }
         if let Err(reason) = process_records(&tun) {
             tracing::warn!(site = %inner.name, %reason, "closing tunnel: peer misbehaved");
-            return tun.close(reason);
+            return tun.close(CloseReason::PeerMisbehaved(reason));
         }
         tun.pump();
     }
@@ -63,7 +74,15 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
             match ev {
                 Event::Data { id, range } => match st.streams.get(&id) {
                     Some(ls) if !ls.reset.get() => {
-                        ls.queue.borrow_mut().push_back(rec.slice(range));
+                        // A slice pins the whole receive chunk (up to 2 MiB)
+                        // while it waits: bytes for a local side that is
+                        // not keeping up are copied out instead.
+                        let chunk = if ls.lagging() {
+                            Bytes::copy_from_slice(&rec[range])
+                        } else {
+                            rec.slice(range)
+                        };
+                        ls.push(chunk);
                         ls.sig.notify();
                     }
                     // The local side is gone: the bytes are dropped, their credit returned.
@@ -88,10 +107,14 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                         }
                         None => {
                             tracing::info!(site = %inner.name, %service, "host asked for an unknown service");
-                            st.t.reset(id, code::REFUSED);
+                            st.t.reset(id, Reason::REFUSED);
+                            super::count_reset(Reason::REFUSED, false);
                         }
                     },
-                    Role::Host => st.t.reset(id, code::REFUSED),
+                    Role::Host => {
+                        st.t.reset(id, Reason::REFUSED);
+                        super::count_reset(Reason::REFUSED, false);
+                    }
                 },
                 Event::Ended { id } => {
                     if let Some(ls) = st.streams.get(&id) {
@@ -101,8 +124,11 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                 }
                 Event::Reset { id, code } => {
                     if let Some(ls) = st.streams.remove(&id) {
-                        tracing::debug!(site = %inner.name, stream = id, code, "stream reset by peer");
+                        tracing::debug!(site = %inner.name, stream = id, %code, "stream reset by peer");
+                        super::count_reset(code, true);
                         ls.reset.set(true);
+                        // The core already returned these bytes' credit.
+                        ls.clear();
                         ls.shutdown(Shutdown::Both);
                         ls.sig.notify();
                     }
@@ -121,7 +147,7 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                 Event::Services(list) => st.services = list,
                 Event::GoAway(c) => {
                     drop(st);
-                    tun.close(format!("the peer is going away (code {c})"));
+                    tun.close(CloseReason::PeerGoAway(c));
                     return Ok(());
                 }
             }
@@ -159,9 +185,14 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
             })
             .await;
             match r {
-                Ok(0) => return tun.close("tunnel write returned 0"),
+                Ok(0) => return tun.close(CloseReason::Io("write returned 0".into())),
                 Ok(n) => off += n,
-                Err(e) => return tun.close(format!("tunnel write failed: {e}")),
+                // The socket's write timeout (the heartbeat's `dead_after`)
+                // fired: the peer took nothing for that long.
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return tun.close(CloseReason::WriteStalled(inner.dead_after))
+                }
+                Err(e) => return tun.close(CloseReason::Io(format!("write: {e}"))),
             }
         }
         let mut st = inner.st.borrow_mut();
@@ -185,12 +216,16 @@ pub(super) async fn timer(tun: Tunnel) {
             .as_ref()
             .is_some_and(|s| s.load(Ordering::Relaxed))
         {
-            return tun.close_gracefully("shutting down").await;
+            return tun.close_gracefully(CloseReason::Shutdown).await;
         }
         let verdict = inner.st.borrow_mut().t.handle_timeout(Instant::now());
         if let Err(e) = verdict {
             tracing::warn!(site = %inner.name, reason = %e, "closing tunnel");
-            return tun.close(e.to_string());
+            let reason = match e {
+                revtun_proto::tunnel::TunnelError::Dead(d) => CloseReason::Dead(d),
+                other => CloseReason::PeerMisbehaved(other.to_string()),
+            };
+            return tun.close(reason);
         }
         tun.pump();
     }
@@ -250,7 +285,7 @@ pub(super) async fn stream_reader(tun: Tunnel, ls: Rc<LocalStream>) {
                 tun.maybe_finish(&ls);
                 return;
             }
-            Step::Failed => return tun.reset_stream(&ls, code::LOCAL_ERROR),
+            Step::Failed => return tun.reset_stream(&ls, Reason::LOCAL_ERROR),
             Step::Stop => {
                 ls.reader_done.set(true);
                 return;
@@ -264,7 +299,7 @@ pub(super) async fn stream_writer(tun: Tunnel, ls: Rc<LocalStream>) {
     let inner = tun.inner.clone();
     loop {
         let wake = ls.sig.wait();
-        let next = ls.queue.borrow_mut().pop_front();
+        let next = ls.pop();
         let Some(chunk) = next else {
             if ls.reset.get() || inner.st.borrow().closed.is_some() {
                 ls.writer_done.set(true);
@@ -276,41 +311,64 @@ pub(super) async fn stream_writer(tun: Tunnel, ls: Rc<LocalStream>) {
                 tun.maybe_finish(&ls);
                 return;
             }
+            ls.blocked.set(false);
             wake.await;
             continue;
         };
-        let mut off = 0;
-        while off < chunk.len() {
+        let len = chunk.len();
+        // What is left of the chunk to write.
+        let rest = RefCell::new(chunk);
+        while !rest.borrow().is_empty() {
             let r = poll_fn(|cx| {
                 if ls.reset.get() {
                     return Poll::Ready(Err(std::io::Error::other("reset")));
                 }
                 let mut sock = ls.sock.borrow_mut();
-                match sock.as_mut() {
-                    Some(s) => Pin::new(s).poll_write(cx, &chunk[off..]),
-                    None => Poll::Ready(Err(std::io::Error::other("not connected"))),
+                let Some(s) = sock.as_mut() else {
+                    return Poll::Ready(Err(std::io::Error::other("not connected")));
+                };
+                let p = Pin::new(s).poll_write(cx, &rest.borrow());
+                if p.is_pending() && !ls.blocked.get() {
+                    // The local side stopped taking bytes: from now on what
+                    // waits for it is held in its own buffers, not in
+                    // slices pinning shared receive chunks.
+                    ls.blocked.set(true);
+                    ls.compact();
+                    let own = Bytes::copy_from_slice(&rest.borrow());
+                    *rest.borrow_mut() = own;
                 }
+                p
             })
             .await;
             match r {
-                Ok(n) if n > 0 => off += n,
+                Ok(n) if n > 0 => {
+                    let mut b = rest.borrow_mut();
+                    *b = b.slice(n..);
+                }
                 _ => {
                     ls.writer_done.set(true);
                     if !ls.reset.get() {
-                        tun.reset_stream(&ls, code::LOCAL_ERROR);
+                        tun.reset_stream(&ls, Reason::LOCAL_ERROR);
                     }
                     return;
                 }
             }
         }
-        inner.st.borrow_mut().t.consumed(ls.id, chunk.len());
+        inner.st.borrow_mut().t.consumed(ls.id, len);
         tun.pump();
     }
 }
 
-/// Site side: connects an opened stream to its target, then starts it.
+/// Site side: connects an opened stream to its target, then starts it. A
+/// target that neither accepts nor refuses within [`CONNECT_TIMEOUT`] is
+/// given up on (the stream is reset with [`Reason::TIMEOUT`]).
 async fn connect_target(tun: Tunnel, ls: Rc<LocalStream>, target: String) {
-    match glommio::net::TcpStream::connect(target.as_str()).await {
+    let attempt = glommio::timer::timeout(
+        CONNECT_TIMEOUT,
+        glommio::net::TcpStream::connect(target.as_str()),
+    )
+    .await;
+    match attempt {
         Ok(s) => {
             if ls.reset.get() || tun.is_closed() {
                 return;
@@ -320,10 +378,15 @@ async fn connect_target(tun: Tunnel, ls: Rc<LocalStream>, target: String) {
             tun.spawn_stream(ls);
         }
         Err(e) => {
-            tracing::info!(site = %tun.inner.name, stream = ls.id, %target, error = %e, "service target refused");
+            let why = match e {
+                glommio::GlommioError::TimedOut(_) => Reason::TIMEOUT,
+                _ => Reason::REFUSED,
+            };
+            tracing::info!(site = %tun.inner.name, stream = ls.id, %target, error = %e, reason = %why,
+                "service target unreachable");
             ls.reader_done.set(true);
             ls.writer_done.set(true);
-            tun.reset_stream(&ls, code::REFUSED);
+            tun.reset_stream(&ls, why);
         }
     }
 }

@@ -24,11 +24,11 @@ fn all_frames() -> Vec<Vec<u8>> {
         Frame::End { stream: 3 },
         Frame::Reset {
             stream: 3,
-            code: code::REFUSED,
+            code: Reason::REFUSED,
         },
         Frame::Ping(42),
         Frame::Pong(42),
-        Frame::GoAway(code::SHUTDOWN),
+        Frame::GoAway(Reason::SHUTDOWN),
     ];
     let mut out: Vec<Vec<u8>> = frames
         .iter()

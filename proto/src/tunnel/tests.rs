@@ -14,9 +14,12 @@ struct End {
     /// Received but not yet consumed (stalled streams).
     held: HashMap<StreamId, usize>,
     stalled: HashSet<StreamId>,
+    /// Hold every stream's bytes until the test consumes them.
+    hold_all: bool,
     ended: HashSet<StreamId>,
-    resets: Vec<(StreamId, u8)>,
+    resets: Vec<(StreamId, Reason)>,
     opened: Vec<(StreamId, String)>,
+    goaways: Vec<Reason>,
     services: Vec<String>,
 }
 
@@ -38,9 +41,11 @@ fn end(side: Side, cfg: Config, now: Instant) -> End {
         received: HashMap::new(),
         held: HashMap::new(),
         stalled: HashSet::new(),
+        hold_all: false,
         ended: HashSet::new(),
         resets: Vec::new(),
         opened: Vec::new(),
+        goaways: Vec::new(),
         services: Vec::new(),
     }
 }
@@ -103,7 +108,7 @@ impl Pair {
                                 .entry(id)
                                 .or_default()
                                 .extend_from_slice(&rec[range.clone()]);
-                            if to.stalled.contains(&id) {
+                            if to.hold_all || to.stalled.contains(&id) {
                                 *to.held.entry(id).or_default() += range.len();
                             } else {
                                 to.t.consumed(id, range.len());
@@ -112,9 +117,14 @@ impl Pair {
                         Event::Ended { id } => {
                             to.ended.insert(id);
                         }
-                        Event::Reset { id, code } => to.resets.push((id, code)),
+                        Event::Reset { id, code } => {
+                            // The driver drops what it held for `id`.
+                            to.held.remove(&id);
+                            to.resets.push((id, code));
+                        }
                         Event::Opened { id, service } => to.opened.push((id, service)),
                         Event::Services(s) => to.services = s,
+                        Event::GoAway(r) => to.goaways.push(r),
                         _ => {}
                     }
                 }
@@ -321,7 +331,7 @@ fn data_racing_a_reset_returns_its_tunnel_credit() {
     p.settle().expect("open");
     // The site resets each stream while the host's data is in flight.
     for &id in &ids {
-        p.site.t.reset(id, code::LOCAL_ERROR);
+        p.site.t.reset(id, Reason::LOCAL_ERROR);
         assert_eq!(send(&mut p.host, id, &[7; 100]), 100);
     }
     p.settle()
@@ -372,7 +382,7 @@ fn open_reset_churn_keeps_memory_flat() {
     for round in 0..2_000 {
         for _ in 0..100 {
             let id = p.host.t.open("svc").expect("open");
-            p.host.t.reset(id, code::NORMAL);
+            p.host.t.reset(id, Reason::NORMAL);
         }
         // 100 opens and resets per 20 ms: 10,000 of each per second, the
         // most the default churn limit (20,000 per second) allows.
@@ -393,21 +403,58 @@ fn a_peer_churning_streams_past_the_limit_closes_the_tunnel() {
     // Up to the limit within one second: fine (500 opens + 500 resets).
     for _ in 0..500 {
         let id = p.host.t.open("svc").expect("open");
-        p.host.t.reset(id, code::NORMAL);
+        p.host.t.reset(id, Reason::NORMAL);
     }
     p.settle().expect("at the limit");
     // A second later the budget is back.
     p.now += Duration::from_secs(1);
     for _ in 0..500 {
         let id = p.host.t.open("svc").expect("open");
-        p.host.t.reset(id, code::NORMAL);
+        p.host.t.reset(id, Reason::NORMAL);
     }
     p.settle().expect("next second");
     // One more in the same second is too many.
     let id = p.host.t.open("svc").expect("open");
-    p.host.t.reset(id, code::NORMAL);
+    p.host.t.reset(id, Reason::NORMAL);
     match p.settle() {
         Err(TunnelError::Protocol(why)) => assert!(why.contains("churn"), "{why}"),
         other => panic!("expected the churn limit, got {other:?}"),
     }
 }
+
+#[test]
+fn stream_ids_run_out_with_one_goaway_never_wrapping() {
+    for host in [true, false] {
+        let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 1000);
+        let (me, peer) = if host {
+            (&mut p.host, &mut p.site)
+        } else {
+            (&mut p.site, &mut p.host)
+        };
+        me.t.skip_ids(2);
+        me.t.open("svc").expect("the last but one id");
+        let last = me.t.open("svc").expect("the last id");
+        assert_eq!(last, if host { u32::MAX } else { u32::MAX - 1 });
+        assert_eq!(me.t.open("svc"), Err(OpenError::Exhausted));
+        assert_eq!(me.t.open("svc"), Err(OpenError::Exhausted));
+        Pair::flush(me, peer, p.now, 1000).expect("a clean end");
+        assert_eq!(peer.goaways, vec![Reason::IDS_EXHAUSTED], "one GOAWAY");
+        assert_eq!(peer.opened.len(), 2);
+    }
+}
+
+#[test]
+fn a_ping_flood_is_answered_by_one_pong() {
+    let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 1000);
+    for i in 0..10_000 {
+        p.host.framer.push_frame(&Frame::Ping(i));
+    }
+    Pair::flush(&mut p.host, &mut p.site, p.now, 4096).expect("pings");
+    let mut out = Vec::new();
+    p.site.t.take_frames(&mut out);
+    let (f, end) = frame::decode(&out, 0).expect("one frame");
+    assert_eq!(f, Frame::Pong(9_999), "the latest ping is answered");
+    assert_eq!(end, out.len(), "and only it");
+}
+
+mod credit;
