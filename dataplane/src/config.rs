@@ -46,6 +46,7 @@ impl TunnelArgs {
             ping_interval: self.heartbeat,
             dead_after: self.dead_after.max(self.heartbeat),
             max_churn_per_sec: self.max_stream_churn,
+            max_pings_per_sec: Config::default().max_pings_per_sec,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Config {
     /// Stream opens and resets the peer may send per second (threat 8);
     /// more within one second closes the tunnel. 0: no limit.
     pub max_churn_per_sec: u32,
+    /// PINGs the peer may send per second; more within one second closes
+    /// the tunnel (a heartbeat needs one every few seconds). Each is
+    /// answered, if only by the one coalesced PONG. 0: no limit.
+    pub max_pings_per_sec: u32,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(5),
             dead_after: Duration::from_secs(15),
             max_churn_per_sec: 20_000,
+            max_pings_per_sec: 1_000,
         }
     }
 }
@@ -284,9 +289,11 @@ pub struct Tunnel {
     /// per batch however many arrived, so a peer that floods PINGs and
     /// never reads cannot grow `out`.
     pong: Option<u64>,
-    /// Start of the current churn second and the opens and resets in it.
+    /// Start of the current rate second, and the opens and resets, and the
+    /// pings, the peer sent in it.
     churn_since: Instant,
     churn: u32,
+    pings: u32,
 }
 
 impl Tunnel {
@@ -312,6 +319,7 @@ impl Tunnel {
             pong: None,
             churn_since: now,
             churn: 0,
+            pings: 0,
             cfg,
         };
         let s = Settings {
@@ -564,20 +572,41 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Starts a new rate second when the last one is over.
+    fn rate_window(&mut self) {
+        // `last_rx` is the time of the record being handled.
+        if self.last_rx.saturating_duration_since(self.churn_since) >= Duration::from_secs(1) {
+            self.churn_since = self.last_rx;
+            self.churn = 0;
+            self.pings = 0;
+        }
+    }
+
     /// Counts one peer OPEN or RESET against the churn limit.
     fn churned(&mut self) -> Result<(), TunnelError> {
         if self.cfg.max_churn_per_sec == 0 {
             return Ok(());
         }
-        // `last_rx` is the time of the record being handled.
-        if self.last_rx.saturating_duration_since(self.churn_since) >= Duration::from_secs(1) {
-            self.churn_since = self.last_rx;
-            self.churn = 0;
-        }
+        self.rate_window();
         self.churn += 1;
         if self.churn > self.cfg.max_churn_per_sec {
             return Err(TunnelError::Protocol(
                 "stream churn limit: too many opens and resets per second",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts one peer PING against its limit.
+    fn pinged(&mut self) -> Result<(), TunnelError> {
+        if self.cfg.max_pings_per_sec == 0 {
+            return Ok(());
+        }
+        self.rate_window();
+        self.pings += 1;
+        if self.pings > self.cfg.max_pings_per_sec {
+            return Err(TunnelError::Protocol(
+                "ping flood: too many PINGs per second",
             ));
         }
         Ok(())
@@ -699,7 +728,10 @@ impl Tunnel {
                     self.events.push_back(Event::Reset { id: stream, code });
                 }
             }
-            Frame::Ping(v) => self.pong = Some(v),
+            Frame::Ping(v) => {
+                self.pinged()?;
+                self.pong = Some(v);
+            }
             Frame::Pong(_) => {}
             Frame::GoAway(c) => self.events.push_back(Event::GoAway(c)),
         }

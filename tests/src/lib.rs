@@ -501,7 +501,10 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("not an HTTP response: {text:?}"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.split(' ').nth(1) == Some("200"),
+        "{head}"
+    );
     Ok(body.to_string())
 }
 

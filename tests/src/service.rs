@@ -7,6 +7,11 @@
 //! - `ECHO\n`: echoes everything until EOF.
 //! - `DISCARD\n`: reads until EOF, answers `<bytes>\n` (perf: no hashing).
 //! - `ZEROS <bytes>\n`: sends `<bytes>` zero bytes, closes (perf: no generation).
+//! - `STALL <ms>\n`: reads nothing for `<ms>`, then dies abortively (a
+//!   reset, as a crashed target's kernel sends), whatever was sent to it.
+//! - `DRIP <writes> <bytes> <gap_us>\n`: sends `<writes>` separate writes
+//!   of `<bytes>` each (small frames through the tunnel), `<gap_us>`
+//!   microseconds apart, closes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -126,6 +131,19 @@ fn serve(c: TcpStream) -> std::io::Result<()> {
                 let k = left.min(buf.len() as u64) as usize;
                 w.write_all(&buf[..k])?;
                 left -= k as u64;
+            }
+        }
+        ["STALL", ms] => {
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
+            let _ = socket2::SockRef::from(&w).set_linger(Some(std::time::Duration::ZERO));
+        }
+        ["DRIP", writes, size, gap] => {
+            let buf = vec![0x5au8; size.parse().unwrap_or(100)];
+            let gap = std::time::Duration::from_micros(gap.parse().unwrap_or(1000));
+            w.set_nodelay(true)?;
+            for _ in 0..writes.parse::<u64>().unwrap_or(0) {
+                w.write_all(&buf)?;
+                std::thread::sleep(gap);
             }
         }
         ["ECHO"] => {

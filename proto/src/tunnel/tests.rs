@@ -444,8 +444,12 @@ fn stream_ids_run_out_with_one_goaway_never_wrapping() {
 }
 
 #[test]
-fn a_ping_flood_is_answered_by_one_pong() {
-    let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 1000);
+fn a_ping_flood_is_answered_by_one_pong_and_past_the_limit_closes() {
+    let no_limit = Config {
+        max_pings_per_sec: 0,
+        ..cfg(100, 1000)
+    };
+    let mut p = Pair::new(cfg(100, 1000), no_limit, 1000);
     for i in 0..10_000 {
         p.host.framer.push_frame(&Frame::Ping(i));
     }
@@ -455,6 +459,17 @@ fn a_ping_flood_is_answered_by_one_pong() {
     let (f, end) = frame::decode(&out, 0).expect("one frame");
     assert_eq!(f, Frame::Pong(9_999), "the latest ping is answered");
     assert_eq!(end, out.len(), "and only it");
+    // With the default limit (1,000 a second), the same flood is fatal.
+    let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 1000);
+    for i in 0..1_000 {
+        p.host.framer.push_frame(&Frame::Ping(i));
+    }
+    p.settle().expect("at the limit");
+    p.host.framer.push_frame(&Frame::Ping(1));
+    match p.settle() {
+        Err(TunnelError::Protocol(why)) => assert!(why.contains("ping flood"), "{why}"),
+        other => panic!("expected the ping limit, got {other:?}"),
+    }
 }
 
 mod credit;
