@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub spin: Duration,
     /// Camera name -> RTSP URL (site redirector).
     pub cameras: HashMap<String, String>,
+    /// Longest wait for a camera's answer to a request, or for its next
+    /// bytes after PLAY.
+    pub camera_timeout: Duration,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("cpu", &self.cpu)
             .field("spin", &self.spin)
             .field("cameras", &cameras)
+            .field("camera_timeout", &self.camera_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -75,7 +79,10 @@ pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
 
 async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     let services = Rc::new(cfg.services.clone());
-    let handlers = Rc::new(crate::video::site::handlers(&cfg.cameras));
+    let handlers = Rc::new(crate::video::site::handlers(
+        &cfg.cameras,
+        cfg.camera_timeout,
+    ));
     let names: Vec<String> = {
         let mut v: Vec<String> = cfg
             .services
@@ -167,6 +174,7 @@ mod tests {
                 "door".to_string(),
                 "rtsp://admin:hunter2@192.0.2.1:554/live".to_string(),
             )]),
+            camera_timeout: crate::video::site::CAMERA_TIMEOUT,
         };
         let text = format!("{cfg:?}");
         assert!(!text.contains("hunter2"), "{text}");

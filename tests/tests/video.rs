@@ -549,3 +549,55 @@ fn a_wrong_camera_password_is_refused_and_never_logged() -> Result<()> {
     assert!(!log.contains("panicked") && !v.host.control.log().contains("panicked"));
     Ok(())
 }
+
+#[test]
+fn a_camera_that_accepts_and_never_answers_is_given_up_and_served_once_it_answers() -> Result<()> {
+    // A "camera" that takes the connection and says nothing.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mute = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let cam_port = mute.local_addr()?.port();
+    mute.set_nonblocking(true)?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let mute_thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            if let Ok((c, _)) = mute.accept() {
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The listener and every connection close here.
+    });
+    let rtsp = free_port()?;
+    let host = Host::start(&["--rtsp-listen", &format!("127.0.0.1:{rtsp}")])?;
+    let dir = host.enroll("s1")?;
+    let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
+        "run",
+        "--state-dir",
+        &dir.to_string_lossy(),
+        &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
+        "--camera-timeout",
+        "1s",
+    ]))?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
+    host.control
+        .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    let url = format!("rtsp://127.0.0.1:{rtsp}/s1/cam1");
+    // The viewer gets a clear refusal, not a hang; the site says why.
+    let (frames, err) = ffprobe_frames(&url, 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("404") || err.contains("503"), "{err}");
+    agent.wait_log("did not answer DESCRIBE within 1s", Duration::from_secs(5))?;
+    // The camera starts answering (a real RTSP server on the same port).
+    stop.store(true, Ordering::Relaxed);
+    let _ = mute_thread.join();
+    let _camera = start_camera(cam_port, 25, &[])?;
+    let (frames, err) = ffprobe_frames(&url, 3)?;
+    assert!(
+        frames > 25,
+        "once the camera answers: {frames} frames; {err}"
+    );
+    assert!(!agent.log().contains("panicked"));
+    Ok(())
+}

@@ -64,6 +64,10 @@ enum Cmd {
         // would echo the value and so the password.
         #[arg(long = "camera", value_name = "NAME=URL")]
         cameras: Vec<String>,
+        /// A camera that does not answer an RTSP request, or sends nothing
+        /// after PLAY, for this long is given up on (the viewer is told).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        camera_timeout: Duration,
         /// Pin the agent to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -137,6 +141,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             services,
             tunnel,
             cameras,
+            camera_timeout,
             cpu,
             spin,
         } => {
@@ -170,6 +175,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 cpu,
                 spin,
                 cameras: cameras.into_iter().collect(),
+                camera_timeout,
             };
             agent::run(id, cfg).context("tunnel")?;
             println!("stopped");

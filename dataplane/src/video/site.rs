@@ -23,11 +23,28 @@ use std::time::Duration;
 pub const CAMERA_PREFIX: &str = "cam.";
 /// Largest buffered camera input before a whole frame must have parsed.
 const MAX_PENDING: usize = 4 * 1024 * 1024;
-/// Time allowed for the camera's RTSP handshake.
-const CAMERA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for the camera's connect, each answer and each
+/// read after PLAY (`revtun-site run --camera-timeout`).
+pub const CAMERA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Tunnel handlers for the configured cameras (`NAME -> rtsp://...`).
-pub fn handlers(cameras: &HashMap<String, String>) -> HashMap<String, PipeHandler> {
+/// Runs `fut`, giving up with `what`'s message after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: impl FnOnce() -> String,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match glommio::timer::timeout(limit, async { Ok(fut.await) }).await {
+        Ok(r) => r,
+        Err(_) => Err(what()),
+    }
+}
+
+/// Tunnel handlers for the configured cameras (`NAME -> rtsp://...`);
+/// `timeout` bounds every wait on a camera.
+pub fn handlers(
+    cameras: &HashMap<String, String>,
+    timeout: Duration,
+) -> HashMap<String, PipeHandler> {
     cameras
         .iter()
         .map(|(name, url)| {
@@ -36,7 +53,7 @@ pub fn handlers(cameras: &HashMap<String, String>) -> HashMap<String, PipeHandle
                 let (name, url) = (name2.clone(), url.clone());
                 glommio::spawn_local(async move {
                     let mut pipe = pipe;
-                    match feed(&pipe, &name, &url).await {
+                    match feed(&pipe, &name, &url, timeout).await {
                         Ok(()) => tracing::info!(camera = %name, "feed ended"),
                         Err(e) => {
                             tracing::warn!(camera = %name, error = %e, "camera feed failed");
@@ -66,6 +83,8 @@ struct Camera {
     creds: Option<Credentials>,
     /// Set by the first 401: answers every later request.
     auth: Option<Authenticator>,
+    /// Longest wait for an answer or, after PLAY, for the next bytes.
+    timeout: Duration,
 }
 
 impl Camera {
@@ -142,23 +161,42 @@ impl Camera {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        self.sock
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("camera write: {e}"))?;
-        loop {
-            match rtsp::parse_response(&self.buf) {
-                Ok(Some((resp, used))) => {
-                    self.buf.drain(..used);
-                    return Ok(resp);
+        let (limit, name) = (self.timeout, self.name.clone());
+        bounded(
+            limit,
+            || format!("camera {name} did not answer {method} within {limit:?}"),
+            async {
+                self.sock
+                    .write_all(req.as_bytes())
+                    .await
+                    .map_err(|e| format!("camera write: {e}"))?;
+                loop {
+                    match rtsp::parse_response(&self.buf) {
+                        Ok(Some((resp, used))) => {
+                            self.buf.drain(..used);
+                            return Ok(resp);
+                        }
+                        Ok(None) => self.read_more().await?,
+                        Err(e) => return Err(format!("camera response: {e}")),
+                    }
                 }
-                Ok(None) => self.fill().await?,
-                Err(e) => return Err(format!("camera response: {e}")),
-            }
-        }
+            },
+        )
+        .await
     }
 
+    /// Reads more camera bytes; a camera silent for the timeout is given up.
     async fn fill(&mut self) -> Result<(), String> {
+        let (limit, name) = (self.timeout, self.name.clone());
+        bounded(
+            limit,
+            || format!("camera {name} sent nothing for {limit:?}"),
+            self.read_more(),
+        )
+        .await
+    }
+
+    async fn read_more(&mut self) -> Result<(), String> {
         if self.buf.len() > MAX_PENDING {
             return Err("camera sent too much unparsed data".into());
         }
@@ -185,7 +223,7 @@ fn cnonce() -> Result<String, String> {
 
 /// Connects to the camera and pumps access units into `pipe` until either
 /// side goes away.
-async fn feed(pipe: &Pipe, name: &str, url: &str) -> Result<(), String> {
+async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(), String> {
     let parsed = rtsp_auth::split_credentials(url).map_err(|e| format!("camera {name}: {e}"))?;
     tracing::info!(camera = %name, url = %rtsp_auth::redact(url), "pulling camera");
     // Requests go to the URL without user info; credentials go in headers.
@@ -196,7 +234,7 @@ async fn feed(pipe: &Pipe, name: &str, url: &str) -> Result<(), String> {
     } else {
         format!("{authority}:554")
     };
-    let sock = glommio::timer::timeout(CAMERA_TIMEOUT, async {
+    let sock = glommio::timer::timeout(timeout, async {
         TcpStream::connect(addr.as_str())
             .await
             .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
@@ -212,6 +250,7 @@ async fn feed(pipe: &Pipe, name: &str, url: &str) -> Result<(), String> {
         session: None,
         creds: parsed.credentials,
         auth: None,
+        timeout,
     };
     let desc = cam
         .request("DESCRIBE", url, &[("Accept", "application/sdp")])
