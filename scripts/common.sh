@@ -38,12 +38,18 @@ ensure_build_tools() {
 # The real video peers of the tests (docs/video.md): GStreamer's RTSP
 # server as the camera, ffprobe/ffmpeg as viewers; only when missing.
 ensure_video_peers() {
+    local need=()
+    # curl: a real HTTP client in the fault tests (tests/tests/faults.rs).
+    command -v curl >/dev/null || need+=(curl ca-certificates)
     if ! command -v ffprobe >/dev/null ||
         ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
-        echo "== installing GStreamer's RTSP server and ffmpeg (Debian packages)"
-        apt_install ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
-            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-            gstreamer1.0-libav gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
+        need+=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base
+            gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+            gstreamer1.0-libav gstreamer1.0-rtsp python3-gst-1.0 gir1.2-gst-rtsp-server-1.0)
+    fi
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "== installing the test peers (Debian packages): ${need[*]}"
+        apt_install "${need[@]}"
     fi
 }
 

@@ -582,32 +582,32 @@ impl Tunnel {
         }
     }
 
-    /// Counts one peer OPEN or RESET against the churn limit.
-    fn churned(&mut self) -> Result<(), TunnelError> {
-        if self.cfg.max_churn_per_sec == 0 {
-            return Ok(());
-        }
-        self.rate_window();
-        self.churn += 1;
-        if self.churn > self.cfg.max_churn_per_sec {
-            return Err(TunnelError::Protocol(
-                "stream churn limit: too many opens and resets per second",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Counts one peer PING against its limit.
-    fn pinged(&mut self) -> Result<(), TunnelError> {
-        if self.cfg.max_pings_per_sec == 0 {
-            return Ok(());
-        }
-        self.rate_window();
-        self.pings += 1;
-        if self.pings > self.cfg.max_pings_per_sec {
-            return Err(TunnelError::Protocol(
+    /// Counts one peer OPEN or RESET (`ping` false) or PING (`ping` true)
+    /// against its per-second limit; past it the tunnel must close.
+    fn rated(&mut self, ping: bool) -> Result<(), TunnelError> {
+        let (limit, why) = if ping {
+            (
+                self.cfg.max_pings_per_sec,
                 "ping flood: too many PINGs per second",
-            ));
+            )
+        } else {
+            (
+                self.cfg.max_churn_per_sec,
+                "stream churn limit: too many opens and resets per second",
+            )
+        };
+        if limit == 0 {
+            return Ok(());
+        }
+        self.rate_window();
+        let n = if ping {
+            &mut self.pings
+        } else {
+            &mut self.churn
+        };
+        *n += 1;
+        if *n > limit {
+            return Err(TunnelError::Protocol(why));
         }
         Ok(())
     }
@@ -635,7 +635,7 @@ impl Tunnel {
                 ));
             }
             Frame::Open { stream, service } => {
-                self.churned()?;
+                self.rated(false)?;
                 let peer_parity = if self.side == Side::Host { 0 } else { 1 };
                 if stream % 2 != peer_parity || stream <= self.last_peer {
                     return Err(TunnelError::Protocol(
@@ -723,13 +723,13 @@ impl Tunnel {
                 }
             }
             Frame::Reset { stream, code } => {
-                self.churned()?;
+                self.rated(false)?;
                 if self.remove(stream).is_some() {
                     self.events.push_back(Event::Reset { id: stream, code });
                 }
             }
             Frame::Ping(v) => {
-                self.pinged()?;
+                self.rated(true)?;
                 self.pong = Some(v);
             }
             Frame::Pong(_) => {}

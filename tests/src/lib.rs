@@ -488,6 +488,47 @@ impl Bench {
     }
 }
 
+/// Sends `len` bytes of [`service::fill`] data from `seed` to the SINK
+/// command through the tunnel; returns its reply (`<bytes> <sha256>`).
+pub fn upload(b: &Bench, len: u64, seed: u64) -> Result<String> {
+    use std::io::Write;
+    let mut s = b.connect()?;
+    s.write_all(b"SINK\n")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut state = seed;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        service::fill(&mut buf[..n], &mut state);
+        s.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply.trim().to_string())
+}
+
+/// Asks the SOURCE command for `len` bytes from `seed` through the
+/// tunnel; returns the byte count and SHA-256 received.
+pub fn download(b: &Bench, len: u64, seed: u64) -> Result<(u64, String)> {
+    use std::io::Write;
+    let mut s = b.connect()?;
+    writeln!(s, "SOURCE {len} {seed}")?;
+    let mut h = service::Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, h.hex()))
+}
+
 /// `GET path` over HTTP/1.1 on loopback; the response body.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::Write;

@@ -2,48 +2,13 @@
 //! loopback, real TCP clients at the host port, a real service at the site.
 
 use anyhow::{bail, Result};
-use revtun_tests::service::{expected, fill, Hasher};
-use revtun_tests::{free_port, Bench, Host};
+use revtun_tests::service::{expected, Hasher};
+use revtun_tests::{download, free_port, upload, Bench, Host};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
-
-fn upload(b: &Bench, len: u64, seed: u64) -> Result<String> {
-    let mut s = b.connect()?;
-    s.write_all(b"SINK\n")?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut state = seed;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        fill(&mut buf[..n], &mut state);
-        s.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    s.shutdown(Shutdown::Write)?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply.trim().to_string())
-}
-
-fn download(b: &Bench, len: u64, seed: u64) -> Result<(u64, String)> {
-    let mut s = b.connect()?;
-    writeln!(s, "SOURCE {len} {seed}")?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, h.hex()))
-}
 
 #[test]
 fn one_gib_each_way_with_equal_sha256() -> Result<()> {
