@@ -87,6 +87,12 @@ struct Args {
     /// Tunnel receive window per tunnel, bytes.
     #[arg(long)]
     tunnel_window: Option<u32>,
+    /// Largest a stream's receive window grows to, bytes.
+    #[arg(long)]
+    max_stream_window: Option<u32>,
+    /// Largest a tunnel's receive window grows to, bytes.
+    #[arg(long)]
+    max_tunnel_window: Option<u32>,
     /// Streams a site may have open at once.
     #[arg(long)]
     max_streams: Option<u32>,
@@ -165,6 +171,14 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         [
             opt("stream-window", args.stream_window.map(|v| v.to_string())),
             opt("tunnel-window", args.tunnel_window.map(|v| v.to_string())),
+            opt(
+                "max-stream-window",
+                args.max_stream_window.map(|v| v.to_string()),
+            ),
+            opt(
+                "max-tunnel-window",
+                args.max_tunnel_window.map(|v| v.to_string()),
+            ),
             opt("max-streams", args.max_streams.map(|v| v.to_string())),
             opt(
                 "heartbeat",

@@ -15,12 +15,20 @@ pub const GLOMMIO_IO_MEMORY: usize = 2 << 20;
 /// Tunnel flags (both ends).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TunnelArgs {
-    /// Receive window per stream, bytes: the most one stalled stream holds.
+    /// Receive window per stream at first, bytes.
     #[arg(long, default_value_t = Config::default().stream_window)]
     pub stream_window: u32,
-    /// Receive window per tunnel, bytes: the most one tunnel's receive side holds.
+    /// Receive window per tunnel at first, bytes.
     #[arg(long, default_value_t = Config::default().tunnel_window)]
     pub tunnel_window: u32,
+    /// Largest a stream's receive window grows to (it doubles while it,
+    /// not the path, limits the stream); the most a stalled stream holds.
+    #[arg(long, default_value_t = Config::default().max_stream_window)]
+    pub max_stream_window: u32,
+    /// Largest the tunnel's receive window grows to; the most a tunnel's
+    /// receive side holds.
+    #[arg(long, default_value_t = Config::default().max_tunnel_window)]
+    pub max_tunnel_window: u32,
     /// Streams the peer may have open at once.
     #[arg(long, default_value_t = Config::default().max_streams)]
     pub max_streams: u32,
@@ -42,6 +50,8 @@ impl TunnelArgs {
         Config {
             stream_window: self.stream_window.max(1),
             tunnel_window: self.tunnel_window.max(1),
+            max_stream_window: self.max_stream_window.max(self.stream_window.max(1)),
+            max_tunnel_window: self.max_tunnel_window.max(self.tunnel_window.max(1)),
             max_streams: self.max_streams.max(1),
             ping_interval: self.heartbeat,
             dead_after: self.dead_after.max(self.heartbeat),
@@ -55,6 +65,8 @@ impl TunnelArgs {
         vec![
             format!("--stream-window={}", self.stream_window),
             format!("--tunnel-window={}", self.tunnel_window),
+            format!("--max-stream-window={}", self.max_stream_window),
+            format!("--max-tunnel-window={}", self.max_tunnel_window),
             format!("--max-streams={}", self.max_streams),
             format!("--heartbeat={}ms", self.heartbeat.as_millis()),
             format!("--dead-after={}ms", self.dead_after.as_millis()),

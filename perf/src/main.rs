@@ -7,11 +7,15 @@
 //!
 //! Scenarios: `baseline` (raw loopback TCP), `throughput`, `latency`,
 //! `connect` (tunnel vs raw, same run), `idle` (memory per idle tunnel),
-//! `handshake` (control's rates, data plane under a handshake flood).
+//! `handshake` (control's rates, data plane under a handshake flood),
+//! `fanout`, `storm`, `faults` (the fault lab: cuts, a flipped byte, a
+//! black hole, long round trips and a cut storm through an impairment
+//! proxy).
 
 mod baseline;
 mod demo;
 mod fanout;
+mod faults;
 mod handshake;
 mod idle;
 mod multi;
@@ -28,7 +32,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm), 'all', or 'demo' (the guided tour).
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm, faults), 'all', or 'demo' (the guided tour).
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -72,6 +76,7 @@ const SCENARIOS: &[&str] = &[
     "handshake",
     "fanout",
     "storm",
+    "faults",
 ];
 
 fn main() {
@@ -118,6 +123,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "handshake" => handshake::run(args.quick)?,
             "fanout" => fanout::run(args.quick, &args.viewers, args.shards)?,
             "storm" => storm::run(args.quick, args.sites)?,
+            "faults" => faults::run(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);

@@ -28,8 +28,16 @@ pub struct Config {
     /// most a stalled stream can hold in our memory.
     pub stream_window: u32,
     /// Bytes the peer may send on all streams together before we grant
-    /// more: the most the tunnel's receive side can hold in our memory.
+    /// more, at first.
     pub tunnel_window: u32,
+    /// The most a stream's window grows to. A window that is used up in
+    /// less than two round trips (so it, not the path, limits the stream)
+    /// doubles at its next grant, up to this: the most a stalled stream
+    /// can hold in our memory.
+    pub max_stream_window: u32,
+    /// Likewise for the tunnel window: the most the tunnel's receive side
+    /// can hold in our memory.
+    pub max_tunnel_window: u32,
     /// Streams the peer may have open at once.
     pub max_streams: u32,
     /// Send a PING after this long.
@@ -50,12 +58,35 @@ impl Default for Config {
         Config {
             stream_window: 4 * 1024 * 1024,
             tunnel_window: 32 * 1024 * 1024,
+            max_stream_window: 32 * 1024 * 1024,
+            max_tunnel_window: 64 * 1024 * 1024,
             max_streams: 1024,
             ping_interval: Duration::from_secs(5),
             dead_after: Duration::from_secs(15),
             max_churn_per_sec: 20_000,
             max_pings_per_sec: 1_000,
         }
+    }
+}
+
+/// PINGs whose send time is kept for the round-trip measure.
+const PINGS_REMEMBERED: usize = 4;
+
+/// How much a receive window of `window` bytes grows at a grant at `now`:
+/// it doubles (up to `max`) when the last grant was less than two round
+/// trips ago, i.e. when the window, not the path, limits the sender.
+fn growth(
+    window: u64,
+    max: u64,
+    last: Option<Instant>,
+    rtt: Option<Duration>,
+    now: Instant,
+) -> u64 {
+    match (last, rtt) {
+        (Some(last), Some(rtt)) if now.saturating_duration_since(last) < 2 * rtt => {
+            window.min(max.saturating_sub(window))
+        }
+        _ => 0,
     }
 }
 
@@ -254,6 +285,10 @@ struct Stream {
     recv_allowed: u64,
     /// Bytes delivered locally but not yet granted back.
     recv_unacked: u64,
+    /// The stream's receive window now (grows, see `Config`).
+    window: u64,
+    /// When credit was last granted (window growth).
+    last_grant: Option<Instant>,
     /// Bytes reported in [`Event::Data`] that the driver has not yet
     /// [`Tunnel::consumed`]: they sit in our memory and are charged to both
     /// windows. However the stream ends, they go back to the tunnel window.
@@ -277,6 +312,17 @@ pub struct Tunnel {
     tunnel_send_credit: u64,
     tunnel_recv_allowed: u64,
     tunnel_recv_unacked: u64,
+    /// The tunnel's receive window now (grows, see `Config`).
+    recv_window: u64,
+    /// When tunnel credit was last granted.
+    last_tunnel_grant: Option<Instant>,
+    /// The latest round trip measured (PING to its PONG).
+    rtt: Option<Duration>,
+    /// The latest PINGs sent and when they left (a few: the peer answers
+    /// the latest it saw, which may be older than our latest).
+    pings_sent: VecDeque<(u64, Instant)>,
+    /// The latest time the driver gave us.
+    clock: Instant,
     /// Streams both sides ended whose received bytes are still held: they
     /// stay in `streams` until delivered but no longer count as open.
     draining: usize,
@@ -310,12 +356,17 @@ impl Tunnel {
             tunnel_send_credit: 0,
             tunnel_recv_allowed: u64::from(cfg.tunnel_window),
             tunnel_recv_unacked: 0,
+            recv_window: u64::from(cfg.tunnel_window),
+            last_tunnel_grant: None,
+            rtt: None,
+            pings_sent: VecDeque::from([(1, now)]),
+            clock: now,
             draining: 0,
             out: Vec::new(),
             events: VecDeque::new(),
             last_rx: now,
             next_ping: now + cfg.ping_interval,
-            ping_seq: 0,
+            ping_seq: 1,
             pong: None,
             churn_since: now,
             churn: 0,
@@ -329,6 +380,8 @@ impl Tunnel {
             max_streams: t.cfg.max_streams,
         };
         t.queue(&Frame::Settings(s));
+        // A first PING measures the round trip (window growth needs it).
+        t.queue(&Frame::Ping(1));
         t
     }
 
@@ -373,6 +426,8 @@ impl Tunnel {
             send_credit,
             recv_allowed: u64::from(self.cfg.stream_window),
             recv_unacked: 0,
+            window: u64::from(self.cfg.stream_window),
+            last_grant: None,
             held: 0,
             local_ended: false,
             remote_ended: false,
@@ -398,9 +453,18 @@ impl Tunnel {
     /// Records that `n` received bytes of `id` left our memory; grants
     /// credit back once half a window has been consumed. Bytes of a stream
     /// that already ended (reset, or finished) were credited back when it
-    /// ended, so consuming them again is a no-op.
+    /// ended, so consuming them again is a no-op. Uses the latest time
+    /// given; [`Tunnel::consumed_at`] takes the time.
     pub fn consumed(&mut self, id: StreamId, n: usize) {
-        let half = u64::from(self.cfg.stream_window / 2);
+        self.consumed_at(id, n, self.clock);
+    }
+
+    /// [`Tunnel::consumed`] at `now` (window growth compares grant times
+    /// with the round trip).
+    pub fn consumed_at(&mut self, id: StreamId, n: usize, now: Instant) {
+        self.clock = self.clock.max(now);
+        let now = self.clock;
+        let (rtt, max) = (self.rtt, u64::from(self.cfg.max_stream_window));
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -410,8 +474,11 @@ impl Tunnel {
             None
         } else {
             s.recv_unacked += n;
-            if s.recv_unacked >= half.max(1) {
-                let inc = std::mem::take(&mut s.recv_unacked);
+            if s.recv_unacked >= (s.window / 2).max(1) {
+                let grow = growth(s.window, max, s.last_grant, rtt, now);
+                s.window += grow;
+                s.last_grant = Some(now);
+                let inc = std::mem::take(&mut s.recv_unacked) + grow;
                 s.recv_allowed += inc;
                 Some(inc)
             } else {
@@ -438,14 +505,28 @@ impl Tunnel {
             return;
         }
         self.tunnel_recv_unacked += n;
-        if self.tunnel_recv_unacked >= u64::from(self.cfg.tunnel_window / 2) {
-            let inc = std::mem::take(&mut self.tunnel_recv_unacked);
+        if self.tunnel_recv_unacked >= self.recv_window / 2 {
+            let grow = growth(
+                self.recv_window,
+                u64::from(self.cfg.max_tunnel_window),
+                self.last_tunnel_grant,
+                self.rtt,
+                self.clock,
+            );
+            self.recv_window += grow;
+            self.last_tunnel_grant = Some(self.clock);
+            let inc = std::mem::take(&mut self.tunnel_recv_unacked) + grow;
             self.tunnel_recv_allowed += inc;
             self.queue(&Frame::Window {
                 stream: 0,
                 increment: inc as u32,
             });
         }
+    }
+
+    /// The latest round trip measured, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
     }
 
     /// Forgets `id`, returning the bytes it still held to the tunnel window.
@@ -522,7 +603,7 @@ impl Tunnel {
             recv_allowed: self.tunnel_recv_allowed,
             recv_unacked: self.tunnel_recv_unacked,
             held: self.streams.values().map(|s| s.held).sum(),
-            window: u64::from(self.cfg.tunnel_window),
+            window: self.recv_window,
         }
     }
 
@@ -563,6 +644,7 @@ impl Tunnel {
         now: Instant,
     ) -> Result<(), TunnelError> {
         self.last_rx = now;
+        self.clock = self.clock.max(now);
         let mut at = 0;
         while at < plain.len() {
             let (f, next) = frame::decode(plain, at)?;
@@ -732,7 +814,13 @@ impl Tunnel {
                 self.rated(true)?;
                 self.pong = Some(v);
             }
-            Frame::Pong(_) => {}
+            Frame::Pong(v) => {
+                if let Some(i) = self.pings_sent.iter().position(|(seq, _)| *seq == v) {
+                    let at = self.pings_sent[i].1;
+                    self.rtt = Some(self.last_rx.saturating_duration_since(at));
+                    self.pings_sent.drain(..=i);
+                }
+            }
             Frame::GoAway(c) => self.events.push_back(Event::GoAway(c)),
         }
         Ok(())
@@ -779,6 +867,7 @@ impl Tunnel {
 
     /// Sends pings and detects a dead peer.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), TunnelError> {
+        self.clock = self.clock.max(now);
         let silent = now.saturating_duration_since(self.last_rx);
         if silent >= self.cfg.dead_after {
             return Err(TunnelError::Dead(silent));
@@ -787,6 +876,10 @@ impl Tunnel {
             self.ping_seq += 1;
             let seq = self.ping_seq;
             self.queue(&Frame::Ping(seq));
+            if self.pings_sent.len() == PINGS_REMEMBERED {
+                self.pings_sent.pop_front();
+            }
+            self.pings_sent.push_back((seq, now));
             self.next_ping = now + self.cfg.ping_interval;
         }
         Ok(())

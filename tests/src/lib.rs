@@ -314,9 +314,24 @@ impl Host {
 
     /// Issues a keyfile for `site` pointing at this host; returns its path.
     pub fn issue(&self, site: &str, extra: &[&str]) -> Result<PathBuf> {
+        self.issue_to(site, &[self.addr], extra)
+    }
+
+    /// Issues a keyfile for `site` whose endpoints are `endpoints` (relays
+    /// in front of this host, in the order the site tries them).
+    pub fn issue_to(
+        &self,
+        site: &str,
+        endpoints: &[SocketAddr],
+        extra: &[&str],
+    ) -> Result<PathBuf> {
         let out = self.path(&format!("{site}-{}.keyfile", unique()));
-        let ep = self.addr.to_string();
-        let mut args = vec!["issue", "--site", site, "--endpoint", &ep, "--out"];
+        let eps: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        let mut args = vec!["issue", "--site", site];
+        for ep in &eps {
+            args.extend_from_slice(&["--endpoint", ep]);
+        }
+        args.push("--out");
         let out_s = out.to_string_lossy().into_owned();
         args.push(&out_s);
         args.extend_from_slice(extra);
@@ -329,7 +344,12 @@ impl Host {
 
     /// Enrolls `site` into a fresh site state directory; returns it.
     pub fn enroll(&self, site_name: &str) -> Result<PathBuf> {
-        let kf = self.issue(site_name, &[])?;
+        self.enroll_to(site_name, &[self.addr])
+    }
+
+    /// [`Host::enroll`] with the site dialling `endpoints` (relays).
+    pub fn enroll_to(&self, site_name: &str, endpoints: &[SocketAddr]) -> Result<PathBuf> {
+        let kf = self.issue_to(site_name, endpoints, &[])?;
         let dir = self.path(&format!("site-{site_name}-{}", unique()));
         let o = site(&[
             "enroll",
@@ -352,6 +372,7 @@ pub fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+pub mod impair;
 pub mod service;
 
 /// Resident memory of a process in KiB (0 if it cannot be read).
@@ -395,13 +416,23 @@ impl Bench {
     /// Starts everything: a service at the site, a host exposing it as
     /// `bench/svc`, and the agent. `host_extra` and `agent_extra` are flags.
     pub fn start(host_extra: &[&str], agent_extra: &[&str]) -> Result<Bench> {
+        Self::start_via(host_extra, agent_extra, |host| Ok(vec![host]))
+    }
+
+    /// [`Bench::start`] with the site dialling the endpoints `route` gives
+    /// for the host's address (impairment proxies in front of it).
+    pub fn start_via(
+        host_extra: &[&str],
+        agent_extra: &[&str],
+        route: impl FnOnce(SocketAddr) -> Result<Vec<SocketAddr>>,
+    ) -> Result<Bench> {
         let target = service::start()?;
         let port: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let expose = format!("bench/svc={port}");
         let mut flags = vec!["--expose", &expose];
         flags.extend_from_slice(host_extra);
         let host = Host::start(&flags)?;
-        let kf = host.issue("bench", &[])?;
+        let kf = host.issue_to("bench", &route(host.addr)?, &[])?;
         let site_dir = host.path("bench-site");
         let mut agent_args: Vec<String> = vec![format!("--service=svc={target}")];
         agent_args.extend(agent_extra.iter().map(|s| s.to_string()));

@@ -282,7 +282,16 @@ fn sites_that_never_read_are_cut_and_memory_stays_bounded() -> Result<()> {
 #[test]
 fn a_stalled_stream_of_small_frames_beside_bulk_traffic_stays_bounded() -> Result<()> {
     let b = std::sync::Arc::new(Bench::start(
-        &["--stream-window", "1048576", "--tunnel-window", "8388608"],
+        &[
+            "--stream-window",
+            "1048576",
+            "--tunnel-window",
+            "8388608",
+            "--max-stream-window",
+            "1048576",
+            "--max-tunnel-window",
+            "8388608",
+        ],
         &[],
     )?);
     let dp = b.host.dataplane_pid().context("no data plane pid")?;

@@ -318,10 +318,36 @@ fn check_issued(cert_der: &[u8], key_der: &[u8], endpoint: &str) -> Result<(), S
 }
 
 /// Authenticates with the site certificate; returns the session after
-/// `Ready`, at the start of the data channel.
+/// `Ready`, at the start of the data channel. Endpoints are tried in
+/// order, and an endpoint that accepts the TCP connection but fails the
+/// handshake (a black hole, a stalled path, a broken relay: transient
+/// errors) moves on to the next, so a second path is used when the first
+/// only half works. A definitive refusal ends the attempt at once.
 pub fn hello(id: &Identity) -> Result<Session, SiteError> {
+    let mut failures = Vec::new();
+    for ep in &id.endpoints {
+        match hello_at(id, std::slice::from_ref(ep)) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_transient() => failures.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match failures.len() {
+        0 => Err(SiteError::Unreachable("no endpoints".into())),
+        1 => Err(failures.remove(0)),
+        _ => Err(SiteError::Unreachable(
+            failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+fn hello_at(id: &Identity, endpoints: &[Endpoint]) -> Result<Session, SiteError> {
     let config = client_config(&id.ca_der, Some((&id.cert_der, &id.key_der)))?;
-    let (mut stream, endpoint) = dial(&id.endpoints)?;
+    let (mut stream, endpoint) = dial(endpoints)?;
     let (tls, raw) = exchange(
         &mut stream,
         &endpoint,

@@ -178,6 +178,17 @@ impl LocalStream {
         q.push_back(own.freeze());
     }
 
+    /// Ends the local side of a stream that did not end cleanly (reset by
+    /// either side, or the tunnel lost): the local peer gets a TCP reset,
+    /// not an end of file, so a truncated transfer never looks complete.
+    /// The stream's tasks see no socket and stop.
+    fn abort(&self) {
+        if let Some(s) = self.sock.borrow_mut().take() {
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    }
+
     /// Shuts the local socket down so pending reads and writes finish.
     fn shutdown(&self, how: Shutdown) {
         if let Some(s) = self.sock.borrow().as_ref() {
@@ -476,7 +487,7 @@ impl Tunnel {
         for ls in streams.values() {
             ls.reset.set(true);
             ls.clear();
-            ls.shutdown(Shutdown::Both);
+            ls.abort();
             ls.sig.notify();
         }
         let fd = self.inner.sock.borrow().as_raw_fd();
@@ -531,7 +542,7 @@ impl Tunnel {
         count_reset(why, false);
         ls.reset.set(true);
         ls.clear();
-        ls.shutdown(Shutdown::Both);
+        ls.abort();
         ls.sig.notify();
         {
             let mut st = self.inner.st.borrow_mut();

@@ -33,12 +33,11 @@ impl Pipe {
             let wake = self.ls.sig.wait();
             let next = self.ls.pop();
             if let Some(chunk) = next {
-                self.tun
-                    .inner
-                    .st
-                    .borrow_mut()
-                    .t
-                    .consumed(self.ls.id, chunk.len());
+                self.tun.inner.st.borrow_mut().t.consumed_at(
+                    self.ls.id,
+                    chunk.len(),
+                    std::time::Instant::now(),
+                );
                 self.tun.pump();
                 return Some(chunk);
             }

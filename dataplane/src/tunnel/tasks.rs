@@ -129,7 +129,7 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                         ls.reset.set(true);
                         // The core already returned these bytes' credit.
                         ls.clear();
-                        ls.shutdown(Shutdown::Both);
+                        ls.abort();
                         ls.sig.notify();
                     }
                 }
@@ -354,7 +354,11 @@ pub(super) async fn stream_writer(tun: Tunnel, ls: Rc<LocalStream>) {
                 }
             }
         }
-        inner.st.borrow_mut().t.consumed(ls.id, len);
+        inner
+            .st
+            .borrow_mut()
+            .t
+            .consumed_at(ls.id, len, Instant::now());
         tun.pump();
     }
 }

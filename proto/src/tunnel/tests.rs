@@ -461,7 +461,8 @@ fn a_ping_flood_is_answered_by_one_pong_and_past_the_limit_closes() {
     assert_eq!(end, out.len(), "and only it");
     // With the default limit (1,000 a second), the same flood is fatal.
     let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 1000);
-    for i in 0..1_000 {
+    // The opening PING of the round-trip measure counts too.
+    for i in 0..999 {
         p.host.framer.push_frame(&Frame::Ping(i));
     }
     p.settle().expect("at the limit");
@@ -470,6 +471,57 @@ fn a_ping_flood_is_answered_by_one_pong_and_past_the_limit_closes() {
         Err(TunnelError::Protocol(why)) => assert!(why.contains("ping flood"), "{why}"),
         other => panic!("expected the ping limit, got {other:?}"),
     }
+}
+
+#[test]
+fn windows_grow_to_fill_a_long_path_and_no_further() {
+    let c = Config {
+        stream_window: 1_000,
+        tunnel_window: 4_000,
+        max_stream_window: 16_000,
+        max_tunnel_window: 64_000,
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let mut p = Pair::new(c.clone(), c, 100_000);
+    let id = p.host.t.open("svc").expect("open");
+    let data = vec![5u8; 1 << 20];
+    let mut per_round = Vec::new();
+    // A path of 50 ms each way: one round = send, 50 ms, deliver, 50 ms,
+    // credit and PONGs back.
+    for _ in 0..60 {
+        p.host.t.handle_timeout(p.now).expect("alive");
+        p.site.t.handle_timeout(p.now).expect("alive");
+        per_round.push(send(&mut p.host, id, &data));
+        p.now += Duration::from_millis(50);
+        Pair::flush(&mut p.host, &mut p.site, p.now, 100_000).expect("deliver");
+        p.now += Duration::from_millis(50);
+        Pair::flush(&mut p.site, &mut p.host, p.now, 100_000).expect("credit");
+    }
+    assert_eq!(p.host.t.rtt(), Some(Duration::from_millis(100)));
+    assert_eq!(
+        per_round[0], 1_000,
+        "the first round trip carries the initial window"
+    );
+    let last = *per_round.last().expect("rounds");
+    assert!(
+        last > 8_000,
+        "the window grew to fill the path: {per_round:?}"
+    );
+    assert!(
+        per_round.iter().all(|&n| n <= 16_000),
+        "never beyond the most: {per_round:?}"
+    );
+    // A stream that stalls now holds at most the largest window.
+    p.site.stalled.insert(id);
+    for _ in 0..10 {
+        send(&mut p.host, id, &data);
+        p.now += Duration::from_millis(50);
+        p.settle().expect("settle");
+    }
+    assert!(p.site.held[&id] <= 16_000, "held {}", p.site.held[&id]);
+    assert!(p.site.t.windows().window <= 64_000);
 }
 
 mod credit;
