@@ -16,7 +16,7 @@ use super::mesh::{Link, MeshEnd, Msg};
 use super::writer::{write_all, writer};
 use crate::signal::Signal;
 use crate::tunnel::Tunnel;
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::{TcpListener, TcpStream};
 use revtun_proto::handoff::shard_for;
 use revtun_proto::rtsp::{self, Method};
@@ -380,7 +380,13 @@ impl Redirector {
                     Ok(_) => break,
                     Err(e) => return (502, format!("bad feed: {e}")),
                 };
-                let msg = acc.split_to(size).freeze();
+                // Each message gets an allocation of its own size: frames
+                // live on in viewer queues and the keyframe cache, and a
+                // slice of `acc` would pin its whole (growing) buffer for
+                // as long, so those bounds would not hold. One copy per
+                // access unit at the host, never per viewer.
+                let msg = Bytes::copy_from_slice(&acc[..size]);
+                acc.advance(size);
                 match msg[4] {
                     video::KIND_SDP => {
                         let sdp = String::from_utf8_lossy(&msg[5..]);
