@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// Longest wait for a camera's answer to a request, or for its next
     /// bytes after PLAY.
     pub camera_timeout: Duration,
+    /// Longest wait for a service target to accept a connection.
+    pub connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("spin", &self.spin)
             .field("cameras", &cameras)
             .field("camera_timeout", &self.camera_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +130,7 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
                     Role::Site {
                         services: services.clone(),
                         handlers: handlers.clone(),
+                        connect_timeout: cfg.connect_timeout,
                     },
                     &names,
                     Some(cfg.stop.clone()),
@@ -175,6 +179,7 @@ mod tests {
                 "rtsp://admin:hunter2@192.0.2.1:554/live".to_string(),
             )]),
             camera_timeout: crate::video::site::CAMERA_TIMEOUT,
+            connect_timeout: crate::tunnel::CONNECT_TIMEOUT,
         };
         let text = format!("{cfg:?}");
         assert!(!text.contains("hunter2"), "{text}");

@@ -108,6 +108,7 @@ pub fn run(quick: bool) -> Result<Value> {
                     Role::Site {
                         services: Rc::new(HashMap::new()),
                         handlers: Rc::new(HashMap::new()),
+                        connect_timeout: revtun_dataplane::tunnel::CONNECT_TIMEOUT,
                     },
                     &[],
                     None,

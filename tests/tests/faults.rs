@@ -337,3 +337,52 @@ fn a_stalled_stream_of_small_frames_beside_bulk_traffic_stays_bounded() -> Resul
     }
     Ok(())
 }
+
+/// A service target that neither accepts nor refuses (its accept queue is
+/// full, so the kernel drops the connection attempts): the site gives up
+/// after `--connect-timeout` and the host's client gets a reset, not a
+/// hang; other streams on the tunnel are untouched.
+#[test]
+fn a_target_that_never_accepts_is_given_up_and_the_client_reset() -> Result<()> {
+    use std::io::Read;
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    full.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>()?.into())?;
+    full.listen(0)?;
+    let full_addr = full.local_addr()?.as_socket().context("inet address")?;
+    // Fill its accept queue (nobody ever accepts).
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        let _ = s.connect(&full_addr.into());
+        fillers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let stuck_port = format!("127.0.0.1:{}", free_port()?);
+    let b = Bench::start(
+        &["--expose", &format!("bench/stuck={stuck_port}")],
+        &[
+            &format!("--service=stuck={full_addr}"),
+            "--connect-timeout",
+            "1s",
+        ],
+    )?;
+    let start = Instant::now();
+    let mut c = TcpStream::connect(&stuck_port)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 16];
+    let r = c.read(&mut buf);
+    let waited = start.elapsed();
+    assert!(
+        r.is_err(),
+        "the client should get a reset, got {r:?} after {waited:?}"
+    );
+    b.agent.wait_log("reason=timeout", Duration::from_secs(5))?;
+    assert!(
+        waited < Duration::from_secs(8),
+        "gave up only after {waited:?}"
+    );
+    assert_eq!(b.sink_roundtrip(b"fine")?.split(' ').next(), Some("4"));
+    drop(fillers);
+    Ok(())
+}

@@ -68,6 +68,10 @@ enum Cmd {
         /// after PLAY, for this long is given up on (the viewer is told).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         camera_timeout: Duration,
+        /// A service target that neither accepts nor refuses a connection
+        /// for this long is given up on (the host's client gets a reset).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        connect_timeout: Duration,
         /// Pin the agent to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -142,6 +146,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             tunnel,
             cameras,
             camera_timeout,
+            connect_timeout,
             cpu,
             spin,
         } => {
@@ -176,6 +181,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 spin,
                 cameras: cameras.into_iter().collect(),
                 camera_timeout,
+                connect_timeout,
             };
             agent::run(id, cfg).context("tunnel")?;
             println!("stopped");

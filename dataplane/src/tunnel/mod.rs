@@ -48,7 +48,8 @@ pub const MAX_QUEUED_CONTROL: usize = 64 * 1024;
 /// A local side with this many bytes already queued is lagging: what
 /// arrives for it is copied out of the receive chunk instead of pinning it.
 pub const COPY_QUEUED: usize = 64 * 1024;
-/// How long the site waits for a service target to accept a connection.
+/// How long the site waits for a service target to accept a connection,
+/// by default (`revtun-site run --connect-timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What this end does with streams the peer opens.
@@ -63,6 +64,9 @@ pub enum Role {
         /// Services served in process (cameras): name -> handler, which
         /// gets the stream's pipe.
         handlers: Rc<HashMap<String, PipeHandler>>,
+        /// Longest wait for a service target to accept a connection
+        /// (default [`CONNECT_TIMEOUT`]).
+        connect_timeout: Duration,
     },
 }
 
@@ -70,10 +74,15 @@ impl std::fmt::Debug for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Role::Host => f.write_str("Host"),
-            Role::Site { services, handlers } => f
+            Role::Site {
+                services,
+                handlers,
+                connect_timeout,
+            } => f
                 .debug_struct("Site")
                 .field("services", services)
                 .field("handlers", &handlers.keys().collect::<Vec<_>>())
+                .field("connect_timeout", connect_timeout)
                 .finish(),
         }
     }

@@ -1,6 +1,6 @@
 //! The tasks of one tunnel. See the module documentation of `tunnel`.
 
-use super::{pump_frames, LocalStream, Role, Tunnel, CONNECT_TIMEOUT, MAX_QUEUED_CONTROL};
+use super::{pump_frames, LocalStream, Role, Tunnel, MAX_QUEUED_CONTROL};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
 use revtun_proto::frame::Reason;
@@ -97,13 +97,22 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                             h(super::Pipe::new(tun.clone(), ls));
                         }
                     }
-                    Role::Site { services, .. } => match services.get(&service) {
+                    Role::Site {
+                        services,
+                        connect_timeout,
+                        ..
+                    } => match services.get(&service) {
                         Some(target) => {
                             let ls = LocalStream::new(id, None);
                             st.streams.insert(id, ls.clone());
                             st.stats.streams_opened += 1;
-                            glommio::spawn_local(connect_target(tun.clone(), ls, target.clone()))
-                                .detach();
+                            glommio::spawn_local(connect_target(
+                                tun.clone(),
+                                ls,
+                                target.clone(),
+                                *connect_timeout,
+                            ))
+                            .detach();
                         }
                         None => {
                             tracing::info!(site = %inner.name, %service, "host asked for an unknown service");
@@ -364,14 +373,11 @@ pub(super) async fn stream_writer(tun: Tunnel, ls: Rc<LocalStream>) {
 }
 
 /// Site side: connects an opened stream to its target, then starts it. A
-/// target that neither accepts nor refuses within [`CONNECT_TIMEOUT`] is
-/// given up on (the stream is reset with [`Reason::TIMEOUT`]).
-async fn connect_target(tun: Tunnel, ls: Rc<LocalStream>, target: String) {
-    let attempt = glommio::timer::timeout(
-        CONNECT_TIMEOUT,
-        glommio::net::TcpStream::connect(target.as_str()),
-    )
-    .await;
+/// target that neither accepts nor refuses within `limit` is given up on
+/// (the stream is reset with [`Reason::TIMEOUT`]).
+async fn connect_target(tun: Tunnel, ls: Rc<LocalStream>, target: String, limit: Duration) {
+    let attempt =
+        glommio::timer::timeout(limit, glommio::net::TcpStream::connect(target.as_str())).await;
     match attempt {
         Ok(s) => {
             if ls.reset.get() || tun.is_closed() {
