@@ -18,7 +18,7 @@ for t in "${targets[@]}"; do
     log=$(mktemp)
     cargo fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1 || true
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+    runs=$(grep -a -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
     found=$(find "artifacts/$t" -type f | wc -l)
     echo "$t: ${secs}s, ${runs:-0} runs, corpus $(find "corpus/$t" -type f | wc -l), findings ${found}"
     if [ "$found" -gt 0 ]; then

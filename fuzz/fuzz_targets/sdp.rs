@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(t) = track {
         let _ = video::resolve("rtsp://127.0.0.1:554/cam", t.control.as_deref());
     }
-    let (base, control) = sdp.split_at(sdp.len() / 2);
+    let mut mid = sdp.len() / 2;
+    while !sdp.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    let (base, control) = sdp.split_at(mid);
     let _ = video::resolve(base, Some(control));
 });

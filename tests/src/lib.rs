@@ -395,6 +395,20 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Host flags for memory-bound tests: windows of 1 MiB per stream and
+/// 8 MiB per tunnel that do not grow, so a stalled stream parks at most
+/// 1 MiB and a tunnel's receive side at most 8 MiB.
+pub const SMALL_WINDOWS: &[&str] = &[
+    "--stream-window",
+    "1048576",
+    "--tunnel-window",
+    "8388608",
+    "--max-stream-window",
+    "1048576",
+    "--max-tunnel-window",
+    "8388608",
+];
+
 /// A host with one exposed service and a site agent serving it.
 #[derive(Debug)]
 pub struct Bench {

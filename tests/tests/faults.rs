@@ -281,19 +281,7 @@ fn sites_that_never_read_are_cut_and_memory_stays_bounded() -> Result<()> {
 /// out, so the host holds about one stream window for it.
 #[test]
 fn a_stalled_stream_of_small_frames_beside_bulk_traffic_stays_bounded() -> Result<()> {
-    let b = std::sync::Arc::new(Bench::start(
-        &[
-            "--stream-window",
-            "1048576",
-            "--tunnel-window",
-            "8388608",
-            "--max-stream-window",
-            "1048576",
-            "--max-tunnel-window",
-            "8388608",
-        ],
-        &[],
-    )?);
+    let b = std::sync::Arc::new(Bench::start(revtun_tests::SMALL_WINDOWS, &[])?);
     let dp = b.host.dataplane_pid().context("no data plane pid")?;
     let before = revtun_tests::rss_kib(dp);
     // Bulk on one stream: 1 GiB from the site, checked.

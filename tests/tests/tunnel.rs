@@ -227,19 +227,7 @@ fn killing_the_data_plane_recovers_within_3s() -> Result<()> {
 #[test]
 fn a_stalled_reader_does_not_stall_another_stream_and_memory_stays_bounded() -> Result<()> {
     // Small windows: a stalled stream may park at most 1 MiB in the host.
-    let b = Bench::start(
-        &[
-            "--stream-window",
-            "1048576",
-            "--tunnel-window",
-            "8388608",
-            "--max-stream-window",
-            "1048576",
-            "--max-tunnel-window",
-            "8388608",
-        ],
-        &[],
-    )?;
+    let b = Bench::start(revtun_tests::SMALL_WINDOWS, &[])?;
     let dp = b
         .host
         .dataplane_pid()
