@@ -64,6 +64,13 @@ impl Token {
     }
 }
 
+impl Drop for Token {
+    fn drop(&mut self) {
+        // Wiped when the token leaves memory (enrollment is done with it).
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Neither part: logs must carry no token bytes at all.
