@@ -96,6 +96,10 @@ struct Args {
     /// Streams a site may have open at once.
     #[arg(long)]
     max_streams: Option<u32>,
+    /// New streams per second per site tunnel at most (expose-port clients
+    /// beyond get a reset); under half the site's --max-stream-churn.
+    #[arg(long)]
+    max_stream_opens: Option<u32>,
     /// Tunnel heartbeat interval.
     #[arg(long, value_parser = parse_duration)]
     heartbeat: Option<Duration>,
@@ -152,12 +156,24 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         extra.push("--pin".into());
     }
     // The data plane binds these; a taken address is reported here, once,
-    // instead of as a data plane that keeps failing.
+    // and control exits non-zero, instead of running on without the port
+    // or with a data plane that keeps failing. (std binds with
+    // SO_REUSEADDR, as the data plane does: TIME_WAIT does not count.)
+    let mut wanted: Vec<(std::net::SocketAddr, String)> = Vec::new();
     for (addr, what) in [(args.rtsp_listen, "RTSP"), (args.metrics_listen, "metrics")] {
-        if let Some(a) = addr.filter(|a| a.port() != 0) {
-            std::net::TcpListener::bind(a)
-                .with_context(|| format!("cannot listen for {what} on {a}"))?;
+        if let Some(a) = addr {
+            wanted.push((a, what.to_string()));
         }
+    }
+    for e in &args.expose {
+        wanted.push((
+            e.listen,
+            format!("the service port {}/{}", e.site, e.service),
+        ));
+    }
+    for (a, what) in wanted.iter().filter(|(a, _)| a.port() != 0) {
+        std::net::TcpListener::bind(a)
+            .with_context(|| format!("cannot listen for {what} on {a}"))?;
     }
     if let Some(a) = args.rtsp_listen {
         extra.push(format!("--rtsp-listen={a}"));
@@ -180,6 +196,10 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
                 args.max_tunnel_window.map(|v| v.to_string()),
             ),
             opt("max-streams", args.max_streams.map(|v| v.to_string())),
+            opt(
+                "max-stream-opens",
+                args.max_stream_opens.map(|v| v.to_string()),
+            ),
             opt(
                 "heartbeat",
                 args.heartbeat.map(|d| format!("{}ms", d.as_millis())),

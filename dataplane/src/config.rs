@@ -42,6 +42,10 @@ pub struct TunnelArgs {
     /// tunnel is closed (0 = no limit).
     #[arg(long, default_value_t = Config::default().max_churn_per_sec)]
     pub max_stream_churn: u32,
+    /// Streams this end opens per second at most (clients beyond get a
+    /// reset); keep it under half the peer's --max-stream-churn (0 = no limit).
+    #[arg(long, default_value_t = Config::default().max_opens_per_sec)]
+    pub max_stream_opens: u32,
 }
 
 impl TunnelArgs {
@@ -57,6 +61,7 @@ impl TunnelArgs {
             dead_after: self.dead_after.max(self.heartbeat),
             max_churn_per_sec: self.max_stream_churn,
             max_pings_per_sec: Config::default().max_pings_per_sec,
+            max_opens_per_sec: self.max_stream_opens,
         }
     }
 
@@ -71,6 +76,7 @@ impl TunnelArgs {
             format!("--heartbeat={}ms", self.heartbeat.as_millis()),
             format!("--dead-after={}ms", self.dead_after.as_millis()),
             format!("--max-stream-churn={}", self.max_stream_churn),
+            format!("--max-stream-opens={}", self.max_stream_opens),
         ]
     }
 }

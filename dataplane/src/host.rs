@@ -9,12 +9,12 @@
 
 use crate::config::Expose;
 use crate::metrics::{Board, Sample};
-use crate::tunnel::{Role, Spec, Tunnel};
+use crate::tunnel::{Role, Spec, StreamError, Tunnel};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use revtun_proto::handoff::{shard_for, Handoff, MAX_HANDOFF_LEN};
 use revtun_proto::record::{Side, RATCHET_INTERVAL};
-use revtun_proto::tunnel::Config;
+use revtun_proto::tunnel::{Config, OpenError};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{IoSliceMut, Write};
@@ -187,6 +187,26 @@ fn reserve_port(
     Ok((sock, bound))
 }
 
+/// Listens on `addr` with `SO_REUSEADDR` (an address still holding
+/// TIME_WAIT sockets, of this host's last run or of the program it
+/// replaces, binds) and `SO_REUSEPORT` (every shard listens on the RTSP
+/// port). Must run on a glommio executor.
+fn listen_reusable(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    // SAFETY: the descriptor is a listening TCP socket we own; ownership
+    // moves into the glommio listener, which closes it on drop.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
+}
+
 async fn shard(
     k: usize,
     shards: usize,
@@ -202,7 +222,7 @@ async fn shard(
         .iter()
         .filter(|e| shard_for(&e.site, shards) == k)
     {
-        match glommio::net::TcpListener::bind(e.listen) {
+        match listen_reusable(e.listen) {
             Ok(l) => {
                 let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(shard = k, expose = %e, "service port listening");
@@ -220,7 +240,7 @@ async fn shard(
         if let Some(end) = mesh {
             r.join_mesh(end);
         }
-        match glommio::net::TcpListener::bind(addr) {
+        match listen_reusable(addr) {
             Ok(l) => {
                 let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(shard = k, listen = %bound, "rtsp redirector listening");
@@ -422,11 +442,14 @@ async fn serve_port(listener: glommio::net::TcpListener, e: Expose, registry: Re
                 tracing::info!(expose = %e, "site connected but silent: client refused");
                 crate::tunnel::reject(conn);
             }
-            Some(t) => {
-                if let Err(err) = t.open_stream(&e.service, conn) {
-                    tracing::info!(expose = %e, error = %err, "client refused");
+            Some(t) => match t.open_stream(&e.service, conn) {
+                Ok(_) => {}
+                // A flood: one line per refused client would be a log flood.
+                Err(StreamError::Open(OpenError::RateLimited)) => {
+                    tracing::debug!(expose = %e, "client reset: new-stream rate of the site reached")
                 }
-            }
+                Err(err) => tracing::info!(expose = %e, error = %err, "client refused"),
+            },
             None => {
                 tracing::info!(expose = %e, "site offline: client refused");
                 crate::tunnel::reject(conn);

@@ -51,6 +51,10 @@ pub struct Config {
     /// the tunnel (a heartbeat needs one every few seconds). Each is
     /// answered, if only by the one coalesced PONG. 0: no limit.
     pub max_pings_per_sec: u32,
+    /// Streams this end may open per second (0: no limit). The host keeps
+    /// this under half the site's churn limit, so however fast clients
+    /// connect and reset, its opens and resets never close the tunnel.
+    pub max_opens_per_sec: u32,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             dead_after: Duration::from_secs(15),
             max_churn_per_sec: 20_000,
             max_pings_per_sec: 1_000,
+            max_opens_per_sec: 5_000,
         }
     }
 }
@@ -271,6 +276,9 @@ pub enum OpenError {
     /// The service name is not valid.
     #[error("invalid service name")]
     BadName,
+    /// This end opened `max_opens_per_sec` streams in the current second.
+    #[error("too many new streams this second")]
+    RateLimited,
     /// Every stream id of this end was used: the tunnel is going away
     /// (GOAWAY queued) and a new one must be opened. Ids are never reused.
     #[error("stream ids exhausted; the tunnel is going away")]
@@ -340,6 +348,9 @@ pub struct Tunnel {
     churn_since: Instant,
     churn: u32,
     pings: u32,
+    /// Start of the current second of our own opens, and their count.
+    opens_since: Instant,
+    opens: u32,
 }
 
 impl Tunnel {
@@ -371,6 +382,8 @@ impl Tunnel {
             churn_since: now,
             churn: 0,
             pings: 0,
+            opens_since: now,
+            opens: 0,
             cfg,
         };
         let s = Settings {
@@ -403,6 +416,16 @@ impl Tunnel {
         let limit = self.peer.map_or(1, |p| p.max_streams) as usize;
         if self.open_streams() >= limit {
             return Err(OpenError::Limit);
+        }
+        if self.cfg.max_opens_per_sec > 0 {
+            if self.clock.saturating_duration_since(self.opens_since) >= Duration::from_secs(1) {
+                self.opens_since = self.clock;
+                self.opens = 0;
+            }
+            if self.opens >= self.cfg.max_opens_per_sec {
+                return Err(OpenError::RateLimited);
+            }
+            self.opens += 1;
         }
         let Ok(id) = StreamId::try_from(self.next_local) else {
             if !self.ids_exhausted {

@@ -433,6 +433,11 @@ impl Bench {
         Self::start_via(host_extra, agent_extra, |host| Ok(vec![host]))
     }
 
+    /// [`Bench::start`] with the service exposed on `port`.
+    pub fn start_on(port: SocketAddr, host_extra: &[&str], agent_extra: &[&str]) -> Result<Bench> {
+        Self::start_full(Some(port), host_extra, agent_extra, |host| Ok(vec![host]))
+    }
+
     /// [`Bench::start`] with the site dialling the endpoints `route` gives
     /// for the host's address (impairment proxies in front of it).
     pub fn start_via(
@@ -440,8 +445,20 @@ impl Bench {
         agent_extra: &[&str],
         route: impl FnOnce(SocketAddr) -> Result<Vec<SocketAddr>>,
     ) -> Result<Bench> {
+        Self::start_full(None, host_extra, agent_extra, route)
+    }
+
+    fn start_full(
+        port: Option<SocketAddr>,
+        host_extra: &[&str],
+        agent_extra: &[&str],
+        route: impl FnOnce(SocketAddr) -> Result<Vec<SocketAddr>>,
+    ) -> Result<Bench> {
         let target = service::start()?;
-        let port: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let port: SocketAddr = match port {
+            Some(p) => p,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
         let expose = format!("bench/svc={port}");
         let mut flags = vec!["--expose", &expose];
         flags.extend_from_slice(host_extra);

@@ -9,6 +9,7 @@
 //! - `ZEROS <bytes>\n`: sends `<bytes>` zero bytes, closes (perf: no generation).
 //! - `STALL <ms>\n`: reads nothing for `<ms>`, then dies abortively (a
 //!   reset, as a crashed target's kernel sends), whatever was sent to it.
+//! - `SOURCE_DIE <bytes>\n`: sends `<bytes>`, then dies abortively (a reset).
 //! - `DRIP <writes> <bytes> <gap_us>\n`: sends `<writes>` separate writes
 //!   of `<bytes>` each (small frames through the tunnel), `<gap_us>`
 //!   microseconds apart, closes.
@@ -132,6 +133,12 @@ fn serve(c: TcpStream) -> std::io::Result<()> {
                 w.write_all(&buf[..k])?;
                 left -= k as u64;
             }
+        }
+        ["SOURCE_DIE", n] => {
+            let buf = vec![0x33u8; n.parse().unwrap_or(0)];
+            w.write_all(&buf)?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let _ = socket2::SockRef::from(&w).set_linger(Some(std::time::Duration::ZERO));
         }
         ["STALL", ms] => {
             std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));

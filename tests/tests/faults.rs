@@ -374,3 +374,119 @@ fn a_target_that_never_accepts_is_given_up_and_the_client_reset() -> Result<()> 
     drop(fillers);
     Ok(())
 }
+
+/// Issue 10: a connect-and-reset flood on an expose port used to push the
+/// site's stream-churn limit (opens + resets per second) over and close
+/// the whole tunnel. The host now caps new streams per tunnel below it:
+/// clients beyond get a reset, the tunnel stays up.
+#[test]
+fn a_connect_and_reset_flood_on_an_expose_port_leaves_the_tunnel_up() -> Result<()> {
+    // Limits scaled down so that this machine's loopback outruns them: the
+    // site closes a tunnel past 5,000 opens and resets a second; the host
+    // opens at most 2,000 streams a second (each open and its reset: 4,000).
+    let opens = std::env::var("REVTUN_TEST_HOST_OPENS").unwrap_or_else(|_| "2000".into());
+    let b = Bench::start(
+        &["--max-stream-opens", &opens],
+        &["--max-stream-churn", "5000"],
+    )?;
+    let start = Instant::now();
+    // Four threads, 2,500 each: 10,000 connect-and-resets, as fast as
+    // loopback takes them (bounded in count and time).
+    let port = b.port;
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut done = 0;
+                while done < 2_500 && start.elapsed() < Duration::from_secs(60) {
+                    if let Ok(s) = TcpStream::connect(port) {
+                        abort(s);
+                    }
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for f in floods {
+        let _ = f.join();
+    }
+    eprintln!("10,000 connect-and-resets in {:?}", start.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    let log = b.host.control.log();
+    assert!(
+        !log.contains("tunnel closed site=bench"),
+        "the flood closed the tunnel; host log:\n{log}"
+    );
+    let (n, digest) = download(&b, 64 << 20, 5)?;
+    assert_eq!(n, 64 << 20);
+    assert_eq!(digest, expected(64 << 20, 5));
+    Ok(())
+}
+
+/// Issue 10: an expose port whose address still holds TIME_WAIT sockets
+/// of another program binds (SO_REUSEADDR), and a site's target dying
+/// mid-response reaches the host's client as a reset, not an end of file.
+#[test]
+fn an_expose_port_with_time_wait_binds_and_a_dying_target_resets_the_client() -> Result<()> {
+    use std::io::Read;
+    // Another program's connection on the port, closed by the server side
+    // first: the server end sits in TIME_WAIT on that port.
+    let other = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = other.local_addr()?;
+    let client = TcpStream::connect(port)?;
+    let (server_end, _) = other.accept()?;
+    drop(server_end);
+    drop(other);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(client);
+    let b = Bench::start_on(port, &[], &[])?;
+    assert_eq!(b.sink_roundtrip(b"bound")?.split(' ').next(), Some("5"));
+    // The target sends 1 MiB, then dies abortively.
+    let mut s = b.connect()?;
+    s.write_all(b"SOURCE_DIE 1048576\n")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(got),
+            Ok(n) => got += n as u64,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        end.is_err(),
+        "a truncated response ended cleanly after {got} bytes"
+    );
+    Ok(())
+}
+
+/// Issue 10: a configured service port that cannot be bound stops control
+/// at start, naming the address, instead of running on without it.
+#[test]
+fn a_taken_expose_address_makes_control_exit_naming_it() -> Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("host");
+    let o = revtun_tests::keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init: {}", revtun_tests::stderr(&o));
+    let o = revtun_tests::run(
+        Command::new(revtun_tests::bin("revtun-control"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--expose",
+                &format!("paris/web={addr}"),
+            ]),
+        Duration::from_secs(20),
+    )?;
+    let err = revtun_tests::stderr(&o);
+    assert!(!o.status.success(), "control ran on without {addr}");
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("paris/web"),
+        "the error should name the address and service: {err}"
+    );
+    drop(taken);
+    Ok(())
+}

@@ -378,7 +378,11 @@ fn silence_is_detected_and_pings_keep_it_alive() {
 
 #[test]
 fn open_reset_churn_keeps_memory_flat() {
-    let mut p = Pair::new(cfg(100, 1000), cfg(100, 1000), 4096);
+    let unlimited = Config {
+        max_opens_per_sec: 0,
+        ..cfg(100, 1000)
+    };
+    let mut p = Pair::new(unlimited.clone(), unlimited, 4096);
     for round in 0..2_000 {
         for _ in 0..100 {
             let id = p.host.t.open("svc").expect("open");
@@ -397,6 +401,7 @@ fn open_reset_churn_keeps_memory_flat() {
 fn a_peer_churning_streams_past_the_limit_closes_the_tunnel() {
     let limit = Config {
         max_churn_per_sec: 1_000,
+        max_opens_per_sec: 0,
         ..cfg(100, 1000)
     };
     let mut p = Pair::new(limit.clone(), limit, 4096);
@@ -522,6 +527,26 @@ fn windows_grow_to_fill_a_long_path_and_no_further() {
     }
     assert!(p.site.held[&id] <= 16_000, "held {}", p.site.held[&id]);
     assert!(p.site.t.windows().window <= 64_000);
+}
+
+#[test]
+fn our_own_opens_are_capped_per_second() {
+    let c = Config {
+        max_opens_per_sec: 100,
+        max_streams: 1_000,
+        ..cfg(100, 1000)
+    };
+    let mut p = Pair::new(c.clone(), c, 4096);
+    for _ in 0..100 {
+        let id = p.host.t.open("svc").expect("within the rate");
+        p.host.t.reset(id, Reason::NORMAL);
+    }
+    assert_eq!(p.host.t.open("svc"), Err(OpenError::RateLimited));
+    p.settle().expect("the site sees no more than the rate");
+    // A second later the budget is back.
+    p.now += Duration::from_secs(1);
+    p.host.t.handle_timeout(p.now).expect("alive");
+    p.host.t.open("svc").expect("next second");
 }
 
 mod credit;
