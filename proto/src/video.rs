@@ -123,38 +123,59 @@ pub struct VideoTrack {
     pub control: Option<String>,
 }
 
-/// Finds the first H.264 or H.265 video track of an SDP.
-pub fn video_track(sdp: &str) -> Option<VideoTrack> {
-    let mut in_video = false;
-    let mut codec = None;
-    let mut control = None;
-    for line in sdp.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            if in_video && codec.is_some() {
-                break;
-            }
-            in_video = m.starts_with("video");
-            continue;
-        }
-        if !in_video {
-            continue;
-        }
-        if let Some(map) = line.strip_prefix("a=rtpmap:") {
-            let enc = map
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            if enc.starts_with("H264/") {
-                codec = Some(Codec::H264);
-            } else if enc.starts_with("H265/") {
-                codec = Some(Codec::H265);
-            }
-        } else if let Some(c) = line.strip_prefix("a=control:") {
-            control = Some(c.to_string());
+/// An SDP split into its session lines and its media sections (each from
+/// its `m=` line), lines trimmed, empty lines dropped. [`video_track`] and
+/// [`video_only_sdp`] both read this one split, so the track the site
+/// relays and the track viewers are told about are always the same one.
+fn sections(sdp: &str) -> (Vec<&str>, Vec<Vec<&str>>) {
+    let mut session = Vec::new();
+    let mut media: Vec<Vec<&str>> = Vec::new();
+    for line in sdp.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            media.push(vec![line]);
+        } else if let Some(cur) = media.last_mut() {
+            cur.push(line);
+        } else {
+            session.push(line);
         }
     }
-    codec.map(|codec| VideoTrack { codec, control })
+    (session, media)
+}
+
+/// The codec of a media section: its first H.264 or H.265 `a=rtpmap`.
+fn section_codec(sec: &[&str]) -> Option<Codec> {
+    sec.iter().find_map(|line| {
+        let map = line.strip_prefix("a=rtpmap:")?;
+        let enc = map.split_whitespace().nth(1)?.to_ascii_uppercase();
+        if enc.starts_with("H264/") {
+            Some(Codec::H264)
+        } else if enc.starts_with("H265/") {
+            Some(Codec::H265)
+        } else {
+            None
+        }
+    })
+}
+
+/// The first video section with an H.264 or H.265 payload, and its codec.
+fn chosen<'a>(media: &'a [Vec<&'a str>]) -> Option<(&'a [&'a str], Codec)> {
+    media.iter().find_map(|sec| {
+        let codec = section_codec(sec)?;
+        sec.first()
+            .is_some_and(|m| m.starts_with("m=video"))
+            .then_some((sec.as_slice(), codec))
+    })
+}
+
+/// Finds the first H.264 or H.265 video track of an SDP.
+pub fn video_track(sdp: &str) -> Option<VideoTrack> {
+    let (_, media) = sections(sdp);
+    let (sec, codec) = chosen(&media)?;
+    let control = sec
+        .iter()
+        .find_map(|l| l.strip_prefix("a=control:"))
+        .map(str::to_string);
+    Some(VideoTrack { codec, control })
 }
 
 /// The SDP viewers get: the session lines and only the media section the
@@ -162,24 +183,10 @@ pub fn video_track(sdp: &str) -> Option<VideoTrack> {
 /// not set up audio or other tracks that never arrive. `None` when the
 /// SDP has no such track.
 pub fn video_only_sdp(sdp: &str) -> Option<String> {
-    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with("m=") {
-            sections.push(Vec::new());
-        }
-        if let Some(cur) = sections.last_mut() {
-            cur.push(line);
-        }
-    }
-    let chosen = sections.iter().skip(1).find(|sec| {
-        let text = sec.join("\n");
-        sec.first().is_some_and(|m| m.starts_with("m=video")) && video_track(&text).is_some()
-    })?;
+    let (session, media) = sections(sdp);
+    let (sec, _) = chosen(&media)?;
     let mut out = String::new();
-    for line in sections[0].iter().chain(chosen.iter()) {
+    for line in session.iter().chain(sec.iter()) {
         out.push_str(line);
         out.push_str("\r\n");
     }
@@ -250,5 +257,22 @@ mod tests {
         assert_eq!(resolve("rtsp://h:1/test", Some("rtsp://x/y")), "rtsp://x/y");
         assert_eq!(resolve("rtsp://h:1/test", None), "rtsp://h:1/test");
         assert!(video_track("v=0\r\nm=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n").is_none());
+    }
+
+    /// Found by the `sdp` fuzz target: with two H.26x rtpmaps in a section
+    /// and lines that only differed in surrounding whitespace, the track
+    /// finder and the viewers' SDP filter picked different codecs.
+    #[test]
+    fn the_filtered_sdp_describes_the_track_that_is_relayed() {
+        let sdp = "v=0\r\n m=video 0 RTP/AVP 96 97\r\na=rtpmap:97 H265/90000\r\na=rtpmap:96 H264/90000\r\n\x0bm=audio 0 RTP/AVP 0\r\nm=video 0 RTP/AVP 98\r\na=rtpmap:98 H264/90000\r\n";
+        let relayed = video_track(sdp).expect("a video track");
+        let shown = video_only_sdp(sdp).expect("a filtered SDP");
+        assert_eq!(video_track(&shown).map(|t| t.codec), Some(relayed.codec));
+        assert_eq!(
+            relayed.codec,
+            Codec::H265,
+            "the section's first H.26x rtpmap"
+        );
+        assert!(!shown.contains("m=audio"));
     }
 }
