@@ -47,9 +47,14 @@ struct Args {
     /// Host redirector (RTSP) address: viewers open rtsp://ADDR/SITE/CAMERA.
     #[arg(long)]
     rtsp_listen: Option<SocketAddr>,
-    /// Data-plane metrics (Prometheus text) at http://ADDR/metrics.
+    /// Data-plane metrics (Prometheus text) at http://ADDR/metrics; bind
+    /// it to loopback or a management network.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` for metrics; the token is the
+    /// first line of this file (never on the command line).
+    #[arg(long)]
+    metrics_token_file: Option<PathBuf>,
     /// Live camera streams per site; more are refused with RTSP 453 [default: 16].
     #[arg(long)]
     max_site_streams: Option<usize>,
@@ -180,6 +185,17 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     }
     if let Some(a) = args.metrics_listen {
         extra.push(format!("--metrics-listen={a}"));
+    }
+    if let Some(f) = &args.metrics_token_file {
+        // Checked here, so a bad file stops control at start.
+        let token = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--metrics-token-file {}", f.display()))?,
+        );
+        if token.lines().next().unwrap_or("").trim().is_empty() {
+            anyhow::bail!("--metrics-token-file {}: empty token", f.display());
+        }
+        extra.push(format!("--metrics-token-file={}", f.display()));
     }
     let ms = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
     let opt = |name: &str, v: Option<String>| v.map(|v| format!("--{name}={v}"));

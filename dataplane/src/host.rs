@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub video: crate::video::host::VideoConfig,
     /// Metrics (Prometheus text over HTTP) address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Who may read the metrics.
+    pub metrics_access: crate::metrics::Access,
 }
 
 /// Runs one executor per control socket until control goes away.
@@ -72,7 +74,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
     let board = match cfg.metrics_listen {
         Some(addr) => {
             let board = Board::new(shards);
-            match crate::metrics::serve(addr, board.clone()) {
+            match crate::metrics::serve(addr, board.clone(), cfg.metrics_access.clone()) {
                 Ok(bound) => {
                     tracing::info!(listen = %bound, "metrics listening");
                     println!("metrics listening on {bound}");

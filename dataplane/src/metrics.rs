@@ -161,18 +161,76 @@ pub fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `addr` from a thread; returns the bound address.
-pub fn serve(addr: SocketAddr, board: Arc<Board>) -> std::io::Result<SocketAddr> {
+/// Requests served at once; more connections are closed at once (a scrape
+/// needs one; a handful of slow clients cannot hold the endpoint).
+pub const MAX_CLIENTS: usize = 8;
+/// Total time one request may take, read and answer together.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Who may read the metrics.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// When set, requests must carry `Authorization: Bearer <token>`.
+    pub token: Option<Arc<zeroize::Zeroizing<String>>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Access {
+    /// Reads the bearer token from `path` (first line; the file, not the
+    /// command line, holds the secret).
+    pub fn from_token_file(path: &std::path::Path) -> std::io::Result<Access> {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path)?);
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{}: empty token",
+                path.display()
+            )));
+        }
+        Ok(Access {
+            token: Some(Arc::new(zeroize::Zeroizing::new(token))),
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `addr`; returns the bound address. Each
+/// connection gets its own thread, at most [`MAX_CLIENTS`] at once, and
+/// one total deadline ([`REQUEST_DEADLINE`]), so one slow client cannot
+/// stall scrapes. Bind it to loopback or a management network.
+pub fn serve(addr: SocketAddr, board: Arc<Board>, access: Access) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("revtun-metrics".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
                     Ok(c) => {
-                        if let Err(e) = answer(c, &board) {
-                            tracing::debug!(error = %e, "metrics request failed");
+                        use std::sync::atomic::Ordering;
+                        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                            busy.fetch_sub(1, Ordering::AcqRel);
+                            drop(c);
+                            continue;
+                        }
+                        let (board, access, done) = (board.clone(), access.clone(), busy.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("revtun-metrics-req".into())
+                            .spawn(move || {
+                                if let Err(e) = answer(c, &board, &access) {
+                                    tracing::debug!(error = %e, "metrics request failed");
+                                }
+                                done.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            busy.fetch_sub(1, Ordering::AcqRel);
                         }
                     }
                     Err(e) => {
@@ -188,12 +246,24 @@ pub fn serve(addr: SocketAddr, board: Arc<Board>) -> std::io::Result<SocketAddr>
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
-fn answer(mut c: TcpStream, board: &Board) -> std::io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(2)))?;
-    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+fn answer(mut c: TcpStream, board: &Board, access: &Access) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    c.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request deadline",
+            ));
+        }
+        c.set_read_timeout(Some(left()))?;
         let n = c.read(&mut buf)?;
         if n == 0 {
             break;
@@ -208,9 +278,20 @@ fn answer(mut c: TcpStream, board: &Board) -> std::io::Result<()> {
             );
         }
     }
-    let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or(&[]))
-        .trim()
-        .to_string();
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.lines();
+    let line = lines.next().unwrap_or("").trim().to_string();
+    if let Some(token) = &access.token {
+        let given = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.trim().strip_prefix("Bearer "))
+            .unwrap_or("");
+        use subtle::ConstantTimeEq;
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return respond(&mut c, "401 Unauthorized", "text/plain", "");
+        }
+    }
     let mut parts = line.split(' ');
     match (parts.next(), parts.next()) {
         (Some("GET"), Some("/metrics")) => respond(

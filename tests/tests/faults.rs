@@ -490,3 +490,84 @@ fn a_taken_expose_address_makes_control_exit_naming_it() -> Result<()> {
     drop(taken);
     Ok(())
 }
+
+/// A raw HTTP GET with extra header lines; the status code and body.
+fn get_with(addr: &str, path: &str, headers: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    Ok((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Issue 10, item 8: slow clients of the metrics endpoint (dribbling a
+/// request a byte at a time, so no per-read timeout fires) used to stall
+/// every scrape; requests are now served side by side under one deadline,
+/// and a bearer token (from a file) can be required.
+#[test]
+fn slow_metrics_clients_do_not_stall_scrapes_and_the_token_is_checked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("metrics.token");
+    std::fs::write(&token_file, "s3cret-scrape-token\n")?;
+    let host = revtun_tests::Host::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-token-file",
+        &token_file.to_string_lossy(),
+    ])?;
+    let addr = host.metrics_addr()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return;
+                };
+                for b in b"GET /metrics HTTP/1.1\r\n".iter().take(20) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || s.write_all(&[*b]).is_err()
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = get_with(
+        &addr,
+        "/metrics",
+        "Authorization: Bearer s3cret-scrape-token\r\n",
+    )?;
+    assert_eq!(status, 200, "scrape while slow clients dribble");
+    assert!(body.contains("revtun_shard_up"), "{body}");
+    assert_eq!(get_with(&addr, "/metrics", "")?.0, 401, "no token");
+    assert_eq!(
+        get_with(&addr, "/metrics", "Authorization: Bearer wrong\r\n")?.0,
+        401,
+        "wrong token"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in slow {
+        let _ = t.join();
+    }
+    assert!(
+        !host.control.log().contains("s3cret-scrape-token"),
+        "the token reached a log"
+    );
+    Ok(())
+}

@@ -32,6 +32,10 @@ struct Args {
     /// Serve metrics (Prometheus text) on this address.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on metrics requests; the
+    /// token is the first line of this file.
+    #[arg(long)]
+    metrics_token_file: Option<std::path::PathBuf>,
     /// Log filter.
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -50,6 +54,16 @@ fn main() {
         // this process for its exclusive use by revtun-control.
         fds.push(unsafe { OwnedFd::from_raw_fd(*raw) });
     }
+    let metrics_access = match &args.metrics_token_file {
+        Some(path) => match revtun_dataplane::metrics::Access::from_token_file(path) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("revtun-dataplane: --metrics-token-file: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => revtun_dataplane::metrics::Access::default(),
+    };
     let cfg = HostConfig {
         exposes: args.expose,
         tunnel: args.tunnel.config(),
@@ -58,6 +72,7 @@ fn main() {
         rtsp_listen: args.rtsp_listen,
         video: args.video.config(),
         metrics_listen: args.metrics_listen,
+        metrics_access,
     };
     if let Err(e) = host::run(fds, cfg) {
         eprintln!("revtun-dataplane: {e:#}");
