@@ -44,8 +44,24 @@ pub struct HostConfig {
     pub metrics_access: crate::metrics::Access,
 }
 
+/// Raises this process's soft descriptor limit to its hard limit (a
+/// systemd service starts with a soft limit of 1,024, which a few hundred
+/// viewers and sites use up); returns the limits (soft, hard) in force.
+pub fn raise_nofile() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (0, 0);
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return (hard, hard);
+    }
+    (soft, hard)
+}
+
 /// Runs one executor per control socket until control goes away.
 pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()> {
+    let (soft, hard) = raise_nofile();
+    tracing::info!(soft, hard, "descriptor limit");
     let shards = control_fds.len();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -403,6 +419,14 @@ fn recv_handoff(fd: RawFd) -> nix::Result<Option<Received>> {
         r => r?,
     };
     let n = msg.bytes;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        // The kernel could not install the attached descriptor (ours are
+        // used up): the site's connection is lost, and the log says so.
+        tracing::error!(
+            "hand-off lost its socket: this process's descriptor table is full (MSG_CTRUNC); \
+             raise the data plane's RLIMIT_NOFILE"
+        );
+    }
     let mut owned: Option<OwnedFd> = None;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {

@@ -571,3 +571,42 @@ fn slow_metrics_clients_do_not_stall_scrapes_and_the_token_is_checked() -> Resul
     );
     Ok(())
 }
+
+/// Issue 10, item 5 (part): started with a systemd service's soft limit
+/// of 1,024 descriptors, the data plane raises its soft limit to the hard
+/// limit, so a few hundred clients do not exhaust it (needs util-linux's
+/// `prlimit`).
+#[test]
+fn the_data_plane_raises_its_descriptor_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("host");
+    let o = revtun_tests::keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init: {}", revtun_tests::stderr(&o));
+    // The hard limit stays what this machine gives us; the soft one drops
+    // to a systemd service's 1,024.
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?.1;
+    anyhow::ensure!(hard > 1024, "this machine's hard limit is only {hard}");
+    let control = Proc::spawn(
+        Command::new("prlimit")
+            .arg(format!("--nofile=1024:{hard}"))
+            .arg(revtun_tests::bin("revtun-control"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0"]),
+    )?;
+    let line = control.wait_stdout("data plane started pid=", Duration::from_secs(20))?;
+    let pid = line.rsplit('=').next().unwrap_or("").trim().to_string();
+    control.wait_log("descriptor limit", Duration::from_secs(10))?;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no open-files line")?;
+    let soft: u64 = open_files
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .context("soft limit")?;
+    assert_eq!(soft, hard, "{open_files}");
+    Ok(())
+}
