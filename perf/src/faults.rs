@@ -170,23 +170,6 @@ fn integrity(quick: bool) -> Result<Value> {
     }))
 }
 
-/// Round trips to `b`'s service until one succeeds; the time it took.
-fn until_served(b: &Bench, limit: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if b.sink_roundtrip(b"probe").is_ok() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > limit {
-            bail!(
-                "service not back within {limit:?}; host log:\n{}",
-                b.host.control.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn flip() -> Result<Value> {
     let steady_port = free_port()?;
     let (b, proxies) = bench_through(
@@ -229,7 +212,7 @@ fn flip() -> Result<Value> {
     // sealed data-channel record).
     proxies[0].flip_next(true, 256 * 1024);
     proxies[0].cut();
-    let reconnected = until_served(&b, Duration::from_secs(30))?;
+    let reconnected = b.wait_ready(Duration::from_secs(30))?;
     let armed = Instant::now();
     // Traffic from the site carries the flip; the transfer fails.
     let _ = download(&b, 4 << 20, 3);
@@ -237,7 +220,7 @@ fn flip() -> Result<Value> {
         .control
         .wait_log("record failed authentication", Duration::from_secs(10))?;
     let detected = armed.elapsed();
-    let back = until_served(&b, Duration::from_secs(30))?;
+    let back = b.wait_ready(Duration::from_secs(30))?;
     stop.store(true, Ordering::Relaxed);
     let _ = prober.join();
     let failed = steady_failed.load(Ordering::Relaxed);
@@ -280,7 +263,7 @@ fn blackhole() -> Result<Value> {
         .wait_log("peer silent for", Duration::from_secs(20))
         .context("host did not notice the black hole")?;
     let host_noticed = hole.elapsed();
-    until_served(&b, Duration::from_secs(60))?;
+    b.wait_ready(Duration::from_secs(60))?;
     let served_again = hole.elapsed();
     Ok(json!({
         "host_noticed_s": host_noticed.as_secs_f64(),
