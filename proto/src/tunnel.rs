@@ -408,8 +408,17 @@ impl Tunnel {
         self.queue(&Frame::Services(refs));
     }
 
-    /// Opens a stream to `service`.
+    /// Opens a stream to `service` at the time of the last event seen.
     pub fn open(&mut self, service: &str) -> Result<StreamId, OpenError> {
+        self.open_at(service, self.clock)
+    }
+
+    /// Opens a stream to `service` at `now`. Drivers use this one: the
+    /// per-second open budget is measured against `now`, so an idle tunnel
+    /// (no frame, no timer since a burst of opens) does not keep refusing
+    /// on the clock of its last event.
+    pub fn open_at(&mut self, service: &str, now: Instant) -> Result<StreamId, OpenError> {
+        self.clock = self.clock.max(now);
         if !frame::valid_service_name(service) {
             return Err(OpenError::BadName);
         }

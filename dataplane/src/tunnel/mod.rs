@@ -398,7 +398,7 @@ impl Tunnel {
             if !st.services.iter().any(|s| s == service) {
                 return Err(StreamError::UnknownService(service.to_string()));
             }
-            let id = match st.t.open(service) {
+            let id = match st.t.open_at(service, Instant::now()) {
                 Ok(id) => id,
                 Err(e) => {
                     drop(st);
@@ -430,7 +430,7 @@ impl Tunnel {
                 reject(local);
                 return Err(e);
             }
-            let id = match st.t.open(service) {
+            let id = match st.t.open_at(service, Instant::now()) {
                 Ok(id) => id,
                 Err(e) => {
                     reject(local);
