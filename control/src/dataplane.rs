@@ -39,6 +39,9 @@ pub struct DataPlane {
     shards: usize,
     /// Parent ends of the shard sockets of the running data plane.
     sockets: Mutex<Option<Vec<OwnedFd>>>,
+    /// Data planes started so far: state sent to one (the viewer table)
+    /// must be sent again to the next.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// How to start the data plane.
@@ -58,6 +61,7 @@ impl DataPlane {
         let dp = Arc::new(DataPlane {
             shards: launch.shards.max(1),
             sockets: Mutex::new(None),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         });
         let first = dp.spawn_once(&launch)?;
         let sup = dp.clone();
@@ -122,7 +126,47 @@ impl DataPlane {
             let _ = out.flush();
         }
         *self.lock() = Some(parents);
+        self.epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(child)
+    }
+
+    /// How many data planes were started (changes when one restarts).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sends `msgs` in order to every shard (blocking: call from a worker
+    /// thread). A full socket is retried for up to `limit` per message,
+    /// holding the socket lock only per attempt, so hand-offs go on.
+    pub fn broadcast(&self, msgs: &[Handoff], limit: Duration) -> Result<(), HandoffError> {
+        for shard in 0..self.shards {
+            for m in msgs {
+                let bytes = m.encode();
+                let deadline = std::time::Instant::now() + limit;
+                loop {
+                    let sent = {
+                        let guard = self.lock();
+                        let sockets = guard.as_ref().ok_or(HandoffError::NotRunning)?;
+                        sendmsg::<()>(
+                            sockets[shard].as_raw_fd(),
+                            &[IoSlice::new(&bytes)],
+                            &[],
+                            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                            None,
+                        )
+                    };
+                    match sent {
+                        Ok(_) => break,
+                        Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn send(&self, site: &str, msg: &Handoff, fd: Option<RawFd>) -> Result<usize, HandoffError> {

@@ -40,3 +40,7 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How often a held tunnel re-checks revocation of its site.
 pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// How often control compares the store's viewers with what the data
+/// plane holds (a removed viewer's sessions end within about this).
+pub const VIEWER_POLL: Duration = Duration::from_secs(1);

@@ -55,6 +55,11 @@ struct Args {
     /// first line of this file (never on the command line).
     #[arg(long)]
     metrics_token_file: Option<PathBuf>,
+    /// Serve RTSP viewers without credentials: anyone who reaches the RTSP
+    /// port watches every camera of every site. Off by default; viewers
+    /// are added with `revtun-keytool viewer add`.
+    #[arg(long)]
+    allow_anonymous_viewers: bool,
     /// Live camera streams per site; more are refused with RTSP 453 [default: 16].
     #[arg(long)]
     max_site_streams: Option<usize>,
@@ -185,6 +190,9 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     }
     if let Some(a) = args.metrics_listen {
         extra.push(format!("--metrics-listen={a}"));
+    }
+    if args.allow_anonymous_viewers {
+        extra.push("--allow-anonymous-viewers".into());
     }
     if let Some(f) = &args.metrics_token_file {
         // Checked here, so a bad file stops control at start.

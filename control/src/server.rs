@@ -247,6 +247,7 @@ pub fn serve(
             conn_ids: std::cell::Cell::new(0),
         });
         tokio_uring::spawn(revocations(ctx.clone()));
+        tokio_uring::spawn(viewers(ctx.clone()));
         accept_loop(listener, ctx).await;
     });
     Ok(())
@@ -277,6 +278,46 @@ async fn revocations(ctx: Rc<Ctx>) {
             Ok(Err(e)) => warn!(error = %e, "revocation poll failed"),
             Err(e) => warn!(error = %e, "revocation poll failed"),
         }
+    }
+}
+
+/// Keeps the data plane's viewer table equal to the store's: the whole
+/// table is sent when it changed (`revtun-keytool viewer ...`) or a new
+/// data plane started, within one [`limits::VIEWER_POLL`].
+async fn viewers(ctx: Rc<Ctx>) {
+    let mut sent: Option<(u64, Vec<crate::store::ViewerRow>)> = None;
+    loop {
+        let state = ctx.state.clone();
+        let dp = ctx.dataplane.clone();
+        let epoch = dp.epoch();
+        match blocking(move || state.store.viewers()).await {
+            Ok(Ok(rows)) if sent.as_ref() != Some(&(epoch, rows.clone())) => {
+                let mut msgs = Vec::with_capacity(rows.len() + 2);
+                msgs.push(revtun_proto::handoff::Handoff::ViewersBegin {
+                    token_key: zeroize::Zeroizing::new(*ctx.state.token_key()),
+                    count: rows.len() as u32,
+                });
+                msgs.extend(rows.iter().map(|v| revtun_proto::handoff::Handoff::Viewer {
+                    name: v.name.clone(),
+                    ha1: v.ha1,
+                    allow: v.allow.clone(),
+                }));
+                msgs.push(revtun_proto::handoff::Handoff::ViewersEnd);
+                let n = rows.len();
+                match blocking(move || dp.broadcast(&msgs, limits::VIEWER_POLL)).await {
+                    Ok(Ok(())) => {
+                        info!(viewers = n, "viewer table sent to the data plane");
+                        sent = Some((epoch, rows));
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "cannot send the viewer table; retrying"),
+                    Err(e) => warn!(error = %e, "cannot send the viewer table; retrying"),
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "viewer poll failed"),
+            Err(e) => warn!(error = %e, "viewer poll failed"),
+        }
+        tokio::time::sleep(limits::VIEWER_POLL).await;
     }
 }
 

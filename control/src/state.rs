@@ -7,6 +7,8 @@
 //!   control.crt   control listener certificate, signed by the CA
 //!   control.key   its private key (0600)
 //!   sites.db      the site store (SQLite, 0600)
+//!   viewer-token.key  key that signs stream tokens (0600, created when
+//!                 first needed)
 //! ```
 
 use crate::clock::UnixMillis;
@@ -100,6 +102,44 @@ impl Paths {
     pub fn store(&self) -> PathBuf {
         self.dir.join("sites.db")
     }
+    /// `viewer-token.key`
+    pub fn token_key(&self) -> PathBuf {
+        self.dir.join("viewer-token.key")
+    }
+}
+
+/// Loads the stream-token key, creating it if this state directory has
+/// none yet. Creation is atomic (a hard link of a complete file), so
+/// control and the keytool starting at once agree on one key.
+fn load_or_create_token_key(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, StateError> {
+    let parse = |text: &str| {
+        revtun_proto::hex::decode_exact::<32>(text.trim()).map(zeroize::Zeroizing::new)
+    };
+    if !path.exists() {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(&mut key[..]).map_err(|_| StateError::Io {
+            path: path.display().to_string(),
+            error: std::io::Error::other("no randomness"),
+        })?;
+        let text = zeroize::Zeroizing::new(format!("{}\n", revtun_proto::hex::encode(&key[..])));
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        write_file(&tmp, text.as_bytes(), 0o600)?;
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => return Ok(key),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    let text = zeroize::Zeroizing::new(read(path)?);
+    parse(&text).ok_or_else(|| StateError::Io {
+        path: path.display().to_string(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a 32-byte hex key; remove it to create a new one (every stream token issued stops working)",
+        ),
+    })
 }
 
 /// The loaded host state.
@@ -117,6 +157,8 @@ pub struct HostState {
     listener_key_pem: String,
     /// The site store.
     pub store: Store,
+    /// Key that signs stream tokens. Secret.
+    token_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl HostState {
@@ -139,6 +181,7 @@ impl HostState {
                 paths.store(),
                 paths.dir.join("sites.db-wal"),
                 paths.dir.join("sites.db-shm"),
+                paths.token_key(),
             ] {
                 let _ = fs::remove_file(p);
             }
@@ -173,6 +216,7 @@ impl HostState {
         if new_db {
             fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).map_err(io_err(&db))?;
         }
+        let token_key = load_or_create_token_key(&paths.token_key())?;
         Ok(HostState {
             paths,
             ca,
@@ -180,7 +224,13 @@ impl HostState {
             listener_cert_pem,
             listener_key_pem,
             store,
+            token_key,
         })
+    }
+
+    /// The stream-token key (for the data plane and `viewer token` only).
+    pub fn token_key(&self) -> &[u8; 32] {
+        &self.token_key
     }
 
     /// The listener key, PEM (for the TLS configuration only).

@@ -1,4 +1,6 @@
-//! The site store: sites, tokens (digests only), issued certificates.
+//! The site store: sites, tokens (digests only), issued certificates,
+//! and the viewers of the host's RTSP port (password in Digest `HA1` form
+//! only, permissions as text).
 //!
 //! One SQLite file under the host state directory. Every decision that
 //! matters is one statement: spending a token is a single conditional
@@ -44,6 +46,14 @@ CREATE TABLE certs (
     revoked_at  INTEGER
 );
 CREATE INDEX certs_site ON certs(site);
+"#, r#"
+CREATE TABLE viewers (
+    name        TEXT PRIMARY KEY,
+    ha1         BLOB NOT NULL,
+    allow       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
 "#];
 
 /// How long a writer waits for another process (keytool vs control).
@@ -469,6 +479,103 @@ impl Store {
                 cert_not_after: cert,
                 token_expires: token,
                 last_seen: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// One viewer as stored: what the data plane needs to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerRow {
+    /// Viewer name.
+    pub name: String,
+    /// `MD5(name:realm:password)`.
+    pub ha1: [u8; 16],
+    /// Permissions (`SITE/CAM`, `SITE/*`, `*`).
+    pub allow: Vec<String>,
+    /// Last change.
+    pub updated_at: UnixMillis,
+}
+
+impl Store {
+    /// Adds a viewer, or with `update` replaces an existing viewer's
+    /// permissions (and its password when `ha1` is given). Names and
+    /// permissions are checked by the caller.
+    pub fn put_viewer(
+        &self,
+        name: &str,
+        ha1: Option<[u8; 16]>,
+        allow: &[String],
+        update: bool,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let allow = allow.join(" ");
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row("SELECT 1 FROM viewers WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        match (exists, update, ha1) {
+            (true, false, _) => {
+                return Err(StoreError::Refused(format!(
+                    "viewer {name:?} exists; pass --update to change it, or remove it first"
+                )))
+            }
+            (false, true, _) => {
+                return Err(StoreError::Refused(format!("no viewer named {name:?}")))
+            }
+            (false, false, None) => {
+                return Err(StoreError::Refused("a new viewer needs a password".into()))
+            }
+            (false, false, Some(h)) => {
+                tx.execute(
+                    "INSERT INTO viewers (name, ha1, allow, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![name, &h[..], allow, now],
+                )?;
+            }
+            (true, true, Some(h)) => {
+                tx.execute(
+                    "UPDATE viewers SET ha1 = ?2, allow = ?3, updated_at = ?4 WHERE name = ?1",
+                    params![name, &h[..], allow, now],
+                )?;
+            }
+            (true, true, None) => {
+                tx.execute(
+                    "UPDATE viewers SET allow = ?2, updated_at = ?3 WHERE name = ?1",
+                    params![name, allow, now],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a viewer.
+    pub fn remove_viewer(&self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM viewers WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(StoreError::Refused(format!("no viewer named {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Every viewer, by name.
+    pub fn viewers(&self) -> Result<Vec<ViewerRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT name, ha1, allow, updated_at FROM viewers ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            let ha1: Vec<u8> = r.get(1)?;
+            let allow: String = r.get(2)?;
+            Ok(ViewerRow {
+                name: r.get(0)?,
+                ha1: ha1.as_slice().try_into().unwrap_or([0; 16]),
+                allow: allow.split_whitespace().map(str::to_string).collect(),
+                updated_at: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

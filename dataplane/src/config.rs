@@ -103,6 +103,10 @@ pub struct VideoArgs {
     /// A camera stream stays open this long after its last viewer left.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub video_linger: Duration,
+    /// Serve RTSP viewers without credentials (every camera of every site
+    /// to anyone who reaches the port). Off by default.
+    #[arg(long)]
+    pub allow_anonymous_viewers: bool,
 }
 
 impl VideoArgs {
@@ -115,6 +119,7 @@ impl VideoArgs {
             max_streams_per_site: self.max_site_streams,
             max_site_bps: self.max_site_bandwidth,
             linger: self.video_linger,
+            allow_anonymous: self.allow_anonymous_viewers,
             ..VideoConfig::default()
         }
     }

@@ -106,9 +106,21 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         }
         None => None,
     };
+    // One nonce key for the process: a player's next connection may land
+    // on another shard.
+    let nonces = {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(&mut key[..])
+            .map_err(|_| anyhow::anyhow!("no randomness for RTSP nonces"))?;
+        Arc::new(revtun_proto::viewer::Nonces::new(&key))
+    };
+    if cfg.rtsp_listen.is_some() && cfg.video.allow_anonymous {
+        tracing::warn!("--allow-anonymous-viewers: RTSP viewers need no credentials; anyone who reaches the port watches every camera");
+    }
     let mut handles = Vec::new();
     for (k, fd) in control_fds.into_iter().enumerate() {
         let cfg = cfg.clone();
+        let nonces = nonces.clone();
         let mesh_end = mesh[k].take();
         let board = board.clone();
         let placement = if cfg.pin {
@@ -122,7 +134,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
             // No file I/O on the data plane: glommio's registered buffers
             // (10 MiB by default) would only be resident memory.
             .io_memory(crate::config::GLOMMIO_IO_MEMORY)
-            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board))
+            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board, nonces))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);
     }
@@ -232,8 +244,10 @@ async fn shard(
     cfg: HostConfig,
     mesh: Option<crate::video::mesh::MeshEnd>,
     board: Option<Arc<Board>>,
+    nonces: Arc<revtun_proto::viewer::Nonces>,
 ) {
     let registry: Registry = Rc::default();
+    let gate = crate::video::auth::Gate::new(cfg.video.allow_anonymous, nonces);
     let mut flaps: HashMap<String, Flaps> = HashMap::new();
     for e in cfg
         .exposes
@@ -253,7 +267,13 @@ async fn shard(
     }
     let mut redirector = None;
     if let Some(addr) = cfg.rtsp_listen {
-        let r = crate::video::host::Redirector::new(k, shards, registry.clone(), cfg.video.clone());
+        let r = crate::video::host::Redirector::new(
+            k,
+            shards,
+            registry.clone(),
+            cfg.video.clone(),
+            gate.clone(),
+        );
         redirector = Some(r.clone());
         if let Some(end) = mesh {
             r.join_mesh(end);
@@ -289,7 +309,7 @@ async fn shard(
         }
         loop {
             match recv_handoff(ctl_fd) {
-                Ok(Some((msg, fd))) => handle(k, &registry, &mut flaps, msg, fd, &cfg),
+                Ok(Some((msg, fd))) => handle(k, &registry, &mut flaps, msg, fd, &cfg, &gate),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(shard = k, error = %e, "control socket failed; exiting");
@@ -307,8 +327,15 @@ fn handle(
     msg: zeroize::Zeroizing<Vec<u8>>,
     fd: Option<OwnedFd>,
     cfg: &HostConfig,
+    gate: &crate::video::auth::Gate,
 ) {
-    match (Handoff::decode(&msg), fd) {
+    let decoded = Handoff::decode(&msg);
+    if let Some(m) = &decoded {
+        if gate.on_handoff(m) {
+            return;
+        }
+    }
+    match (decoded, fd) {
         (
             Some(Handoff::Tunnel {
                 site,

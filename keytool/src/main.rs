@@ -1,6 +1,6 @@
 //! `revtun-keytool`: provisioning for the host (the Reverse Tunnel Server
 //! role): initialise the host identity, issue keyfiles, list, inspect,
-//! revoke.
+//! revoke; and the viewers of the host's RTSP port and their stream tokens.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -65,6 +65,51 @@ enum Cmd {
         #[arg(long)]
         site: String,
     },
+    /// Viewers of the host's RTSP port: who may watch which cameras.
+    #[command(subcommand)]
+    Viewer(ViewerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ViewerCmd {
+    /// Add a viewer (or change one with --update). Prints the generated
+    /// password on the last line unless --password-file is given.
+    Add {
+        /// Viewer name: lowercase letters, digits, '.', '-'.
+        name: String,
+        /// What it may watch: SITE/CAM, SITE/* or *. Repeatable.
+        #[arg(long = "allow", required = true)]
+        allow: Vec<String>,
+        /// Read the password from this file (first line) instead of
+        /// generating one.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Replace an existing viewer's permissions (and its password if
+        /// --password-file is given); its live sessions that lose their
+        /// permission are ended.
+        #[arg(long)]
+        update: bool,
+    },
+    /// List viewers and their permissions.
+    List,
+    /// Remove a viewer; its live sessions end within a few seconds.
+    Remove {
+        /// Viewer name.
+        name: String,
+    },
+    /// Print a URL that opens one camera (SITE/CAM) or any camera of one
+    /// site (SITE/*) until it expires; no viewer account needed.
+    Token {
+        /// SITE/CAM or SITE/*.
+        #[arg(long)]
+        allow: String,
+        /// How long the URL opens streams.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The host's RTSP address, rtsp://HOST:PORT or rtsps://HOST:PORT.
+        #[arg(long)]
+        url: String,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         )?,
         Cmd::List => list(&args.state_dir, &clock)?,
         Cmd::Inspect { file } => inspect(&file, &clock)?,
+        Cmd::Viewer(cmd) => viewer(&args.state_dir, &clock, cmd)?,
         Cmd::Revoke { site } => {
             let st = HostState::load(&args.state_dir)?;
             st.store.revoke_site(&site, clock.now_ms())?;
@@ -215,4 +261,116 @@ fn inspect(file: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     );
     println!("token:          present (not shown)");
     Ok(())
+}
+
+fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()> {
+    use revtun_proto::viewer::{self, Allow};
+    let parse_allow = |list: &[String]| -> anyhow::Result<Vec<String>> {
+        if list.len() > viewer::MAX_ALLOW {
+            bail!("--allow: at most {} permissions", viewer::MAX_ALLOW);
+        }
+        list.iter()
+            .map(|a| {
+                Allow::parse(a)
+                    .map(|a| a.to_string())
+                    .map_err(|e| anyhow::anyhow!("--allow: {e}"))
+            })
+            .collect()
+    };
+    match cmd {
+        ViewerCmd::Add {
+            name,
+            allow,
+            password_file,
+            update,
+        } => {
+            viewer::validate_viewer_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let allow = parse_allow(&allow)?;
+            let (password, generated) = match &password_file {
+                Some(f) => {
+                    let text = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(f)
+                            .with_context(|| format!("--password-file {}", f.display()))?,
+                    );
+                    let line = text.lines().next().unwrap_or("").to_string();
+                    viewer::validate_password(&line)
+                        .map_err(|e| anyhow::anyhow!("--password-file {}: {e}", f.display()))?;
+                    (Some(zeroize::Zeroizing::new(line)), false)
+                }
+                None if update => (None, false),
+                None => (Some(generate_password()?), true),
+            };
+            let st = HostState::load(dir)?;
+            let ha1 = password.as_ref().map(|p| viewer::ha1(&name, p));
+            st.store
+                .put_viewer(&name, ha1, &allow, update, clock.now_ms())?;
+            println!(
+                "viewer {name} {} (allowed: {})",
+                if update { "updated" } else { "added" },
+                allow.join(" ")
+            );
+            if generated {
+                if let Some(p) = &password {
+                    println!("password (shown once):");
+                    println!("{}", p.as_str());
+                }
+            }
+        }
+        ViewerCmd::List => {
+            let st = HostState::load(dir)?;
+            println!("{:<24} {:<21} ALLOW", "VIEWER", "UPDATED");
+            for v in st.store.viewers()? {
+                println!(
+                    "{:<24} {:<21} {}",
+                    v.name,
+                    format_ms(v.updated_at),
+                    v.allow.join(" ")
+                );
+            }
+        }
+        ViewerCmd::Remove { name } => {
+            let st = HostState::load(dir)?;
+            st.store.remove_viewer(&name)?;
+            println!("viewer {name} removed; a running control ends its sessions within a few seconds");
+        }
+        ViewerCmd::Token { allow, ttl, url } => {
+            let scope = Allow::parse(&allow).map_err(|e| anyhow::anyhow!("--allow: {e}"))?;
+            let base = url.trim_end_matches('/');
+            let authority = base
+                .strip_prefix("rtsp://")
+                .or_else(|| base.strip_prefix("rtsps://"))
+                .ok_or_else(|| anyhow::anyhow!("--url {url:?}: must start with rtsp:// or rtsps://"))?;
+            if authority.is_empty() || authority.contains(['/', '@', '?', '#']) || authority.chars().any(char::is_whitespace) {
+                bail!("--url {url:?}: give only rtsp://HOST:PORT (no user, no path)");
+            }
+            let scheme = &base[..base.len() - authority.len()];
+            let st = HostState::load(dir)?;
+            let key = viewer::TokenKey::new(st.token_key());
+            let expires = (clock.now_ms() / 1000) as u64 + ttl.as_secs().max(1);
+            let (user, password) = key
+                .issue(&scope, expires)
+                .map_err(|e| anyhow::anyhow!("--allow: {e}"))?;
+            let path = match &scope {
+                Allow::Camera(site, cam) => format!("{site}/{cam}"),
+                Allow::Site(site) => {
+                    println!("opens any camera of site {site}: put the camera name after the last '/'");
+                    format!("{site}/")
+                }
+                Allow::All => bail!("--allow: a stream token opens one camera or one site"),
+            };
+            println!("valid until {}", format_ms(expires as i64 * 1000));
+            println!("{scheme}{user}:{password}@{authority}/{path}");
+        }
+    }
+    Ok(())
+}
+
+/// 18 random bytes as base64url: 24 characters, 144 bits.
+fn generate_password() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use base64::Engine as _;
+    let mut raw = zeroize::Zeroizing::new([0u8; 18]);
+    aws_lc_rs::rand::fill(&mut raw[..]).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(zeroize::Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..]),
+    ))
 }

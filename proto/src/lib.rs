@@ -25,6 +25,7 @@ pub mod rtsp_auth;
 pub mod token;
 pub mod tunnel;
 pub mod video;
+pub mod viewer;
 
 /// TLS server name every control listener certificate carries.
 ///

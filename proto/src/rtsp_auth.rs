@@ -208,6 +208,32 @@ pub fn parse_challenges(value: &str) -> Vec<Challenge> {
     out
 }
 
+/// The scheme and `name=value` parameters of one credentials value in
+/// Digest form (`Digest username="a", ...`), parsed as the challenges are
+/// (bounded, never panics); `None` if malformed or followed by more.
+pub fn parse_digest_params(value: &str) -> Option<Vec<(String, String)>> {
+    let mut p = Cursor {
+        s: value.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    let scheme = p.token()?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let params = p.params()?;
+    p.skip(|c| c == b' ' || c == b'\t' || c == b',');
+    if !p.done() {
+        return None;
+    }
+    Some(
+        params
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
+    )
+}
+
 /// The challenge to answer among all `WWW-Authenticate` values of a
 /// response: the first usable Digest, else the first Basic.
 pub fn choose<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Challenge> {

@@ -625,3 +625,126 @@ pub fn metric_sum(text: &str, name: &str, having: &[&str]) -> u64 {
         })
         .sum()
 }
+
+/// Reads one RTSP response (head and body) from `s`, byte by byte so
+/// that nothing after it (interleaved media) is consumed.
+pub fn read_rtsp_response(s: &mut std::net::TcpStream) -> Result<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        anyhow::ensure!(head.len() < 16 * 1024, "response head too long");
+        if s.read(&mut b)? == 0 {
+            anyhow::bail!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let len = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(text + &String::from_utf8_lossy(&body))
+}
+
+/// The status code of an RTSP response text (0 if none).
+pub fn rtsp_status(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A raw RTSP client that answers the host's Digest challenge like a
+/// player does: each request is sent, and on 401 sent again with an
+/// `Authorization` for `creds`.
+#[derive(Debug)]
+pub struct RtspClient {
+    /// The connection.
+    pub conn: std::net::TcpStream,
+    creds: Option<revtun_proto::rtsp_auth::Credentials>,
+    auth: Option<revtun_proto::rtsp_auth::Authenticator>,
+    cseq: u32,
+}
+
+impl RtspClient {
+    /// Connects to the host's RTSP port.
+    pub fn connect(port: u16, creds: Option<(&str, &str)>) -> Result<RtspClient> {
+        let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let creds = creds
+            .map(|(u, p)| revtun_proto::rtsp_auth::Credentials::new(u, p))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(RtspClient {
+            conn,
+            creds,
+            auth: None,
+            cseq: 0,
+        })
+    }
+
+    /// Sends `method url` with `headers`; the final response.
+    pub fn request(&mut self, method: &str, url: &str, headers: &[&str]) -> Result<String> {
+        use std::io::Write;
+        for _ in 0..2 {
+            self.cseq += 1;
+            let mut req = format!("{method} {url} RTSP/1.0\r\nCSeq: {}\r\n", self.cseq);
+            for h in headers {
+                req.push_str(h);
+                req.push_str("\r\n");
+            }
+            if let Some(a) = self.auth.as_mut() {
+                let v = a.authorization(method, url, "0a4f113b");
+                req.push_str(&format!("Authorization: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            self.conn.write_all(req.as_bytes())?;
+            let reply = read_rtsp_response(&mut self.conn)?;
+            if rtsp_status(&reply) != 401 || self.auth.is_some() {
+                return Ok(reply);
+            }
+            let (Some(creds), Some(challenge)) = (
+                self.creds.clone(),
+                revtun_proto::rtsp_auth::choose(reply.lines().filter_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("www-authenticate").then_some(v.trim())
+                })),
+            ) else {
+                return Ok(reply);
+            };
+            self.auth = Some(revtun_proto::rtsp_auth::Authenticator::new(
+                creds, challenge,
+            ));
+        }
+        anyhow::bail!("unreachable: two attempts")
+    }
+
+    /// DESCRIBE, SETUP (interleaved), PLAY of `url`; the PLAY status.
+    pub fn play(&mut self, url: &str) -> Result<u16> {
+        for (m, u, h) in [
+            ("DESCRIBE", url.to_string(), None),
+            (
+                "SETUP",
+                format!("{url}/stream=0"),
+                Some("Transport: RTP/AVP/TCP;unicast;interleaved=0-1"),
+            ),
+            ("PLAY", url.to_string(), None),
+        ] {
+            let reply = self.request(m, &u, h.as_slice())?;
+            let status = rtsp_status(&reply);
+            if status != 200 {
+                return Ok(status);
+            }
+        }
+        Ok(200)
+    }
+}

@@ -3,7 +3,9 @@
 //! and ffmpeg as viewers at the host.
 
 use anyhow::{Context, Result};
-use revtun_tests::{bin, free_port, http_get, metric_sum, run, stderr, Host, Proc};
+use revtun_tests::{
+    bin, free_port, http_get, metric_sum, rtsp_status, run, stderr, Host, Proc, RtspClient,
+};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,8 +46,13 @@ impl Video {
 
     /// As [`Video::start`] with extra host flags and these camera names
     /// (all pulling the same test camera).
+    /// These tests are about the redirector, not about who may watch:
+    /// viewers need no credentials here (`tests/tests/viewers.rs` covers
+    /// authentication).
     fn start_with(keyint: u32, host_flags: &[&str], cams: &[&str]) -> Result<Video> {
-        Video::start_full(keyint, host_flags, &[], cams, |port| {
+        let mut flags = vec!["--allow-anonymous-viewers"];
+        flags.extend_from_slice(host_flags);
+        Video::start_full(keyint, &flags, &[], cams, |port| {
             format!("rtsp://127.0.0.1:{port}/test")
         })
     }
@@ -57,7 +64,13 @@ impl Video {
         camera_args: &[&str],
         camera_url: impl Fn(u16) -> String,
     ) -> Result<Video> {
-        Video::start_full(keyint, &[], camera_args, &["cam1"], camera_url)
+        Video::start_full(
+            keyint,
+            &["--allow-anonymous-viewers"],
+            camera_args,
+            &["cam1"],
+            camera_url,
+        )
     }
 
     fn start_full(
@@ -570,7 +583,11 @@ fn a_camera_that_accepts_and_never_answers_is_given_up_and_served_once_it_answer
         // The listener and every connection close here.
     });
     let rtsp = free_port()?;
-    let host = Host::start(&["--rtsp-listen", &format!("127.0.0.1:{rtsp}")])?;
+    let host = Host::start(&[
+        "--rtsp-listen",
+        &format!("127.0.0.1:{rtsp}"),
+        "--allow-anonymous-viewers",
+    ])?;
     let dir = host.enroll("s1")?;
     let agent = Proc::spawn(Command::new(bin("revtun-site")).args([
         "run",
@@ -599,5 +616,197 @@ fn a_camera_that_accepts_and_never_answers_is_given_up_and_served_once_it_answer
         "once the camera answers: {frames} frames; {err}"
     );
     assert!(!agent.log().contains("panicked"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Viewers and permissions (issue 10): every request is authenticated.
+
+/// A camera and host that require credentials (no anonymous viewers),
+/// the site `s1` with cameras `cam1` and `cam2`.
+fn secure_video() -> Result<Video> {
+    Video::start_full(25, &[], &[], &["cam1", "cam2"], |port| {
+        format!("rtsp://127.0.0.1:{port}/test")
+    })
+}
+
+/// `revtun-keytool viewer ARGS` on the host's state; its stdout.
+fn viewer_cmd(v: &Video, args: &[&str]) -> Result<String> {
+    let mut all = vec!["viewer"];
+    all.extend_from_slice(args);
+    let o = revtun_tests::keytool(&v.host.state(), &all)?;
+    anyhow::ensure!(o.status.success(), "keytool {args:?}: {}", stderr(&o));
+    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Waits until a viewer table holding `n` viewers reached the data plane.
+/// (Every shard logs it once.)
+fn wait_table(v: &Video, n: usize) -> Result<()> {
+    let needle = format!("viewer table updated viewers={n}");
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = Instant::now();
+    while v.host.control.log().matches(&needle).count() < shards {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {needle:?} from every shard; log:\n{}",
+            v.host.control.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The decoded frames of a GStreamer viewer of `url` (rtspsrc, TCP): it
+/// exits 0 once 200 frames were decoded.
+fn gst_decodes_200(url: &str) -> Result<bool> {
+    let o = run(
+        Command::new("gst-launch-1.0").args([
+            "-q",
+            "rtspsrc",
+            &format!("location={url}"),
+            "protocols=tcp",
+            "!",
+            "rtph264depay",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "identity",
+            "eos-after=200",
+            "!",
+            "fakesink",
+            "sync=true",
+        ]),
+        Duration::from_secs(25),
+    )?;
+    Ok(o.status.success())
+}
+
+#[test]
+fn viewers_need_credentials_and_a_permission_for_the_camera() -> Result<()> {
+    let v = secure_video()?;
+    let out = viewer_cmd(&v, &["add", "alice", "--allow", "s1/cam1"])?;
+    let password = last_line(&out);
+    assert_eq!(password.len(), 24, "{out}");
+    wait_table(&v, 1)?;
+    let listed = viewer_cmd(&v, &["list"])?;
+    assert!(listed.contains("alice") && listed.contains("s1/cam1"), "{listed}");
+    assert!(!listed.contains(&password));
+
+    // Anonymous: 401, and the site pulls nothing.
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("401"), "{err}");
+    let mut anon = RtspClient::connect(v.rtsp, None)?;
+    let reply = anon.request("DESCRIBE", &v.url("s1/cam1"), &[])?;
+    assert_eq!(rtsp_status(&reply), 401, "{reply}");
+    assert!(reply.contains("WWW-Authenticate: Digest realm=\"revtun\""), "{reply}");
+    assert!(!reply.contains("Basic"), "Basic offered over plain TCP: {reply}");
+    assert_eq!(v.camera_clients(), 0, "an anonymous request made the site pull the camera");
+
+    // Unknown viewer and wrong password: byte-identical 401s (fresh
+    // connections, same CSeq).
+    let attempt = |user: &str, pass: &str| -> Result<String> {
+        let mut c = RtspClient::connect(v.rtsp, Some((user, pass)))?;
+        c.request("DESCRIBE", &v.url("s1/cam1"), &[])
+    };
+    let unknown = attempt("mallory", &password)?;
+    let wrong = attempt("alice", "not-the-password")?;
+    assert_eq!(rtsp_status(&unknown), 401, "{unknown}");
+    assert_eq!(unknown, wrong, "an unknown viewer and a wrong password must look the same");
+    assert_eq!(v.camera_clients(), 0);
+
+    // Not allowed: 403 on another camera and another site, no pull.
+    let mut alice = RtspClient::connect(v.rtsp, Some(("alice", &password)))?;
+    let r = alice.request("DESCRIBE", &v.url("s1/cam2"), &[])?;
+    assert_eq!(rtsp_status(&r), 403, "{r}");
+    let r = alice.request("DESCRIBE", &v.url("lyon/cam1"), &[])?;
+    assert_eq!(rtsp_status(&r), 403, "{r}");
+    assert_eq!(v.camera_clients(), 0);
+
+    // With credentials: ffprobe and GStreamer decode.
+    let url = format!("rtsp://alice:{password}@127.0.0.1:{}/s1/cam1", v.rtsp);
+    let (frames, err) = ffprobe_frames(&url, 10)?;
+    assert!(frames >= 200, "ffprobe with credentials decoded {frames} frames: {err}");
+    assert!(gst_decodes_200(&url)?, "GStreamer with credentials did not decode 200 frames");
+    let log = v.host.control.log();
+    assert!(!log.contains(&password), "a viewer password reached the log");
+    Ok(())
+}
+
+#[test]
+fn stream_tokens_open_one_camera_until_they_expire() -> Result<()> {
+    let v = secure_video()?;
+    // Any table (even empty) must have reached the data plane.
+    wait_table(&v, 0)?;
+    let base = format!("rtsp://127.0.0.1:{}", v.rtsp);
+    let out = viewer_cmd(&v, &["token", "--allow", "s1/cam1", "--ttl", "5m", "--url", &base])?;
+    let url = last_line(&out);
+    assert!(url.starts_with("rtsp://tok_") && url.ends_with("/s1/cam1"), "{out}");
+    let (frames, err) = ffprobe_frames(&url, 3)?;
+    assert!(frames >= 50, "token URL decoded {frames} frames: {err}");
+    // Another camera with the same token: 403.
+    let other = url.replace("/s1/cam1", "/s1/cam2");
+    let (frames, err) = ffprobe_frames(&other, 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("403"), "{err}");
+    // Tampered: one character of the password changed.
+    let at = url.find('@').context("no @")?;
+    let mut t = url.clone().into_bytes();
+    t[at - 1] = if t[at - 1] == b'A' { b'B' } else { b'A' };
+    let (frames, err) = ffprobe_frames(&String::from_utf8(t)?, 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("401"), "{err}");
+    // Expired: a 1 s token, tried after 2 s.
+    let out = viewer_cmd(&v, &["token", "--allow", "s1/*", "--ttl", "1s", "--url", &base])?;
+    let site_url = format!("{}cam1", last_line(&out));
+    std::thread::sleep(Duration::from_millis(2200));
+    let (frames, err) = ffprobe_frames(&site_url, 2)?;
+    assert_eq!(frames, 0);
+    assert!(err.contains("401"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn removing_a_viewer_or_its_permission_ends_its_session() -> Result<()> {
+    let v = secure_video()?;
+    let pw = last_line(&viewer_cmd(&v, &["add", "bob", "--allow", "s1/*"])?);
+    let pw2 = last_line(&viewer_cmd(&v, &["add", "carol", "--allow", "s1/cam1"])?);
+    wait_table(&v, 2)?;
+    let mut bob = RtspClient::connect(v.rtsp, Some(("bob", &pw)))?;
+    assert_eq!(bob.play(&v.url("s1/cam1"))?, 200);
+    let mut carol = RtspClient::connect(v.rtsp, Some(("carol", &pw2)))?;
+    assert_eq!(carol.play(&v.url("s1/cam1"))?, 200);
+    // Both receive media.
+    let mut buf = vec![0u8; 64 * 1024];
+    for c in [&mut bob, &mut carol] {
+        c.conn.read_exact(&mut buf[..4096])?;
+    }
+    // Carol loses her permission for cam1, bob is removed.
+    viewer_cmd(&v, &["add", "carol", "--allow", "s1/cam2", "--update"])?;
+    viewer_cmd(&v, &["remove", "bob"])?;
+    let start = Instant::now();
+    for (name, c) in [("bob", &mut bob), ("carol", &mut carol)] {
+        c.conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+        loop {
+            match c.conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "{name}'s session still runs 8 s after the change"
+            );
+        }
+    }
+    eprintln!("sessions ended {:?} after the change", start.elapsed());
     Ok(())
 }

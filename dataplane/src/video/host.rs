@@ -47,6 +47,8 @@ pub struct VideoConfig {
     pub max_site_bps: u64,
     /// Time a feed stays open after its last viewer left.
     pub linger: Duration,
+    /// Viewers need no credentials (`--allow-anonymous-viewers`).
+    pub allow_anonymous: bool,
 }
 
 impl Default for VideoConfig {
@@ -61,6 +63,7 @@ impl Default for VideoConfig {
             max_streams_per_site: 16,
             max_site_bps: 0,
             linger: Duration::from_secs(5),
+            allow_anonymous: false,
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Redirector {
     cfg: VideoConfig,
     /// Host-added latency of this shard's viewer writes.
     latency: Rc<super::feed::SendLatency>,
+    /// Who may watch what.
+    gate: Rc<super::auth::Gate>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -95,7 +100,13 @@ impl std::fmt::Debug for Redirector {
 
 impl Redirector {
     /// The redirector of shard `shard` of `shards`, over that shard's tunnels.
-    pub fn new(shard: usize, shards: usize, registry: Registry, cfg: VideoConfig) -> Rc<Self> {
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        registry: Registry,
+        cfg: VideoConfig,
+        gate: Rc<super::auth::Gate>,
+    ) -> Rc<Self> {
         Rc::new(Redirector {
             shard,
             shards,
@@ -108,6 +119,7 @@ impl Redirector {
             next_sub: Cell::new(1),
             cfg,
             latency: Rc::default(),
+            gate,
         })
     }
 
@@ -430,6 +442,12 @@ impl Redirector {
 
     /// One RTSP client connection.
     async fn session(self: Rc<Self>, conn: TcpStream) {
+        let peer_ip = conn
+            .peer_addr()
+            .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip());
+        let tls = false;
+        let mut conn_auth = super::auth::ConnAuth::default();
+        let mut who = super::auth::Who::Anonymous;
         let conn = Rc::new(RefCell::new(conn));
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
@@ -476,6 +494,52 @@ impl Redirector {
             let cseq = req.cseq().map(str::to_string);
             let path = req.path();
             let sess: &[(&str, &str)] = &[("Session", &session_id)];
+            // Credentials first: nothing below runs (no feed opens, no
+            // site pulls a camera) for a request that does not pass.
+            let denied = match self.gate.check(&req, peer_ip, tls, &mut conn_auth).await {
+                super::auth::Verdict::Pass(w) => {
+                    who = w;
+                    None
+                }
+                super::auth::Verdict::Challenge { stale } => {
+                    Some(self.gate.challenge(peer_ip, cseq.as_deref(), stale, tls))
+                }
+                super::auth::Verdict::NotReady => {
+                    Some(rtsp::response(503, cseq.as_deref(), &[], b""))
+                }
+                super::auth::Verdict::Refuse => break,
+            };
+            // A request for a camera: names checked, then permission.
+            // (PLAY plays what SETUP chose, whatever its URI says.)
+            let camera: Option<(String, String)> = match (req.method, &setup, path.as_slice()) {
+                (Method::Play, Some((feed, _)), _) => Some((feed.site.clone(), feed.cam.clone())),
+                (Method::Describe | Method::Setup, _, [site, cam, ..]) => {
+                    Some((site.to_string(), cam.to_string()))
+                }
+                _ => None,
+            };
+            let refused = denied.or_else(|| {
+                let (site, cam) = camera.as_ref().map(|(s, c)| (s.as_str(), c.as_str()))?;
+                if revtun_proto::validate_site_name(site).is_err()
+                    || revtun_proto::viewer::validate_camera_name(cam).is_err()
+                {
+                    return Some(rtsp::response(404, cseq.as_deref(), &[], b""));
+                }
+                if !self.gate.allows(&who, site, cam) {
+                    tracing::info!(viewer = %who.label(), %site, camera = %cam, "viewer not allowed this camera");
+                    return Some(rtsp::response(403, cseq.as_deref(), &[], b""));
+                }
+                None
+            });
+            if let Some(reply) = refused {
+                if let Some(v) = &viewer {
+                    v.replies.borrow_mut().extend_from_slice(&reply);
+                    v.sig.notify();
+                } else if write_all(&conn, &reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let reply = match req.method {
                 Method::Options => rtsp::response(
                     200,
@@ -547,6 +611,7 @@ impl Redirector {
                             false,
                         );
                         viewer = Some(v.clone());
+                        self.gate.watch(&who, &feed.site, &feed.cam, &v);
                         let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
                         if write_all(&conn, &reply).await.is_err() {
                             break;

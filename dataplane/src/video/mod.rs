@@ -2,6 +2,7 @@
 //! sends access units through the tunnel once; the host side serves RTSP
 //! viewers and fans each access unit out without copying it per viewer.
 
+pub mod auth;
 pub mod feed;
 pub mod host;
 pub mod mesh;
