@@ -17,7 +17,7 @@ pub fn run(quick: bool) -> Result<Value> {
     let sink = crate::multi::start_sink()?;
     let svc_port: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     println!("demo: issuing a keyfile for site 'demo' and enrolling it (one-time token)");
-    let (host, agent, rtsp) = crate::fanout::video_lab(
+    let (host, agent, rtsp, login) = crate::fanout::video_lab(
         "demo",
         &["--expose", &format!("demo/sink={svc_port}")],
         &[format!("--service=sink={sink}")],
@@ -27,6 +27,10 @@ pub fn run(quick: bool) -> Result<Value> {
         host.addr
     );
     println!("demo: site connected out to the host; tunnel up");
+    println!(
+        "demo: viewer account '{}' added with the keytool (allowed demo/*); viewers answer the host's RTSP Digest challenge",
+        login.user
+    );
 
     println!("demo: bulk TCP through the tunnel, {secs} s (one stream, then 8)");
     let mut bulk = Vec::new();
@@ -46,7 +50,7 @@ pub fn run(quick: bool) -> Result<Value> {
     let mut frames = 0;
     for s in 0..secs {
         let (min_frames, d, lat) =
-            crate::fanout::round(rtsp, "demo/cam", viewers, Duration::from_secs(1))?;
+            crate::fanout::round(rtsp, "demo/cam", &login, viewers, Duration::from_secs(1))?;
         let (p50, p99) = (
             lat.value_at_quantile(0.5) as f64 / 1e6,
             lat.value_at_quantile(0.99) as f64 / 1e6,

@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use revtun_proto::rtsp;
+use revtun_proto::{rtsp, rtsp_auth};
 use revtun_tests::{bin, free_port, Host, Proc};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
@@ -141,52 +141,87 @@ struct Viewer {
     last_seq: Option<u16>,
 }
 
-fn rtsp_call(s: &mut TcpStream, req: &str) -> Result<()> {
-    s.write_all(req.as_bytes())?;
+/// The lab's viewer account: the lab measures with authentication on,
+/// as a host runs by default.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Viewer name.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// Sends `METHOD url` (with `extra` header lines and the session's
+/// `Authorization`, if any) and reads the reply head; returns the status
+/// and the bytes after the reply (media after PLAY).
+fn rtsp_call(
+    s: &mut TcpStream,
+    method: &str,
+    url: &str,
+    extra: &str,
+    cseq: u32,
+    auth: &mut Option<rtsp_auth::Authenticator>,
+) -> Result<(rtsp::Response, Vec<u8>)> {
+    let authz = auth
+        .as_mut()
+        .map(|a| format!("Authorization: {}\r\n", a.authorization(method, url, "1ab")))
+        .unwrap_or_default();
+    s.write_all(format!("{method} {url} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}{authz}\r\n").as_bytes())?;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 65536];
     loop {
-        if let Some((resp, _)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
-            if resp.status != 200 {
-                bail!(
-                    "{} answered {}",
-                    req.split(' ').next().unwrap_or(""),
-                    resp.status
-                );
-            }
-            return Ok(());
+        if let Some((resp, used)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+            buf.drain(..used);
+            return Ok((resp, buf));
         }
         let n = s.read(&mut chunk)?;
         if n == 0 {
-            bail!("closed during RTSP setup");
+            bail!("closed during RTSP {method}");
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-fn open_viewer(port: u16, path: &str) -> Result<Viewer> {
+fn open_viewer(port: u16, path: &str, login: &Login) -> Result<Viewer> {
     let url = format!("rtsp://127.0.0.1:{port}/{path}");
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    rtsp_call(
-        &mut s,
-        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
-    )?;
-    rtsp_call(&mut s, &format!("SETUP {url}/track0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"))?;
-    // PLAY's reply may be followed at once by cached frames: read it by hand.
-    s.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n").as_bytes())?;
+    let mut auth = None;
+    // The first DESCRIBE carries no credentials; its 401 the challenge.
+    let (first, _) = rtsp_call(&mut s, "DESCRIBE", &url, "", 1, &mut auth)?;
+    if first.status == 401 {
+        let challenge = rtsp_auth::choose(
+            first
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("WWW-Authenticate"))
+                .map(|(_, v)| v.as_str()),
+        )
+        .context("401 without a usable challenge")?;
+        let creds = rtsp_auth::Credentials::new(&login.user, &login.password)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        auth = Some(rtsp_auth::Authenticator::new(creds, challenge));
+    }
+    let calls = [
+        ("DESCRIBE", url.clone(), ""),
+        (
+            "SETUP",
+            format!("{url}/track0"),
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        ),
+        ("PLAY", url.clone(), ""),
+    ];
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Some((_, used)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
-            buf.drain(..used);
-            break;
+    for (i, (m, u, extra)) in calls.iter().enumerate() {
+        if i == 0 && first.status == 200 {
+            continue;
         }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            bail!("closed at PLAY");
+        let (resp, rest) = rtsp_call(&mut s, m, u, extra, 2 + i as u32, &mut auth)?;
+        if resp.status != 200 {
+            bail!("{m} answered {}", resp.status);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        // PLAY's reply may be followed at once by cached frames.
+        buf = rest;
     }
     s.set_nonblocking(true)?;
     let filled = buf.len();
@@ -256,9 +291,15 @@ const VIEWER_THREADS: usize = 2;
 /// [`VIEWER_THREADS`] threads each waiting on its own epoll set (only
 /// sockets with data are touched); returns (frames per viewer min, total
 /// drops, latency histogram).
-pub fn round(port: u16, path: &str, n: usize, dur: Duration) -> Result<(u64, u64, Histogram<u64>)> {
+pub fn round(
+    port: u16,
+    path: &str,
+    login: &Login,
+    n: usize,
+    dur: Duration,
+) -> Result<(u64, u64, Histogram<u64>)> {
     let viewers: Vec<Viewer> = (0..n)
-        .map(|_| open_viewer(port, path))
+        .map(|_| open_viewer(port, path, login))
         .collect::<Result<_>>()?;
     let warm = Instant::now() + Duration::from_secs(1);
     let end = warm + dur;
@@ -314,12 +355,13 @@ fn watch(
 /// A video lab: the synthetic camera, a host (shards pinned, one per CPU
 /// unless `host_extra` says `--shards`; RTSP on a free port) and site `site` enrolled and
 /// running on CPU 1 with camera `cam` (and `site_extra` flags). Returns the
-/// host, the agent and the RTSP port once viewers can connect.
+/// host, the agent, the RTSP port and a viewer account once viewers can
+/// connect.
 pub fn video_lab(
     site: &str,
     host_extra: &[&str],
     site_extra: &[String],
-) -> Result<(Host, Proc, u16)> {
+) -> Result<(Host, Proc, u16, Login)> {
     let cam = start_camera()?;
     let rtsp = free_port()?;
     let rtsp_arg = format!("127.0.0.1:{rtsp}");
@@ -352,7 +394,36 @@ pub fn video_lab(
         .context("site agent")?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
-    Ok((host, agent, rtsp))
+    // A viewer account for the lab's viewers (the host requires one).
+    let out = revtun_tests::keytool(
+        &host.state(),
+        &["viewer", "add", "lab", "--allow", &format!("{site}/*")],
+    )?;
+    if !out.status.success() {
+        bail!("keytool viewer add: {}", revtun_tests::stderr(&out));
+    }
+    let login = Login {
+        user: "lab".into(),
+        password: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    };
+    // Ready once the account has reached the data plane (control sends
+    // the viewer table within a second) and the camera answers.
+    let start = Instant::now();
+    loop {
+        match open_viewer(rtsp, &format!("{site}/cam"), &login) {
+            Ok(_) => break,
+            Err(e) if start.elapsed() > Duration::from_secs(15) => {
+                return Err(e.context("the lab's first viewer"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    Ok((host, agent, rtsp, login))
 }
 
 /// Runs the scenario.
@@ -363,7 +434,7 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
         host_flags.extend(["--shards", n.as_str()]);
     }
     // `host` keeps control running until the scenario returns.
-    let (host, agent, rtsp) = video_lab("lab", &host_flags, &[])?;
+    let (host, agent, rtsp, login) = video_lab("lab", &host_flags, &[])?;
     let metrics = host.metrics_addr()?;
     let steps: &[usize] = if !viewers.is_empty() {
         viewers
@@ -381,7 +452,7 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
     let mut best = 0;
     for &n in steps {
         let (min_frames, drops, lat) =
-            round(rtsp, "lab/cam", n, dur).with_context(|| format!("{n} viewers"))?;
+            round(rtsp, "lab/cam", &login, n, dur).with_context(|| format!("{n} viewers"))?;
         let expected = FPS * dur.as_secs();
         let kept_up = drops == 0 && min_frames + 2 >= expected;
         // The host's own view: arrival at the host to the viewer's socket,
