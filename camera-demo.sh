@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Watch a site camera through the host, on loopback: a test camera
 # (GStreamer's RTSP server) at the site, revtun-site pulling it, revtun-control
-# serving RTSP, ffprobe decoding through the host. With --keep it stays up
+# serving RTSP to a viewer account made with the keytool, ffprobe decoding
+# through the host (and refused without credentials). With --keep it stays up
 # until Ctrl-C so you can watch with ffplay (the URL is printed).
 #
 # Installs what it needs if missing (Debian packages: GStreamer's RTSP
@@ -44,8 +45,15 @@ PIDS+=($!)
 wait_for "tunnel up" "$WORK/site.out"
 wait_for "rtsp listening on" "$WORK/control.out"
 
-URL="rtsp://127.0.0.1:$RTSP_PORT/lobby/door"
-echo "== viewer at the host: ffprobe $URL (5 s)"
+echo "== host: viewer 'guard' allowed lobby/door (the host serves no anonymous viewer)"
+PASSWORD=$($BIN/revtun-keytool --state-dir "$WORK/host" viewer add guard --allow lobby/door | tail -n 1)
+wait_for "viewer table updated viewers=1" "$WORK/control.log"
+ANON=$(ffprobe -v error -rtsp_transport tcp "rtsp://127.0.0.1:$RTSP_PORT/lobby/door" 2>&1 || true)
+echo "without credentials: ${ANON:-no error?}"
+echo "$ANON" | grep -q 401 || { echo "camera-demo: FAILED: an anonymous viewer was not refused" >&2; exit 1; }
+URL="rtsp://guard:$PASSWORD@127.0.0.1:$RTSP_PORT/lobby/door"
+SHOWN="rtsp://guard:***@127.0.0.1:$RTSP_PORT/lobby/door"
+echo "== viewer at the host: ffprobe $SHOWN (5 s)"
 FRAMES=$(ffprobe -v error -rtsp_transport tcp -select_streams v:0 -count_frames -read_intervals %+5 \
     -show_entries stream=codec_name,width,height,nb_read_frames -of compact=p=0 "$URL")
 echo "decoded through the tunnel: $FRAMES"
@@ -54,7 +62,10 @@ echo "camera pulls by the site: $(grep -c 'client connected' "$WORK/camera.out")
 
 if [ "$KEEP" = 1 ]; then
     echo
-    echo "Watch it:  ffplay -rtsp_transport tcp $URL"
+    echo "Watch it:  ffplay -rtsp_transport tcp '$URL'"
+    echo "A URL for a web front end, valid 10 minutes:"
+    $BIN/revtun-keytool --state-dir "$WORK/host" viewer token --allow lobby/door --ttl 10m \
+        --url "rtsp://127.0.0.1:$RTSP_PORT" | tail -n 1
     echo "Ctrl-C stops everything."
     while kill -0 "${PIDS[1]}" 2>/dev/null; do sleep 1; done
 fi
