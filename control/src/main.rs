@@ -60,6 +60,19 @@ struct Args {
     /// are added with `revtun-keytool viewer add`.
     #[arg(long)]
     allow_anonymous_viewers: bool,
+    /// RTSP connections at once, all sources (data plane default 10,000,
+    /// capped to half the descriptors left after a reserve).
+    #[arg(long)]
+    max_rtsp_sessions: Option<usize>,
+    /// RTSP connections at once from one address (default 64; 0 = no limit).
+    #[arg(long)]
+    max_rtsp_sessions_per_addr: Option<usize>,
+    /// Viewers of one camera at once (default 2,000; 0 = no limit).
+    #[arg(long)]
+    max_viewers_per_camera: Option<usize>,
+    /// Deadline of each RTSP request and reply before PLAY (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    rtsp_request_timeout: Option<Duration>,
     /// Live camera streams per site; more are refused with RTSP 453 [default: 16].
     #[arg(long)]
     max_site_streams: Option<usize>,
@@ -194,6 +207,17 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     if args.allow_anonymous_viewers {
         extra.push("--allow-anonymous-viewers".into());
     }
+    extra.extend(
+        [
+            opt_num("max-rtsp-sessions", args.max_rtsp_sessions),
+            opt_num("max-rtsp-sessions-per-addr", args.max_rtsp_sessions_per_addr),
+            opt_num("max-viewers-per-camera", args.max_viewers_per_camera),
+            args.rtsp_request_timeout
+                .map(|d| format!("--rtsp-request-timeout={}ms", d.as_millis())),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     if let Some(f) = &args.metrics_token_file {
         // Checked here, so a bad file stops control at start.
         let token = zeroize::Zeroizing::new(
@@ -256,6 +280,10 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         shards,
         args: extra,
     })
+}
+
+fn opt_num(name: &str, v: Option<usize>) -> Option<String> {
+    v.map(|v| format!("--{name}={v}"))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

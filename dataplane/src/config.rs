@@ -107,6 +107,22 @@ pub struct VideoArgs {
     /// to anyone who reaches the port). Off by default.
     #[arg(long)]
     pub allow_anonymous_viewers: bool,
+    /// RTSP connections at once, all sources (further capped to half the
+    /// descriptors left after a reserve of 256).
+    #[arg(long, default_value_t = VideoConfig::default().sessions.total)]
+    pub max_rtsp_sessions: usize,
+    /// RTSP connections at once from one source address (an IPv6 /64
+    /// counts as one); 0 = no limit.
+    #[arg(long, default_value_t = VideoConfig::default().sessions.per_source)]
+    pub max_rtsp_sessions_per_addr: usize,
+    /// Viewers playing one camera at once; more get RTSP 453. 0 = no limit.
+    #[arg(long, default_value_t = VideoConfig::default().sessions.per_camera)]
+    pub max_viewers_per_camera: usize,
+    /// Before PLAY, each RTSP request must arrive whole within this time
+    /// of the connection or the previous reply, and each reply be taken
+    /// by the client within it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub rtsp_request_timeout: Duration,
 }
 
 impl VideoArgs {
@@ -120,6 +136,12 @@ impl VideoArgs {
             max_site_bps: self.max_site_bandwidth,
             linger: self.video_linger,
             allow_anonymous: self.allow_anonymous_viewers,
+            sessions: crate::video::sessions::SessionLimits {
+                total: self.max_rtsp_sessions.max(1),
+                per_source: self.max_rtsp_sessions_per_addr,
+                per_camera: self.max_viewers_per_camera,
+            },
+            request_timeout: self.rtsp_request_timeout.max(Duration::from_millis(100)),
             ..VideoConfig::default()
         }
     }

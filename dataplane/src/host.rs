@@ -114,6 +114,11 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
             .map_err(|_| anyhow::anyhow!("no randomness for RTSP nonces"))?;
         Arc::new(revtun_proto::viewer::Nonces::new(&key))
     };
+    let sessions = crate::video::sessions::Sessions::new(cfg.video.sessions.within(soft));
+    if cfg.rtsp_listen.is_some() {
+        let l = sessions.limits();
+        tracing::info!(total = l.total, per_source = l.per_source, per_camera = l.per_camera, "rtsp session limits");
+    }
     if cfg.rtsp_listen.is_some() && cfg.video.allow_anonymous {
         tracing::warn!("--allow-anonymous-viewers: RTSP viewers need no credentials; anyone who reaches the port watches every camera");
     }
@@ -121,6 +126,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
     for (k, fd) in control_fds.into_iter().enumerate() {
         let cfg = cfg.clone();
         let nonces = nonces.clone();
+        let sessions = sessions.clone();
         let mesh_end = mesh[k].take();
         let board = board.clone();
         let placement = if cfg.pin {
@@ -134,7 +140,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
             // No file I/O on the data plane: glommio's registered buffers
             // (10 MiB by default) would only be resident memory.
             .io_memory(crate::config::GLOMMIO_IO_MEMORY)
-            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board, nonces))
+            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board, (nonces, sessions)))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);
     }
@@ -244,7 +250,10 @@ async fn shard(
     cfg: HostConfig,
     mesh: Option<crate::video::mesh::MeshEnd>,
     board: Option<Arc<Board>>,
-    nonces: Arc<revtun_proto::viewer::Nonces>,
+    (nonces, sessions): (
+        Arc<revtun_proto::viewer::Nonces>,
+        Arc<crate::video::sessions::Sessions>,
+    ),
 ) {
     let registry: Registry = Rc::default();
     let gate = crate::video::auth::Gate::new(cfg.video.allow_anonymous, nonces);
@@ -273,6 +282,7 @@ async fn shard(
             registry.clone(),
             cfg.video.clone(),
             gate.clone(),
+            sessions.clone(),
         );
         redirector = Some(r.clone());
         if let Some(end) = mesh {

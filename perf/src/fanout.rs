@@ -373,6 +373,13 @@ pub fn video_lab(
         &rtsp_arg,
         "--metrics-listen",
         "127.0.0.1:0",
+        // Every viewer of the lab comes from 127.0.0.1: the per-address
+        // and per-camera caps (64 and 2,000 by default) would stop the
+        // lab, not measure the host.
+        "--max-rtsp-sessions-per-addr",
+        "0",
+        "--max-viewers-per-camera",
+        "0",
     ];
     flags.extend_from_slice(host_extra);
     let host = Host::start(&flags)?;

@@ -200,6 +200,17 @@ fn split_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, RtspError
     }))
 }
 
+/// Whether `uri` holds a %-encoded control character (`%00`-`%1F`, `%7F`).
+fn has_encoded_control(uri: &str) -> bool {
+    uri.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1].to_ascii_uppercase(), w[2].to_ascii_uppercase()),
+                (b'0' | b'1', b'0'..=b'9' | b'A'..=b'F') | (b'7', b'F')
+            )
+    })
+}
+
 /// Parses one request from the front of `buf`: `Ok(None)` when more bytes
 /// are needed, else the request and the bytes it used.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> {
@@ -220,6 +231,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RtspError> 
     let method = Method::parse(m).ok_or(RtspError::NotImplemented)?;
     if uri.is_empty() {
         return Err(RtspError::Malformed("empty URI"));
+    }
+    // URIs reach logs and replies: no control characters (raw or
+    // %-encoded), which also keeps them out of camera names.
+    if uri.chars().any(char::is_control) || has_encoded_control(uri) {
+        return Err(RtspError::Malformed("control character in URI"));
     }
     let req = Request {
         method,

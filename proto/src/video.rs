@@ -186,8 +186,23 @@ pub fn video_only_sdp(sdp: &str) -> Option<String> {
     let (session, media) = sections(sdp);
     let (sec, _) = chosen(&media)?;
     let mut out = String::new();
-    for line in session.iter().chain(sec.iter()) {
-        out.push_str(line);
+    // The site's control URLs (absolute ones name the camera's own
+    // address) become relative to the host's URL; lines holding control
+    // characters are dropped (they would reach players and logs).
+    let lines = session
+        .iter()
+        .map(|l| (l, "*"))
+        .chain(sec.iter().map(|l| (l, "track0")));
+    for (line, control) in lines {
+        if line.chars().any(char::is_control) {
+            continue;
+        }
+        if line.starts_with("a=control:") {
+            out.push_str("a=control:");
+            out.push_str(control);
+        } else {
+            out.push_str(line);
+        }
         out.push_str("\r\n");
     }
     Some(out)
@@ -218,7 +233,16 @@ mod tests {
         assert_eq!(
             out,
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\na=control:*\r\n\
-             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track2\r\n"
+             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n"
+        );
+        // An absolute control URL (the camera's address) becomes relative;
+        // control characters never pass.
+        let abs = "v=0\r\ns=a\x1b[31m\r\na=control:rtsp://10.0.0.7/x\r\n\
+                   m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+                   a=control:rtsp://10.0.0.7:554/x/trackID=1\r\n";
+        assert_eq!(
+            video_only_sdp(abs).expect("has H.264"),
+            "v=0\r\na=control:*\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n"
         );
         assert_eq!(video_only_sdp("v=0\r\nm=audio 0 RTP/AVP 0\r\n"), None);
         assert_eq!(video_only_sdp(""), None);

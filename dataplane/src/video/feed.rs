@@ -55,6 +55,8 @@ pub struct Viewer {
     /// RTSP replies after PLAY: the writer sends them between access
     /// units, so they never land inside an interleaved frame.
     pub replies: RefCell<Vec<u8>>,
+    /// Notified when the writer took the queued replies, or gave up.
+    pub drained: Signal,
     /// Disconnected for not reading.
     pub cut: Cell<bool>,
     /// Another shard's mirror of this feed, not an RTSP viewer.
@@ -190,6 +192,7 @@ impl Feed {
             sig,
             gone: Cell::new(false),
             replies: RefCell::default(),
+            drained: Signal::default(),
             cut: Cell::new(false),
             remote,
         });

@@ -49,6 +49,10 @@ pub struct VideoConfig {
     pub linger: Duration,
     /// Viewers need no credentials (`--allow-anonymous-viewers`).
     pub allow_anonymous: bool,
+    /// Connection caps of the RTSP port.
+    pub sessions: super::sessions::SessionLimits,
+    /// Deadline of each request and reply before PLAY.
+    pub request_timeout: Duration,
 }
 
 impl Default for VideoConfig {
@@ -64,6 +68,12 @@ impl Default for VideoConfig {
             max_site_bps: 0,
             linger: Duration::from_secs(5),
             allow_anonymous: false,
+            sessions: super::sessions::SessionLimits {
+                total: 10_000,
+                per_source: 64,
+                per_camera: 2_000,
+            },
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct Redirector {
     latency: Rc<super::feed::SendLatency>,
     /// Who may watch what.
     gate: Rc<super::auth::Gate>,
+    /// Connection caps (shared by every shard).
+    sessions: Arc<super::sessions::Sessions>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -106,6 +118,7 @@ impl Redirector {
         registry: Registry,
         cfg: VideoConfig,
         gate: Rc<super::auth::Gate>,
+        sessions: Arc<super::sessions::Sessions>,
     ) -> Rc<Self> {
         Rc::new(Redirector {
             shard,
@@ -120,6 +133,7 @@ impl Redirector {
             cfg,
             latency: Rc::default(),
             gate,
+            sessions,
         })
     }
 
@@ -251,8 +265,21 @@ impl Redirector {
         loop {
             match listener.accept().await {
                 Ok(c) => {
-                    let _ = c.set_nodelay(true);
-                    glommio::spawn_local(self.clone().session(c)).detach();
+                    let ip = c
+                        .peer_addr()
+                        .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip());
+                    match self.sessions.admit(ip) {
+                        Ok(guard) => {
+                            let _ = c.set_nodelay(true);
+                            glommio::spawn_local(self.clone().session(c, ip, guard)).detach();
+                        }
+                        // One line per refused connection would be a log
+                        // flood: debug only.
+                        Err(full) => {
+                            tracing::debug!(%ip, ?full, "rtsp connection refused: session cap");
+                            crate::tunnel::reject(c);
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rtsp accept failed");
@@ -441,11 +468,17 @@ impl Redirector {
     }
 
     /// One RTSP client connection.
-    async fn session(self: Rc<Self>, conn: TcpStream) {
-        let peer_ip = conn
-            .peer_addr()
-            .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip());
+    async fn session(
+        self: Rc<Self>,
+        conn: TcpStream,
+        peer_ip: std::net::IpAddr,
+        mut guard: super::sessions::SessionGuard,
+    ) {
         let tls = false;
+        let limit = self.cfg.request_timeout;
+        // Before PLAY: each request must arrive whole by this deadline.
+        let opened = Instant::now();
+        let mut deadline = next_deadline(opened, limit);
         let mut conn_auth = super::auth::ConnAuth::default();
         let mut who = super::auth::Who::Anonymous;
         let conn = Rc::new(RefCell::new(conn));
@@ -468,16 +501,40 @@ impl Redirector {
             let (req, used) = match parsed {
                 Ok(Some(x)) => x,
                 Ok(None) => {
+                    if let Some(v) = &viewer {
+                        // Replies wait for a viewer that does not read:
+                        // read no more requests until they leave.
+                        loop {
+                            let drained = v.drained.wait();
+                            if v.gone.get() || v.replies.borrow().len() < MAX_QUEUED_REPLIES {
+                                break;
+                            }
+                            drained.await;
+                        }
+                        if v.gone.get() {
+                            break;
+                        }
+                    }
                     // The writer task shares the socket: borrow only per poll.
-                    let n = std::future::poll_fn(|cx| {
+                    let read = std::future::poll_fn(|cx| {
                         futures_lite::AsyncRead::poll_read(
                             std::pin::Pin::new(&mut *conn.borrow_mut()),
                             cx,
                             &mut chunk,
                         )
-                    })
-                    .await
-                    .unwrap_or(0);
+                    });
+                    let n = if viewer.is_some() {
+                        read.await.unwrap_or(0)
+                    } else {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match glommio::timer::timeout(left, async { Ok(read.await) }).await {
+                            Ok(r) => r.unwrap_or(0),
+                            Err(_) => {
+                                tracing::debug!(ip = %peer_ip, "rtsp client too slow to send a request; closing");
+                                0
+                            }
+                        }
+                    };
                     if n == 0 {
                         break;
                     }
@@ -486,7 +543,7 @@ impl Redirector {
                 }
                 Err(e) => {
                     let reply = rtsp::response(e.status(), None, &[], b"");
-                    let _ = write_all(&conn, &reply).await;
+                    let _ = write_timed(&conn, &reply, limit).await;
                     break;
                 }
             };
@@ -535,9 +592,10 @@ impl Redirector {
                 if let Some(v) = &viewer {
                     v.replies.borrow_mut().extend_from_slice(&reply);
                     v.sig.notify();
-                } else if write_all(&conn, &reply).await.is_err() {
+                } else if write_timed(&conn, &reply, limit).await.is_err() {
                     break;
                 }
+                deadline = next_deadline(opened, limit);
                 continue;
             }
             let reply = match req.method {
@@ -601,7 +659,13 @@ impl Redirector {
                         if let Some((status, why)) = closed {
                             tracing::info!(uri = %req.uri, status, %why, "play refused: the feed ended");
                             let reply = rtsp::response(status, cseq.as_deref(), &[], b"");
-                            let _ = write_all(&conn, &reply).await;
+                            let _ = write_timed(&conn, &reply, limit).await;
+                            break;
+                        }
+                        if guard.play(&feed.site, &feed.cam).is_err() {
+                            tracing::info!(site = %feed.site, camera = %feed.cam, "play refused: the camera's viewer cap is reached");
+                            let reply = rtsp::response(453, cseq.as_deref(), &[], b"");
+                            let _ = write_timed(&conn, &reply, limit).await;
                             break;
                         }
                         let v = feed.attach(
@@ -613,7 +677,7 @@ impl Redirector {
                         viewer = Some(v.clone());
                         self.gate.watch(&who, &feed.site, &feed.cam, &v);
                         let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
-                        if write_all(&conn, &reply).await.is_err() {
+                        if write_timed(&conn, &reply, limit).await.is_err() {
                             break;
                         }
                         glommio::spawn_local(writer(
@@ -638,7 +702,7 @@ impl Redirector {
                         // The writer sends it, then closes.
                         Some(v) => v.replies.borrow_mut().extend_from_slice(&reply),
                         None => {
-                            let _ = write_all(&conn, &reply).await;
+                            let _ = write_timed(&conn, &reply, limit).await;
                         }
                     }
                     break;
@@ -656,9 +720,10 @@ impl Redirector {
             if let Some(v) = &viewer {
                 v.replies.borrow_mut().extend_from_slice(&reply);
                 v.sig.notify();
-            } else if write_all(&conn, &reply).await.is_err() {
+            } else if write_timed(&conn, &reply, limit).await.is_err() {
                 break;
             }
+            deadline = next_deadline(opened, limit);
         }
         if let Some(v) = viewer {
             v.gone.set(true);
@@ -712,6 +777,31 @@ impl Redirector {
             .await;
         }
     }
+}
+
+/// Replies queued for a playing viewer before its requests are no longer
+/// read (a viewer that pipelines requests and never reads costs this).
+pub const MAX_QUEUED_REPLIES: usize = 64 * 1024;
+
+/// Before PLAY, a client has `limit` for each request, and six times that
+/// from its connection to its PLAY.
+fn next_deadline(opened: Instant, limit: Duration) -> Instant {
+    (Instant::now() + limit).min(opened + 6 * limit)
+}
+
+/// Writes a reply before PLAY, within `limit`.
+async fn write_timed(
+    conn: &Rc<RefCell<TcpStream>>,
+    data: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    glommio::timer::timeout(limit, async {
+        write_all(conn, data)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    })
+    .await
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()))
 }
 
 fn rand_u64() -> u64 {

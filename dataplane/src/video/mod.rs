@@ -6,5 +6,6 @@ pub mod auth;
 pub mod feed;
 pub mod host;
 pub mod mesh;
+pub mod sessions;
 pub mod site;
 pub mod writer;

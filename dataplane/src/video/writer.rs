@@ -119,12 +119,25 @@ pub async fn writer(
     loop {
         let wake = v.sig.wait();
         let replies = std::mem::take(&mut *v.replies.borrow_mut());
-        if !replies.is_empty() && write_all(&conn, &replies).await.is_err() {
-            v.gone.set(true);
+        if !replies.is_empty() {
+            v.drained.notify();
+            // A viewer that takes no replies is stuck like one that takes
+            // no media.
+            let sent = glommio::timer::timeout(stuck, async {
+                write_all(&conn, &replies)
+                    .await
+                    .map_err(glommio::GlommioError::IoError)
+            })
+            .await;
+            if let Err(e) = sent {
+                v.cut.set(matches!(e, glommio::GlommioError::TimedOut(_)));
+                v.gone.set(true);
+            }
         }
         if v.gone.get() {
             // The feed ended (camera gone, site offline) or the viewer
             // left: close the connection so the player sees the end.
+            v.drained.notify();
             close(&conn);
             return;
         }
@@ -138,6 +151,7 @@ pub async fn writer(
             if idle.is_err() && v.queue.borrow().stuck(Instant::now(), stuck) {
                 v.gone.set(true);
                 v.cut.set(true);
+                v.drained.notify();
                 close(&conn);
                 return;
             }
@@ -187,6 +201,7 @@ pub async fn writer(
                 );
                 v.gone.set(true);
                 v.cut.set(stuck);
+                v.drained.notify();
                 close(&conn);
                 return;
             }

@@ -93,3 +93,21 @@ fn responses_echo_only_numeric_cseq() {
     assert!(!text.contains("X: y"));
     assert!(text.ends_with("Content-Length: 5\r\n\r\nv=0\r\n"));
 }
+
+#[test]
+fn control_characters_in_uris_are_refused() {
+    for uri in [
+        "rtsp://h/s1/cam\x1b[2J",
+        "rtsp://h/s1/cam%0d%0aX-Injected:%201",
+        "rtsp://h/s1/%7f",
+        "rtsp://h/s1/cam%1B",
+    ] {
+        let req = format!("DESCRIBE {uri} RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+        assert!(
+            matches!(parse_request(req.as_bytes()), Err(RtspError::Malformed(_))),
+            "{uri:?}"
+        );
+    }
+    let ok = "DESCRIBE rtsp://h/s1/cam%20a RTSP/1.0\r\nCSeq: 1\r\n\r\n";
+    assert!(parse_request(ok.as_bytes()).unwrap().is_some());
+}
