@@ -126,8 +126,7 @@ impl DataPlane {
             let _ = out.flush();
         }
         *self.lock() = Some(parents);
-        self.epoch
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(child)
     }
 

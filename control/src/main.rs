@@ -210,7 +210,10 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     extra.extend(
         [
             opt_num("max-rtsp-sessions", args.max_rtsp_sessions),
-            opt_num("max-rtsp-sessions-per-addr", args.max_rtsp_sessions_per_addr),
+            opt_num(
+                "max-rtsp-sessions-per-addr",
+                args.max_rtsp_sessions_per_addr,
+            ),
             opt_num("max-viewers-per-camera", args.max_viewers_per_camera),
             args.rtsp_request_timeout
                 .map(|d| format!("--rtsp-request-timeout={}ms", d.as_millis())),

@@ -20,7 +20,8 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sites (
     name        TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL,
@@ -46,7 +47,8 @@ CREATE TABLE certs (
     revoked_at  INTEGER
 );
 CREATE INDEX certs_site ON certs(site);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE viewers (
     name        TEXT PRIMARY KEY,
     ha1         BLOB NOT NULL,
@@ -54,7 +56,8 @@ CREATE TABLE viewers (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
-"#];
+"#,
+];
 
 /// How long a writer waits for another process (keytool vs control).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

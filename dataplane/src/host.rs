@@ -117,7 +117,12 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
     let sessions = crate::video::sessions::Sessions::new(cfg.video.sessions.within(soft));
     if cfg.rtsp_listen.is_some() {
         let l = sessions.limits();
-        tracing::info!(total = l.total, per_source = l.per_source, per_camera = l.per_camera, "rtsp session limits");
+        tracing::info!(
+            total = l.total,
+            per_source = l.per_source,
+            per_camera = l.per_camera,
+            "rtsp session limits"
+        );
     }
     if cfg.rtsp_listen.is_some() && cfg.video.allow_anonymous {
         tracing::warn!("--allow-anonymous-viewers: RTSP viewers need no credentials; anyone who reaches the port watches every camera");

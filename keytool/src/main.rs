@@ -331,7 +331,9 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
         ViewerCmd::Remove { name } => {
             let st = HostState::load(dir)?;
             st.store.remove_viewer(&name)?;
-            println!("viewer {name} removed; a running control ends its sessions within a few seconds");
+            println!(
+                "viewer {name} removed; a running control ends its sessions within a few seconds"
+            );
         }
         ViewerCmd::Token { allow, ttl, url } => {
             let scope = Allow::parse(&allow).map_err(|e| anyhow::anyhow!("--allow: {e}"))?;
@@ -339,8 +341,13 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
             let authority = base
                 .strip_prefix("rtsp://")
                 .or_else(|| base.strip_prefix("rtsps://"))
-                .ok_or_else(|| anyhow::anyhow!("--url {url:?}: must start with rtsp:// or rtsps://"))?;
-            if authority.is_empty() || authority.contains(['/', '@', '?', '#']) || authority.chars().any(char::is_whitespace) {
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--url {url:?}: must start with rtsp:// or rtsps://")
+                })?;
+            if authority.is_empty()
+                || authority.contains(['/', '@', '?', '#'])
+                || authority.chars().any(char::is_whitespace)
+            {
                 bail!("--url {url:?}: give only rtsp://HOST:PORT (no user, no path)");
             }
             let scheme = &base[..base.len() - authority.len()];
@@ -353,7 +360,9 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
             let path = match &scope {
                 Allow::Camera(site, cam) => format!("{site}/{cam}"),
                 Allow::Site(site) => {
-                    println!("opens any camera of site {site}: put the camera name after the last '/'");
+                    println!(
+                        "opens any camera of site {site}: put the camera name after the last '/'"
+                    );
                     format!("{site}/")
                 }
                 Allow::All => bail!("--allow: a stream token opens one camera or one site"),

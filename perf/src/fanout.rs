@@ -166,11 +166,15 @@ fn rtsp_call(
         .as_mut()
         .map(|a| format!("Authorization: {}\r\n", a.authorization(method, url, "1ab")))
         .unwrap_or_default();
-    s.write_all(format!("{method} {url} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}{authz}\r\n").as_bytes())?;
+    s.write_all(
+        format!("{method} {url} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}{authz}\r\n").as_bytes(),
+    )?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
-        if let Some((resp, used)) = rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+        if let Some((resp, used)) =
+            rtsp::parse_response(&buf).map_err(|e| anyhow::anyhow!("{e}"))?
+        {
             buf.drain(..used);
             return Ok((resp, buf));
         }

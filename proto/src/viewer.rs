@@ -83,7 +83,9 @@ pub fn validate_password(p: &str) -> Result<(), String> {
         return Err("the password is empty".into());
     }
     if p.len() > MAX_PASSWORD_LEN {
-        return Err(format!("the password is longer than {MAX_PASSWORD_LEN} bytes"));
+        return Err(format!(
+            "the password is longer than {MAX_PASSWORD_LEN} bytes"
+        ));
     }
     if p.chars().any(char::is_control) {
         return Err("the password holds control characters".into());

@@ -242,15 +242,30 @@ pub fn site(args: &[&str]) -> Result<Output> {
 impl Host {
     /// Initialises a host and starts control with extra flags.
     pub fn start(extra: &[&str]) -> Result<Host> {
+        Host::start_limited(None, extra)
+    }
+
+    /// As [`Host::start`], with control (and so its data plane) started
+    /// under a descriptor limit of `nofile` (soft and hard, via
+    /// util-linux's `prlimit`) when given.
+    pub fn start_limited(nofile: Option<u64>, extra: &[&str]) -> Result<Host> {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("host");
         let o = keytool(&state, &["init"])?;
         if !o.status.success() {
             bail!("keytool init failed: {}", stderr(&o));
         }
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(bin("revtun-control"));
+                c
+            }
+            None => Command::new(bin("revtun-control")),
+        };
         let control = Proc::spawn(
-            Command::new(bin("revtun-control"))
-                .arg("--state-dir")
+            cmd.arg("--state-dir")
                 .arg(&state)
                 .args(["--listen", "127.0.0.1:0"])
                 .args(extra),
@@ -678,7 +693,11 @@ pub struct RtspClient {
 impl RtspClient {
     /// Connects to the host's RTSP port.
     pub fn connect(port: u16, creds: Option<(&str, &str)>) -> Result<RtspClient> {
-        let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        RtspClient::over(std::net::TcpStream::connect(("127.0.0.1", port))?, creds)
+    }
+
+    /// A client over an open connection.
+    pub fn over(conn: std::net::TcpStream, creds: Option<(&str, &str)>) -> Result<RtspClient> {
         conn.set_read_timeout(Some(Duration::from_secs(15)))?;
         let creds = creds
             .map(|(u, p)| revtun_proto::rtsp_auth::Credentials::new(u, p))
@@ -716,7 +735,8 @@ impl RtspClient {
                 self.creds.clone(),
                 revtun_proto::rtsp_auth::choose(reply.lines().filter_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("www-authenticate").then_some(v.trim())
+                    k.eq_ignore_ascii_case("www-authenticate")
+                        .then_some(v.trim())
                 })),
             ) else {
                 return Ok(reply);

@@ -80,13 +80,25 @@ impl Video {
         cams: &[&str],
         camera_url: impl Fn(u16) -> String,
     ) -> Result<Video> {
+        Video::start_limited(None, keyint, host_flags, camera_args, cams, camera_url)
+    }
+
+    /// As [`Video::start_full`] with the host under a descriptor limit.
+    fn start_limited(
+        nofile: Option<u64>,
+        keyint: u32,
+        host_flags: &[&str],
+        camera_args: &[&str],
+        cams: &[&str],
+        camera_url: impl Fn(u16) -> String,
+    ) -> Result<Video> {
         let cam_port = free_port()?;
         let camera = start_camera(cam_port, keyint, camera_args)?;
         let rtsp = free_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
         flags.extend_from_slice(host_flags);
-        let host = Host::start(&flags)?;
+        let host = Host::start_limited(nofile, &flags)?;
         let dir = host.enroll("s1")?;
         let mut site = Command::new(bin("revtun-site"));
         site.args(["run", "--state-dir", &dir.to_string_lossy()]);
@@ -695,7 +707,10 @@ fn viewers_need_credentials_and_a_permission_for_the_camera() -> Result<()> {
     assert_eq!(password.len(), 24, "{out}");
     wait_table(&v, 1)?;
     let listed = viewer_cmd(&v, &["list"])?;
-    assert!(listed.contains("alice") && listed.contains("s1/cam1"), "{listed}");
+    assert!(
+        listed.contains("alice") && listed.contains("s1/cam1"),
+        "{listed}"
+    );
     assert!(!listed.contains(&password));
 
     // Anonymous: 401, and the site pulls nothing.
@@ -705,9 +720,19 @@ fn viewers_need_credentials_and_a_permission_for_the_camera() -> Result<()> {
     let mut anon = RtspClient::connect(v.rtsp, None)?;
     let reply = anon.request("DESCRIBE", &v.url("s1/cam1"), &[])?;
     assert_eq!(rtsp_status(&reply), 401, "{reply}");
-    assert!(reply.contains("WWW-Authenticate: Digest realm=\"revtun\""), "{reply}");
-    assert!(!reply.contains("Basic"), "Basic offered over plain TCP: {reply}");
-    assert_eq!(v.camera_clients(), 0, "an anonymous request made the site pull the camera");
+    assert!(
+        reply.contains("WWW-Authenticate: Digest realm=\"revtun\""),
+        "{reply}"
+    );
+    assert!(
+        !reply.contains("Basic"),
+        "Basic offered over plain TCP: {reply}"
+    );
+    assert_eq!(
+        v.camera_clients(),
+        0,
+        "an anonymous request made the site pull the camera"
+    );
 
     // Unknown viewer and wrong password: byte-identical 401s (fresh
     // connections, same CSeq).
@@ -718,7 +743,10 @@ fn viewers_need_credentials_and_a_permission_for_the_camera() -> Result<()> {
     let unknown = attempt("mallory", &password)?;
     let wrong = attempt("alice", "not-the-password")?;
     assert_eq!(rtsp_status(&unknown), 401, "{unknown}");
-    assert_eq!(unknown, wrong, "an unknown viewer and a wrong password must look the same");
+    assert_eq!(
+        unknown, wrong,
+        "an unknown viewer and a wrong password must look the same"
+    );
     assert_eq!(v.camera_clients(), 0);
 
     // Not allowed: 403 on another camera and another site, no pull.
@@ -732,10 +760,19 @@ fn viewers_need_credentials_and_a_permission_for_the_camera() -> Result<()> {
     // With credentials: ffprobe and GStreamer decode.
     let url = format!("rtsp://alice:{password}@127.0.0.1:{}/s1/cam1", v.rtsp);
     let (frames, err) = ffprobe_frames(&url, 10)?;
-    assert!(frames >= 200, "ffprobe with credentials decoded {frames} frames: {err}");
-    assert!(gst_decodes_200(&url)?, "GStreamer with credentials did not decode 200 frames");
+    assert!(
+        frames >= 200,
+        "ffprobe with credentials decoded {frames} frames: {err}"
+    );
+    assert!(
+        gst_decodes_200(&url)?,
+        "GStreamer with credentials did not decode 200 frames"
+    );
     let log = v.host.control.log();
-    assert!(!log.contains(&password), "a viewer password reached the log");
+    assert!(
+        !log.contains(&password),
+        "a viewer password reached the log"
+    );
     Ok(())
 }
 
@@ -745,9 +782,15 @@ fn stream_tokens_open_one_camera_until_they_expire() -> Result<()> {
     // Any table (even empty) must have reached the data plane.
     wait_table(&v, 0)?;
     let base = format!("rtsp://127.0.0.1:{}", v.rtsp);
-    let out = viewer_cmd(&v, &["token", "--allow", "s1/cam1", "--ttl", "5m", "--url", &base])?;
+    let out = viewer_cmd(
+        &v,
+        &["token", "--allow", "s1/cam1", "--ttl", "5m", "--url", &base],
+    )?;
     let url = last_line(&out);
-    assert!(url.starts_with("rtsp://tok_") && url.ends_with("/s1/cam1"), "{out}");
+    assert!(
+        url.starts_with("rtsp://tok_") && url.ends_with("/s1/cam1"),
+        "{out}"
+    );
     let (frames, err) = ffprobe_frames(&url, 3)?;
     assert!(frames >= 50, "token URL decoded {frames} frames: {err}");
     // Another camera with the same token: 403.
@@ -763,7 +806,10 @@ fn stream_tokens_open_one_camera_until_they_expire() -> Result<()> {
     assert_eq!(frames, 0);
     assert!(err.contains("401"), "{err}");
     // Expired: a 1 s token, tried after 2 s.
-    let out = viewer_cmd(&v, &["token", "--allow", "s1/*", "--ttl", "1s", "--url", &base])?;
+    let out = viewer_cmd(
+        &v,
+        &["token", "--allow", "s1/*", "--ttl", "1s", "--url", &base],
+    )?;
     let site_url = format!("{}cam1", last_line(&out));
     std::thread::sleep(Duration::from_millis(2200));
     let (frames, err) = ffprobe_frames(&site_url, 2)?;
@@ -797,8 +843,9 @@ fn removing_a_viewer_or_its_permission_ends_its_session() -> Result<()> {
             match c.conn.read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => break,
             }
             assert!(
@@ -808,5 +855,130 @@ fn removing_a_viewer_or_its_permission_ends_its_session() -> Result<()> {
         }
     }
     eprintln!("sessions ended {:?} after the change", start.elapsed());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// The RTSP port under abuse (issue 10, item 5).
+
+/// A TCP connection from `src` (a loopback address) to the host's port.
+fn connect_from(src: &str, port: u16, rcvbuf: Option<usize>) -> Result<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    let from: std::net::SocketAddr = format!("{src}:0").parse()?;
+    s.bind(&from.into())?;
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+#[test]
+fn idle_and_dribbling_rtsp_floods_leave_viewers_and_sites_served_at_1024_descriptors() -> Result<()>
+{
+    // Control and the data plane get 1,024 descriptors, hard: raising the
+    // soft limit cannot help; only the caps and the reserve do.
+    let v = Video::start_limited(Some(1024), 25, &[], &[], &["cam1"], |port| {
+        format!("rtsp://127.0.0.1:{port}/test")
+    })?;
+    let pw = last_line(&viewer_cmd(&v, &["add", "watch", "--allow", "s1/cam1"])?);
+    wait_table(&v, 1)?;
+    // The flood, from 127.0.0.2: 2,000 connections that send nothing and
+    // 200 that dribble a request one byte at a time (bounded: 15 s).
+    let port = v.rtsp;
+    let flood = std::thread::spawn(move || -> (usize, usize) {
+        let mut idle = Vec::new();
+        for _ in 0..2_000 {
+            if let Ok(c) = connect_from("127.0.0.2", port, None) {
+                idle.push(c);
+            }
+        }
+        let mut dribble: Vec<std::net::TcpStream> = (0..200)
+            .filter_map(|_| connect_from("127.0.0.2", port, None).ok())
+            .collect();
+        let (opened_idle, opened_dribble) = (idle.len(), dribble.len());
+        let req = format!("OPTIONS rtsp://127.0.0.1:{port}/s1/cam1 RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+        let end = Instant::now() + Duration::from_secs(15);
+        let mut at = 0;
+        while Instant::now() < end && at < req.len() {
+            for c in &mut dribble {
+                let _ = c.write(&req.as_bytes()[at..at + 1]);
+            }
+            at = (at + 1) % (req.len() - 4);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(idle);
+        (opened_idle, opened_dribble)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // A real viewer from 127.0.0.1 decodes meanwhile.
+    let url = format!("rtsp://watch:{pw}@127.0.0.1:{}/s1/cam1", v.rtsp);
+    let (frames, err) = ffprobe_frames(&url, 5)?;
+    assert!(
+        frames >= 100,
+        "the viewer decoded {frames} frames during the flood: {err}"
+    );
+    // And a new site enrolls and gets its tunnel (its hand-off needs a
+    // descriptor in the data plane).
+    let dir = v.host.enroll("s2")?;
+    let s2 = Proc::spawn(Command::new(bin("revtun-site")).args([
+        "run",
+        "--state-dir",
+        &dir.to_string_lossy(),
+        "--service=x=127.0.0.1:9",
+    ]))?;
+    s2.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    let (idle, dribble) = flood.join().map_err(|_| anyhow::anyhow!("flood thread"))?;
+    eprintln!("flood: {idle} idle and {dribble} dribbling connections opened");
+    let log = v.host.control.log();
+    assert!(log.contains("rtsp session limits total=384"), "{log}");
+    assert!(!log.contains("MSG_CTRUNC"), "a hand-off lost its socket");
+    assert!(
+        !log.contains("Too many open files"),
+        "the data plane ran out of descriptors"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_viewer_that_pipelines_requests_and_never_reads_is_cut_with_bounded_memory() -> Result<()> {
+    let v = Video::start_with(25, &["--viewer-stuck", "2s"], &["cam1"])?;
+    let pid = v.host.dataplane_pid().context("data plane pid")?;
+    // A healthy viewer first, so the feed is open and warm.
+    let healthy = play_raw(v.rtsp, &v.url("s1/cam1"))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = revtun_tests::rss_kib(pid);
+    let mut bad = RtspClient::over(connect_from("127.0.0.1", v.rtsp, Some(4096))?, None)?;
+    assert_eq!(bad.play(&v.url("s1/cam1"))?, 200);
+    bad.conn.set_nonblocking(true)?;
+    let req = format!(
+        "GET_PARAMETER {} RTSP/1.0\r\nCSeq: 9\r\n\r\n",
+        v.url("s1/cam1")
+    );
+    let start = Instant::now();
+    let (mut sent, mut peak) = (0usize, 0u64);
+    let cut = loop {
+        match bad.conn.write(req.as_bytes()) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break true,
+        }
+        peak = peak.max(revtun_tests::rss_kib(pid));
+        if start.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "pipelined {sent} request bytes; cut after {:?}; data plane grew {grew} KiB",
+        start.elapsed()
+    );
+    assert!(cut, "a viewer that never reads was not cut in 20 s");
+    assert!(grew < 32 * 1024, "the data plane grew {grew} KiB");
+    // The healthy viewer never noticed.
+    assert!(drain_for(healthy, 2)? > 100_000);
     Ok(())
 }

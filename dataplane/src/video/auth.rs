@@ -289,7 +289,13 @@ impl Gate {
     }
 
     /// Checks the credentials of `req` from `ip`.
-    pub async fn check(&self, req: &Request, ip: IpAddr, tls: bool, conn: &mut ConnAuth) -> Verdict {
+    pub async fn check(
+        &self,
+        req: &Request,
+        ip: IpAddr,
+        tls: bool,
+        conn: &mut ConnAuth,
+    ) -> Verdict {
         if self.anonymous {
             return Verdict::Pass(Who::Anonymous);
         }
@@ -297,10 +303,14 @@ impl Gate {
         if self.failures.borrow().exceeded(ip, now) {
             return Verdict::Refuse;
         }
-        let Some(presented) = req.header("Authorization").and_then(viewer::parse_authorization)
+        let Some(presented) = req
+            .header("Authorization")
+            .and_then(viewer::parse_authorization)
         else {
             // No (usable) credentials: the normal first request of a player.
-            return if req.header("Authorization").is_some() && !self.failures.borrow_mut().record(ip, now) {
+            return if req.header("Authorization").is_some()
+                && !self.failures.borrow_mut().record(ip, now)
+            {
                 Verdict::Refuse
             } else {
                 Verdict::Challenge { stale: false }
@@ -353,10 +363,9 @@ impl Gate {
             (None, _, Some(e)) => (e.ha1, true),
             _ => ([0u8; 16], false),
         };
-        let proven = conn
-            .proven
-            .as_ref()
-            .is_some_and(|(u, n)| u == user && matches!(presented, Presented::Digest(d) if &d.nonce == n));
+        let proven = conn.proven.as_ref().is_some_and(|(u, n)| {
+            u == user && matches!(presented, Presented::Digest(d) if &d.nonce == n)
+        });
         let (right, nonce) = match presented {
             Presented::Digest(d) => {
                 let ok = viewer::digest_ok(&ha1, d, req.method.as_str())
@@ -364,7 +373,9 @@ impl Gate {
                     && viewer::same_resource(&d.uri, &req.uri);
                 (ok, Some(d.nonce.as_str()))
             }
-            Presented::Basic { user, password } => (viewer::password_ok(&ha1, user, password), None),
+            Presented::Basic { user, password } => {
+                (viewer::password_ok(&ha1, user, password), None)
+            }
         };
         if !(right && known) {
             return Err(Wrong);

@@ -20,7 +20,14 @@ fn names_and_permissions() {
     assert!(!cam.covers("paris", "cam2"));
     assert!(!cam.covers("lyon", "cam1"));
     assert!(Allow::Site("paris".into()).covers("paris", "x"));
-    for bad in ["paris", "/cam", "Paris/cam", "paris/ca m", "paris/a/b", "paris/"] {
+    for bad in [
+        "paris",
+        "/cam",
+        "Paris/cam",
+        "paris/ca m",
+        "paris/a/b",
+        "paris/",
+    ] {
         assert!(Allow::parse(bad).is_err(), "{bad}");
     }
     for a in ["*", "paris/*", "paris/cam1"] {
@@ -60,7 +67,10 @@ fn nonces_expire_and_are_bound_to_the_address() {
     assert_eq!(n.issue(a, t + 1), nonce, "one nonce per window and address");
     assert_eq!(n.check(&nonce, a, t), NonceState::Fresh);
     assert_eq!(n.check(&nonce, a, t + NONCE_WINDOW_SECS), NonceState::Fresh);
-    assert_eq!(n.check(&nonce, a, t + 2 * NONCE_WINDOW_SECS), NonceState::Stale);
+    assert_eq!(
+        n.check(&nonce, a, t + 2 * NONCE_WINDOW_SECS),
+        NonceState::Stale
+    );
     assert_eq!(n.check(&nonce, ip("127.0.0.2"), t), NonceState::Bad);
     assert_eq!(Nonces::new(&[2; 32]).check(&nonce, a, t), NonceState::Bad);
     for junk in ["", "x", &"0".repeat(34), "ééééééééééééééééé"] {
@@ -120,7 +130,13 @@ fn basic_and_garbage_authorization() {
 
 #[test]
 fn signed_uri_must_name_the_requested_resource() {
-    assert!(same_resource("rtsp://h:1/paris/cam1", "rtsp://h:1/paris/cam1"));
+    assert!(same_resource(
+        "rtsp://h:1/paris/cam1",
+        "rtsp://h:1/paris/cam1"
+    ));
     assert!(same_resource("/paris/cam1/", "rtsp://h:1/paris/cam1"));
-    assert!(!same_resource("rtsp://h:1/paris/cam2", "rtsp://h:1/paris/cam1"));
+    assert!(!same_resource(
+        "rtsp://h:1/paris/cam2",
+        "rtsp://h:1/paris/cam1"
+    ));
 }
