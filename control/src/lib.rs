@@ -8,11 +8,13 @@
 pub mod clock;
 pub mod dataplane;
 pub mod limits;
+pub mod pending;
 pub mod pki;
 pub mod priority;
 pub mod provision;
 pub mod ratelimit;
 pub mod server;
+pub mod source;
 pub mod state;
 pub mod store;
 pub mod tls;

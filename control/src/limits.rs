@@ -11,13 +11,32 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// worst, so 1,024 pending handshakes cost about 64 MiB.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
-/// Handshakes in progress at once from one source address (threat 5).
+/// Time from accept to the first byte from the peer (threat 5). A TLS
+/// client sends its ClientHello as soon as TCP connects, so a legitimate
+/// site's first byte arrives within a round trip or two (a lost segment
+/// is resent within about a second); a connection that says nothing for
+/// this long is closed, instead of holding a pending slot for the whole
+/// [`HANDSHAKE_TIMEOUT`]. Never longer than that deadline.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Handshakes in progress at once from one source address (threat 5):
+/// half of its prefix's share, so one address of a shared /24 cannot take
+/// all of it.
 pub const MAX_PENDING_PER_ADDR: usize = 32;
 
-/// Handshakes one source address may start per second, in bursts of as
-/// many (threat 6). A site connects a few times a day; labs simulating
-/// many sites from one address turn it off with 0.
-pub const HANDSHAKES_PER_ADDR_PER_SEC: u32 = 100;
+/// Handshakes in progress at once from one source prefix, an IPv4 /24 or
+/// an IPv6 /64 (threat 5; `crate::source`). 1/16 of
+/// [`MAX_PENDING_HANDSHAKES`]: one prefix holds at most 6.25% of the slots
+/// (about 4 MiB), and filling them all takes 16 prefixes, not the 32
+/// addresses of one /24 or any one /64. A site needs one slot for
+/// milliseconds, so 64 serve many sites behind one NAT pool.
+pub const MAX_PENDING_PER_PREFIX: usize = 64;
+
+/// Handshakes one source prefix (/24, /64) may start per second, in
+/// bursts of as many (threat 6; `crate::ratelimit` says why per prefix).
+/// A site connects a few times a day; labs simulating many sites from one
+/// address turn it off with 0.
+pub const HANDSHAKES_PER_PREFIX_PER_SEC: u32 = 100;
 
 /// Read buffer for one handshaking connection.
 pub const HANDSHAKE_READ_BUF: usize = 16 * 1024;

@@ -27,16 +27,25 @@ struct Args {
     /// Total deadline for TLS plus enrollment or hello.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// A connection that sends nothing for this long after accept is
+    /// closed (within --handshake-timeout).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    first_byte_timeout: Duration,
     /// Handshakes in progress at once, overall.
     #[arg(long, default_value_t = limits::MAX_PENDING_HANDSHAKES)]
     max_pending: usize,
     /// Handshakes in progress at once from one source address.
     #[arg(long, default_value_t = limits::MAX_PENDING_PER_ADDR)]
     max_pending_per_addr: usize,
-    /// Handshakes one source address may start per second, in bursts of as
-    /// many; more are closed at once (0: no limit).
-    #[arg(long, default_value_t = limits::HANDSHAKES_PER_ADDR_PER_SEC)]
-    handshake_rate_per_addr: u32,
+    /// Handshakes in progress at once from one source prefix: an IPv4 /24
+    /// or an IPv6 /64 (IPv4-mapped IPv6 addresses count as IPv4).
+    #[arg(long, default_value_t = limits::MAX_PENDING_PER_PREFIX)]
+    max_pending_per_prefix: usize,
+    /// Handshakes one source prefix (/24, /64) may start per second, in
+    /// bursts of as many; more are closed at once (0: no limit). Also
+    /// accepted under its old name, --handshake-rate-per-addr.
+    #[arg(long, alias = "handshake-rate-per-addr", default_value_t = limits::HANDSHAKES_PER_PREFIX_PER_SEC)]
+    handshake_rate_per_prefix: u32,
     /// Validity of site certificates issued at enrollment.
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     site_cert_ttl: Duration,
@@ -298,8 +307,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if args.max_pending == 0 || args.max_pending_per_addr == 0 {
-        anyhow::bail!("--max-pending and --max-pending-per-addr must be at least 1");
+    if args.max_pending == 0 || args.max_pending_per_addr == 0 || args.max_pending_per_prefix == 0 {
+        anyhow::bail!(
+            "--max-pending, --max-pending-per-addr and --max-pending-per-prefix must be at least 1"
+        );
+    }
+    if args.first_byte_timeout.is_zero() || args.handshake_timeout.is_zero() {
+        anyhow::bail!("--first-byte-timeout and --handshake-timeout must be more than 0");
+    }
+    if args.max_pending_per_prefix.saturating_mul(4) > args.max_pending {
+        tracing::warn!(
+            max_pending = args.max_pending,
+            max_pending_per_prefix = args.max_pending_per_prefix,
+            "one source prefix may hold more than a quarter of the pending handshakes"
+        );
     }
     let state = Arc::new(HostState::load(&args.state_dir)?);
     let listener =
@@ -307,9 +328,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let opts = ServerOptions {
         handshake_timeout: args.handshake_timeout,
+        first_byte_timeout: args.first_byte_timeout,
         max_pending: args.max_pending,
         max_pending_per_addr: args.max_pending_per_addr,
-        handshake_rate_per_addr: args.handshake_rate_per_addr,
+        max_pending_per_prefix: args.max_pending_per_prefix,
+        handshake_rate_per_prefix: args.handshake_rate_per_prefix,
         site_cert_ttl: args.site_cert_ttl,
     };
     let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;
@@ -331,4 +354,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         dataplane,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_defaults_are_the_named_limits() {
+        let a = Args::parse_from(["revtun-control"]);
+        assert_eq!(a.handshake_timeout, limits::HANDSHAKE_TIMEOUT);
+        assert_eq!(a.first_byte_timeout, limits::FIRST_BYTE_TIMEOUT);
+        assert_eq!(a.max_pending_per_prefix, limits::MAX_PENDING_PER_PREFIX);
+        assert_eq!(
+            a.handshake_rate_per_prefix,
+            limits::HANDSHAKES_PER_PREFIX_PER_SEC
+        );
+    }
+
+    #[test]
+    fn the_old_rate_flag_name_still_works() {
+        let a = Args::parse_from(["revtun-control", "--handshake-rate-per-addr", "7"]);
+        assert_eq!(a.handshake_rate_per_prefix, 7);
+    }
 }

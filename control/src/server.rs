@@ -1,9 +1,11 @@
 //! The control listener (default port 5500).
 //!
-//! The accept loop only accepts: each connection is checked against the
-//! pending-handshake caps (overall and per source address), then handed to
-//! its own task with one total deadline for TLS plus enrollment or hello
-//! (threat 5). Failures send one generic refusal and log the reason.
+//! The accept loop only accepts: each connection is checked against its
+//! source prefix's handshake rate and the pending-handshake caps (overall,
+//! per source prefix, per source address; [`crate::pending`]), then handed
+//! to its own task with a short deadline to the peer's first byte and one
+//! total deadline for TLS plus enrollment or hello (threat 5). Failures
+//! send one generic refusal and log the reason.
 //!
 //! I/O runs on tokio-uring; rustls is sans-IO, so [`TlsIo`] feeds it the
 //! bytes io_uring reads and writes what it produces.
@@ -11,14 +13,15 @@
 use crate::clock::Clock;
 use crate::dataplane::DataPlane;
 use crate::limits;
+use crate::pending::{Caps, Pending};
 use crate::pki;
+use crate::source::Prefix;
 use crate::state::HostState;
 use crate::store::{NewCert, Refusal, StoreError};
 use revtun_proto::enroll::{ClientMsg, MsgError, ServerMsg};
 use revtun_proto::record::{EXPORTER_LABEL, EXPORTER_LEN};
 use rustls::{ServerConfig, ServerConnection};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -35,12 +38,16 @@ pub const DATA_VERSION: u8 = 1;
 pub struct ServerOptions {
     /// Total deadline for TLS plus enrollment or hello.
     pub handshake_timeout: Duration,
+    /// Deadline from accept to the peer's first byte (within the total).
+    pub first_byte_timeout: Duration,
     /// Pending handshakes overall.
     pub max_pending: usize,
     /// Pending handshakes per source address.
     pub max_pending_per_addr: usize,
-    /// Handshakes one address may start per second (0: no limit).
-    pub handshake_rate_per_addr: u32,
+    /// Pending handshakes per source prefix (/24, /64).
+    pub max_pending_per_prefix: usize,
+    /// Handshakes one source prefix may start per second (0: no limit).
+    pub handshake_rate_per_prefix: u32,
     /// Validity of site certificates issued at enrollment.
     pub site_cert_ttl: Duration,
 }
@@ -49,9 +56,11 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             handshake_timeout: limits::HANDSHAKE_TIMEOUT,
+            first_byte_timeout: limits::FIRST_BYTE_TIMEOUT,
             max_pending: limits::MAX_PENDING_HANDSHAKES,
             max_pending_per_addr: limits::MAX_PENDING_PER_ADDR,
-            handshake_rate_per_addr: limits::HANDSHAKES_PER_ADDR_PER_SEC,
+            max_pending_per_prefix: limits::MAX_PENDING_PER_PREFIX,
+            handshake_rate_per_prefix: limits::HANDSHAKES_PER_PREFIX_PER_SEC,
             site_cert_ttl: limits::SITE_CERT_TTL,
         }
     }
@@ -62,6 +71,8 @@ impl Default for ServerOptions {
 enum ConnError {
     #[error("peer closed the connection during the handshake")]
     Eof,
+    #[error("peer sent nothing within the first-byte deadline")]
+    Silent,
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
@@ -92,13 +103,6 @@ enum Outcome {
     Ready { site: String, io: Box<TlsIo> },
 }
 
-/// Counts of handshakes in progress, overall and per address.
-#[derive(Debug, Default)]
-struct Pending {
-    total: usize,
-    per_addr: HashMap<IpAddr, usize>,
-}
-
 /// Releases one pending slot when the handshake phase ends, however it ends.
 struct PendingGuard {
     pending: Rc<RefCell<Pending>>,
@@ -107,14 +111,7 @@ struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        let mut p = self.pending.borrow_mut();
-        p.total -= 1;
-        if let Some(n) = p.per_addr.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                p.per_addr.remove(&self.addr);
-            }
-        }
+        self.pending.borrow_mut().release(self.addr);
     }
 }
 
@@ -167,6 +164,14 @@ impl TlsIo {
         }
         self.buf = buf;
         Ok(())
+    }
+
+    /// Waits up to `deadline` for the peer's first bytes (its ClientHello)
+    /// and processes them.
+    async fn first_read(&mut self, deadline: Duration) -> Result<(), ConnError> {
+        tokio::time::timeout(deadline, self.read_some())
+            .await
+            .map_err(|_| ConnError::Silent)?
     }
 
     /// Completes the TLS handshake.
@@ -241,8 +246,12 @@ pub fn serve(
             state,
             tls,
             clock,
+            pending: Rc::new(RefCell::new(Pending::new(Caps {
+                total: opts.max_pending,
+                per_addr: opts.max_pending_per_addr,
+                per_prefix: opts.max_pending_per_prefix,
+            }))),
             opts,
-            pending: Rc::default(),
             dataplane,
             conn_ids: std::cell::Cell::new(0),
         });
@@ -322,7 +331,7 @@ async fn viewers(ctx: Rc<Ctx>) {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
-    let mut rate = crate::ratelimit::PerAddrRate::new(ctx.opts.handshake_rate_per_addr);
+    let mut rate = crate::ratelimit::PerSourceRate::new(ctx.opts.handshake_rate_per_prefix);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -333,25 +342,29 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
                 continue;
             }
         };
-        if !rate.allow(peer.ip(), std::time::Instant::now()) {
-            debug!(%peer, "handshake rate of this address exceeded; closing");
+        let prefix = Prefix::of(peer.ip());
+        if !rate.allow(prefix, std::time::Instant::now()) {
+            debug!(%peer, %prefix, "handshake rate of this prefix exceeded; closing");
             drop(stream);
             continue;
         }
-        let guard = {
-            let mut p = ctx.pending.borrow_mut();
-            let per = p.per_addr.get(&peer.ip()).copied().unwrap_or(0);
-            if p.total >= ctx.opts.max_pending || per >= ctx.opts.max_pending_per_addr {
-                debug!(%peer, total = p.total, per_addr = per, "pending handshake cap reached; closing");
-                drop(stream);
-                continue;
-            }
-            p.total += 1;
-            *p.per_addr.entry(peer.ip()).or_insert(0) += 1;
-            PendingGuard {
-                pending: ctx.pending.clone(),
-                addr: peer.ip(),
-            }
+        let admitted = ctx.pending.borrow_mut().admit(peer.ip());
+        if let Err(full) = admitted {
+            let p = ctx.pending.borrow();
+            debug!(
+                %peer,
+                %prefix,
+                cap = full.as_str(),
+                total = p.total(),
+                of_prefix = p.of_prefix(peer.ip()),
+                "pending handshake cap reached; closing"
+            );
+            drop(stream);
+            continue;
+        }
+        let guard = PendingGuard {
+            pending: ctx.pending.clone(),
+            addr: peer.ip(),
         };
         trace!(%peer, "accepted");
         tokio_uring::spawn(serve_conn(ctx.clone(), stream, peer, guard));
@@ -379,6 +392,10 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
             info!(%peer, timeout = ?ctx.opts.handshake_timeout, "handshake deadline passed; closing");
             let _ = stream.shutdown(Shutdown::Both);
         }
+        Ok(Err(ConnError::Silent)) => {
+            info!(%peer, timeout = ?ctx.opts.first_byte_timeout, "first-byte deadline passed; closing");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         Ok(Err(ConnError::Refused(_))) => {
             // Already logged with the site name where the refusal was made.
             let _ = stream.shutdown(Shutdown::Both);
@@ -395,6 +412,7 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
 /// Runs TLS and the one message exchange. On a refusal it has already sent
 /// the generic reply.
 async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Outcome, ConnError> {
+    io.first_read(ctx.opts.first_byte_timeout).await?;
     io.handshake().await?;
     debug!(%peer, client_cert = io.conn.peer_certificates().is_some(), "TLS handshake complete");
     let msg = io.read_message().await?;

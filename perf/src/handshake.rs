@@ -58,11 +58,13 @@ pub fn run(quick: bool) -> Result<Value> {
             &format!("bench/sink={port}"),
             "--max-pending-per-addr",
             "4096",
+            "--max-pending-per-prefix",
+            "4096",
             "--max-pending",
             "4096",
             // Every lab client comes from 127.0.0.1: measure capacity, not
-            // the per-address rate limit.
-            "--handshake-rate-per-addr",
+            // the per-prefix rate limit.
+            "--handshake-rate-per-prefix",
             "0",
         ],
         &[&format!("--service=sink={sink}")],
@@ -138,6 +140,6 @@ pub fn run(quick: bool) -> Result<Value> {
         "tunnel_gbit_s_quiet": quiet,
         "tunnel_gbit_s_flooded": under,
         "flooded_over_quiet": under / quiet,
-        "note": "control floats on both cores at nice 10 (its default --nice); the data plane shard is pinned to CPU 0 and the site to CPU 1; the flooding clients run in this process at nice 19, standing in for remote attackers; all clients come from 127.0.0.1, so the per-address handshake rate limit is off (--handshake-rate-per-addr 0) to measure capacity",
+        "note": "control floats on both cores at nice 10 (its default --nice); the data plane shard is pinned to CPU 0 and the site to CPU 1; the flooding clients run in this process at nice 19, standing in for remote attackers; all clients come from 127.0.0.1, so the per-prefix handshake rate limit is off (--handshake-rate-per-prefix 0) to measure capacity",
     }))
 }

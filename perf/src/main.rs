@@ -55,14 +55,14 @@ struct Args {
 }
 
 /// Host flags of scenarios that simulate many sites from one address
-/// (127.0.0.1): one shard, quiet logs, and no per-address handshake rate
+/// (127.0.0.1): one shard, quiet logs, and no per-prefix handshake rate
 /// limit (it is for real deployments).
 pub const MANY_SITES_HOST_FLAGS: &[&str] = &[
     "--shards",
     "1",
     "--log-level",
     "warn",
-    "--handshake-rate-per-addr",
+    "--handshake-rate-per-prefix",
     "0",
 ];
 

@@ -403,6 +403,18 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Connects to `to` from the local address `from` (any address of
+/// 127.0.0.0/8 is local on Linux, so a test can play many sources), the
+/// connect bounded by 5 s.
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))
+        .with_context(|| format!("connect from {from} to {to}"))?;
+    Ok(sock.into())
+}
+
 /// A free loopback port: bind port 0, note the port, release it.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -6,7 +6,7 @@ use revtun_dataplane::site::{load_keyfile, new_key_and_csr, send_raw_enroll};
 use revtun_proto::enroll::REFUSED_BYTES;
 use revtun_proto::keyfile::Endpoint;
 use revtun_proto::token::Token;
-use revtun_tests::{keytool, site, stderr, Host, Proc};
+use revtun_tests::{connect_from, keytool, site, stderr, Host, Proc};
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -129,9 +129,11 @@ fn concurrent_enrollments_with_one_token_exactly_one_wins() -> Result<()> {
     let host = Host::start(&[
         "--max-pending-per-addr",
         "256",
+        "--max-pending-per-prefix",
+        "256",
         "--max-pending",
         "256",
-        "--handshake-rate-per-addr",
+        "--handshake-rate-per-prefix",
         "0",
     ])?;
     for round in 0..3 {
@@ -327,33 +329,22 @@ fn silent_connection_is_closed_at_the_deadline() -> Result<()> {
     Ok(())
 }
 
-/// Connects to `to` from source address `from` (another loopback address).
-fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> Result<TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    use std::os::fd::OwnedFd;
-    let fd: OwnedFd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let std::net::SocketAddr::V4(to) = to else {
-        anyhow::bail!("IPv4 only")
-    };
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
-    )?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to))?;
-    Ok(TcpStream::from(fd))
-}
-
 #[test]
 fn idle_connections_from_one_address_do_not_keep_a_real_site_out() -> Result<()> {
-    let host = Host::start(&["--max-pending-per-addr", "16", "--handshake-timeout", "5s"])?;
+    // The first-byte deadline as long as the whole one: the idle
+    // connections hold their slots for the length of the test.
+    let host = Host::start(&[
+        "--max-pending-per-addr",
+        "16",
+        "--handshake-timeout",
+        "5s",
+        "--first-byte-timeout",
+        "5s",
+    ])?;
     let dir = host.enroll("site-h")?;
-    // Hundreds of silent connections from another loopback address.
-    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    // Hundreds of silent connections from another loopback address, in
+    // another /24 than the site's 127.0.0.1 (one /24 is one source prefix).
+    let attacker = std::net::IpAddr::from([127, 0, 2, 2]);
     let idle: Vec<TcpStream> = (0..300)
         .filter_map(|_| connect_from(attacker, host.addr).ok())
         .collect();
@@ -371,22 +362,28 @@ fn idle_connections_from_one_address_do_not_keep_a_real_site_out() -> Result<()>
 }
 
 #[test]
-fn one_address_cannot_start_handshakes_faster_than_its_rate() -> Result<()> {
+fn one_prefix_cannot_start_handshakes_faster_than_its_rate() -> Result<()> {
     use std::io::Read;
-    // 10 handshakes per second per address; the concurrency caps out of
-    // the way, so only the rate limit closes connections.
+    // 10 handshakes per second per source prefix; the concurrency caps
+    // and the first-byte deadline out of the way, so only the rate limit
+    // closes connections.
     let host = Host::start(&[
-        "--handshake-rate-per-addr",
+        "--handshake-rate-per-prefix",
         "10",
         "--max-pending-per-addr",
         "1000",
+        "--max-pending-per-prefix",
+        "1000",
         "--handshake-timeout",
+        "5s",
+        "--first-byte-timeout",
         "5s",
     ])?;
     let dir = host.enroll("site-r")?;
-    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 3);
-    let conns: Vec<TcpStream> = (0..60)
-        .filter_map(|_| connect_from(attacker, host.addr).ok())
+    // One connection from each of 60 addresses of one /24 (not the site's):
+    // per address none would be over its rate.
+    let conns: Vec<TcpStream> = (1..=60u8)
+        .filter_map(|d| connect_from([127, 0, 3, d].into(), host.addr).ok())
         .collect();
     assert_eq!(conns.len(), 60, "the kernel accepts every connection");
     std::thread::sleep(Duration::from_millis(300));
@@ -409,7 +406,7 @@ fn one_address_cannot_start_handshakes_faster_than_its_rate() -> Result<()> {
         (30..=50).contains(&closed),
         "{closed} of 60 connections were closed at once"
     );
-    // The real site, from another address, is not affected.
+    // The real site, from another prefix, is not affected.
     let o = site(&["check", "--state-dir", &s(&dir)])?;
     assert!(o.status.success(), "{}", stderr(&o));
     Ok(())
