@@ -407,8 +407,21 @@ pub fn rss_kib(pid: i32) -> u64 {
 /// 127.0.0.0/8 is local on Linux, so a test can play many sources), the
 /// connect bounded by 5 s.
 pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> Result<std::net::TcpStream> {
+    connect_from_with(from, to, None)
+}
+
+/// As [`connect_from`], with a receive buffer of `rcvbuf` bytes (set
+/// before the connect, so the window the peer sees is small).
+pub fn connect_from_with(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    rcvbuf: Option<usize>,
+) -> Result<std::net::TcpStream> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
     sock.bind(&SocketAddr::new(from, 0).into())?;
     sock.connect_timeout(&to.into(), Duration::from_secs(5))
         .with_context(|| format!("connect from {from} to {to}"))?;

@@ -863,15 +863,7 @@ fn removing_a_viewer_or_its_permission_ends_its_session() -> Result<()> {
 
 /// A TCP connection from `src` (a loopback address) to the host's port.
 fn connect_from(src: &str, port: u16, rcvbuf: Option<usize>) -> Result<std::net::TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n)?;
-    }
-    let from: std::net::SocketAddr = format!("{src}:0").parse()?;
-    s.bind(&from.into())?;
-    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
-    Ok(s.into())
+    revtun_tests::connect_from_with(src.parse()?, ([127, 0, 0, 1], port).into(), rcvbuf)
 }
 
 #[test]
