@@ -881,12 +881,17 @@ fn idle_and_dribbling_rtsp_floods_leave_viewers_and_sites_served_at_1024_descrip
     let port = v.rtsp;
     let flood = std::thread::spawn(move || -> (usize, usize) {
         let mut idle = Vec::new();
+        let began = Instant::now();
         for _ in 0..2_000 {
+            if began.elapsed() > Duration::from_secs(8) {
+                break;
+            }
             if let Ok(c) = connect_from("127.0.0.2", port, None) {
                 idle.push(c);
             }
         }
         let mut dribble: Vec<std::net::TcpStream> = (0..200)
+            .take_while(|_| began.elapsed() < Duration::from_secs(10))
             .filter_map(|_| connect_from("127.0.0.2", port, None).ok())
             .collect();
         let (opened_idle, opened_dribble) = (idle.len(), dribble.len());
