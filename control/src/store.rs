@@ -572,16 +572,19 @@ impl Store {
         let mut stmt =
             conn.prepare("SELECT name, ha1, allow, updated_at FROM viewers ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            let ha1: Vec<u8> = r.get(1)?;
-            let allow: String = r.get(2)?;
-            Ok(ViewerRow {
-                name: r.get(0)?,
-                ha1: ha1.as_slice().try_into().unwrap_or([0; 16]),
+            let (name, ha1, allow, updated_at): (String, Vec<u8>, String, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            // A damaged password form is skipped, never read as a known
+            // value (zeros) that anyone could answer.
+            Ok(<[u8; 16]>::try_from(ha1.as_slice()).ok().map(|ha1| ViewerRow {
+                name,
+                ha1,
                 allow: allow.split_whitespace().map(str::to_string).collect(),
-                updated_at: r.get(3)?,
-            })
+                updated_at,
+            }))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<Option<ViewerRow>> = rows.collect::<Result<_, _>>()?;
+        Ok(rows.into_iter().flatten().collect())
     }
 }
 

@@ -188,7 +188,7 @@ fn viewers_add_update_remove() {
     let (_d, s) = fresh();
     let allow = vec!["paris/cam1".to_string(), "lyon/*".to_string()];
     s.put_viewer("alice", Some([1; 16]), &allow, false, 10)
-        .unwrap();
+        .expect("test");
     assert!(matches!(
         s.put_viewer("alice", Some([2; 16]), &allow, false, 11),
         Err(StoreError::Refused(_))
@@ -199,17 +199,17 @@ fn viewers_add_update_remove() {
     ));
     // An update without a password keeps it.
     s.put_viewer("alice", None, &["*".to_string()], true, 12)
-        .unwrap();
-    let v = s.viewers().unwrap();
+        .expect("test");
+    let v = s.viewers().expect("test");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].ha1, [1; 16]);
     assert_eq!(v[0].allow, vec!["*".to_string()]);
     assert_eq!(v[0].updated_at, 12);
     s.put_viewer("alice", Some([3; 16]), &allow, true, 13)
-        .unwrap();
-    assert_eq!(s.viewers().unwrap()[0].ha1, [3; 16]);
-    s.remove_viewer("alice").unwrap();
-    assert!(s.viewers().unwrap().is_empty());
+        .expect("test");
+    assert_eq!(s.viewers().expect("test")[0].ha1, [3; 16]);
+    s.remove_viewer("alice").expect("test");
+    assert!(s.viewers().expect("test").is_empty());
     assert!(s.remove_viewer("alice").is_err());
 }
 
@@ -218,15 +218,15 @@ fn a_version_1_store_gains_the_viewers_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.db");
     {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(MIGRATIONS[0]).unwrap();
-        c.pragma_update(None, "user_version", 1u32).unwrap();
+        let c = rusqlite::Connection::open(&path).expect("test");
+        c.execute_batch(MIGRATIONS[0]).expect("test");
+        c.pragma_update(None, "user_version", 1u32).expect("test");
         c.execute("INSERT INTO sites (name, created_at) VALUES ('old', 1)", [])
-            .unwrap();
+            .expect("test");
     }
     let s = Store::open(&path).expect("migrates");
-    assert_eq!(s.schema_version().unwrap(), 2);
-    assert_eq!(s.list(T0).unwrap()[0].name, "old");
+    assert_eq!(s.schema_version().expect("test"), 2);
+    assert_eq!(s.list(T0).expect("test")[0].name, "old");
     s.put_viewer("v", Some([0; 16]), &["*".into()], false, 1)
-        .unwrap();
+        .expect("test");
 }

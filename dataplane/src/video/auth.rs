@@ -436,7 +436,7 @@ mod tests {
     fn failures_are_bounded_per_address_and_in_total() {
         let mut f = Failures::default();
         let t = Instant::now();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let a: IpAddr = "10.0.0.1".parse().expect("test");
         for _ in 0..FAILURES_PER_WINDOW {
             assert!(f.record(a, t));
         }

@@ -175,19 +175,19 @@ mod tests {
             per_source: 2,
             per_camera: 1,
         });
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let g1 = s.admit(a).unwrap();
-        let mut g2 = s.admit(a).unwrap();
-        assert_eq!(s.admit(a).unwrap_err(), Full::Source);
-        let mut g3 = s.admit(b).unwrap();
-        assert_eq!(s.admit(b).unwrap_err(), Full::Total);
-        g2.play("s", "c").unwrap();
-        assert_eq!(g3.play("s", "c").unwrap_err(), Full::Camera);
-        g3.play("s", "d").unwrap();
+        let a: IpAddr = "10.0.0.1".parse().expect("test");
+        let b: IpAddr = "10.0.0.2".parse().expect("test");
+        let g1 = s.admit(a).expect("test");
+        let mut g2 = s.admit(a).expect("test");
+        assert_eq!(s.admit(a).expect_err("test"), Full::Source);
+        let mut g3 = s.admit(b).expect("test");
+        assert_eq!(s.admit(b).expect_err("test"), Full::Total);
+        g2.play("s", "c").expect("test");
+        assert_eq!(g3.play("s", "c").expect_err("test"), Full::Camera);
+        g3.play("s", "d").expect("test");
         drop(g2);
-        g3 = s.admit(a).unwrap();
-        g3.play("s", "c").unwrap();
+        g3 = s.admit(a).expect("test");
+        g3.play("s", "c").expect("test");
         drop((g1, g3));
         let c = s.lock();
         assert_eq!(c.total, 0);
@@ -201,13 +201,13 @@ mod tests {
             per_source: 2,
             per_camera: 0,
         });
-        let _a = s.admit("2001:db8::1".parse().unwrap()).unwrap();
-        let _b = s.admit("2001:db8::ffff:2".parse().unwrap()).unwrap();
+        let _a = s.admit("2001:db8::1".parse().expect("test")).expect("test");
+        let _b = s.admit("2001:db8::ffff:2".parse().expect("test")).expect("test");
         assert_eq!(
-            s.admit("2001:db8::3:4:5".parse().unwrap()).unwrap_err(),
+            s.admit("2001:db8::3:4:5".parse().expect("test")).expect_err("test"),
             Full::Source
         );
-        let _c = s.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
+        let _c = s.admit("2001:db8:0:1::1".parse().expect("test")).expect("test");
     }
 
     #[test]

@@ -2,20 +2,20 @@ use super::*;
 use crate::rtsp_auth::{digest_response, Credentials};
 
 fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+    s.parse().expect("test")
 }
 
 #[test]
 fn names_and_permissions() {
     for ok in ["alice", "ops-1", "a.b", "0"] {
-        validate_viewer_name(ok).unwrap();
+        validate_viewer_name(ok).expect("test");
     }
     for bad in ["", "-a", "Alice", "a_b", "a:b", "a@b", &"x".repeat(65)] {
         assert!(validate_viewer_name(bad).is_err(), "{bad}");
     }
     assert_eq!(Allow::parse("*"), Ok(Allow::All));
     assert_eq!(Allow::parse("paris/*"), Ok(Allow::Site("paris".into())));
-    let cam = Allow::parse("paris/cam1").unwrap();
+    let cam = Allow::parse("paris/cam1").expect("test");
     assert!(cam.covers("paris", "cam1"));
     assert!(!cam.covers("paris", "cam2"));
     assert!(!cam.covers("lyon", "cam1"));
@@ -31,7 +31,7 @@ fn names_and_permissions() {
         assert!(Allow::parse(bad).is_err(), "{bad}");
     }
     for a in ["*", "paris/*", "paris/cam1"] {
-        assert_eq!(Allow::parse(a).unwrap().to_string(), a);
+        assert_eq!(Allow::parse(a).expect("test").to_string(), a);
     }
 }
 
@@ -40,7 +40,7 @@ fn a_players_digest_answer_checks_and_a_wrong_one_does_not() {
     let n = Nonces::new(&[7; 32]);
     let nonce = n.issue(ip("127.0.0.1"), 1_000_000);
     let uri = "rtsp://127.0.0.1:8554/paris/cam1";
-    let creds = Credentials::new("alice", "s3cret").unwrap();
+    let creds = Credentials::new("alice", "s3cret").expect("test");
     for nc in [None, Some((1u32, "abcd"))] {
         let resp = digest_response(&creds, REALM, &nonce, "DESCRIBE", uri, nc);
         let mut header = format!(
@@ -81,20 +81,20 @@ fn nonces_expire_and_are_bound_to_the_address() {
 #[test]
 fn tokens_check_and_tampering_fails() {
     let k = TokenKey::new(&[3; 32]);
-    let allow = Allow::parse("paris/cam1").unwrap();
-    let (user, password) = k.issue(&allow, 5_000).unwrap();
+    let allow = Allow::parse("paris/cam1").expect("test");
+    let (user, password) = k.issue(&allow, 5_000).expect("test");
     assert!(user.starts_with(TOKEN_PREFIX));
     assert!(user
         .chars()
         .chain(password.chars())
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     assert_eq!(k.password(&user), password);
-    let g = token_claims(&user).unwrap();
+    let g = token_claims(&user).expect("test");
     assert_eq!(g.allow, allow);
     assert_eq!(g.expires, 5_000);
     // Another scope under the same password: a different user name, so a
     // different password.
-    let (other, _) = k.issue(&Allow::parse("paris/*").unwrap(), 5_000).unwrap();
+    let (other, _) = k.issue(&Allow::parse("paris/*").expect("test"), 5_000).expect("test");
     assert_ne!(k.password(&other), password);
     assert_ne!(TokenKey::new(&[4; 32]).password(&user), password);
     assert!(k.issue(&Allow::All, 1).is_err());
