@@ -130,7 +130,13 @@ pub struct VideoTrack {
 fn sections(sdp: &str) -> (Vec<&str>, Vec<Vec<&str>>) {
     let mut session = Vec::new();
     let mut media: Vec<Vec<&str>> = Vec::new();
-    for line in sdp.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    // Lines holding control characters are dropped here, for every user
+    // of the SDP alike (they would reach players, URLs and logs).
+    let lines = sdp
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().any(char::is_control));
+    for line in lines {
         if line.starts_with("m=") {
             media.push(vec![line]);
         } else if let Some(cur) = media.last_mut() {
@@ -187,16 +193,12 @@ pub fn video_only_sdp(sdp: &str) -> Option<String> {
     let (sec, _) = chosen(&media)?;
     let mut out = String::new();
     // The site's control URLs (absolute ones name the camera's own
-    // address) become relative to the host's URL; lines holding control
-    // characters are dropped (they would reach players and logs).
+    // address) become relative to the host's URL.
     let lines = session
         .iter()
         .map(|l| (l, "*"))
         .chain(sec.iter().map(|l| (l, "track0")));
     for (line, control) in lines {
-        if line.chars().any(char::is_control) {
-            continue;
-        }
         if line.starts_with("a=control:") {
             out.push_str("a=control:");
             out.push_str(control);
