@@ -91,11 +91,8 @@ fn parse_camera(s: &str) -> Result<(String, String), String> {
             redact(s)
         )
     })?;
-    if !revtun_proto::frame::valid_service_name(name) || name.len() > 60 {
-        return Err(format!(
-            "camera name {:?} must be 1-60 of A-Z a-z 0-9 . _ -",
-            redact(name)
-        ));
+    if let Err(e) = revtun_proto::viewer::validate_camera_name(name) {
+        return Err(format!("camera name {:?}: {e}", redact(name)));
     }
     split_credentials(url).map_err(|e| format!("camera {name} ({}): {e}", redact(url)))?;
     Ok((name.to_string(), url.to_string()))
