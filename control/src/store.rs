@@ -576,12 +576,14 @@ impl Store {
                 (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
             // A damaged password form is skipped, never read as a known
             // value (zeros) that anyone could answer.
-            Ok(<[u8; 16]>::try_from(ha1.as_slice()).ok().map(|ha1| ViewerRow {
-                name,
-                ha1,
-                allow: allow.split_whitespace().map(str::to_string).collect(),
-                updated_at,
-            }))
+            Ok(<[u8; 16]>::try_from(ha1.as_slice())
+                .ok()
+                .map(|ha1| ViewerRow {
+                    name,
+                    ha1,
+                    allow: allow.split_whitespace().map(str::to_string).collect(),
+                    updated_at,
+                }))
         })?;
         let rows: Vec<Option<ViewerRow>> = rows.collect::<Result<_, _>>()?;
         Ok(rows.into_iter().flatten().collect())

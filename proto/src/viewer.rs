@@ -216,7 +216,8 @@ impl Nonces {
             return NonceState::Bad;
         };
         let mac = self.mac(w, ip);
-        if constant_time::verify_slices_are_equal(mac.as_bytes(), &nonce.as_bytes()[10..]).is_err() {
+        if constant_time::verify_slices_are_equal(mac.as_bytes(), &nonce.as_bytes()[10..]).is_err()
+        {
             return NonceState::Bad;
         }
         let now = now_secs / NONCE_WINDOW_SECS;

@@ -575,18 +575,7 @@ impl Bench {
 
     /// Sends `data` to the SINK command, half-closes, returns the reply line.
     pub fn sink_roundtrip(&self, data: &[u8]) -> Result<String> {
-        use std::io::Write;
-        let mut s = self.connect()?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"SINK\n")?;
-        s.write_all(data)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        if reply.is_empty() {
-            bail!("empty reply");
-        }
-        Ok(reply.trim().to_string())
+        sink_roundtrip_over(self.connect()?, data)
     }
 }
 
@@ -792,4 +781,20 @@ impl RtspClient {
         }
         Ok(200)
     }
+}
+
+/// Sends `data` to the test service's SINK command over `s`, half-closes,
+/// returns the reply line (5 s read deadline).
+pub fn sink_roundtrip_over(mut s: std::net::TcpStream, data: &[u8]) -> Result<String> {
+    use std::io::Write;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"SINK\n")?;
+    s.write_all(data)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    if reply.is_empty() {
+        bail!("empty reply");
+    }
+    Ok(reply.trim().to_string())
 }

@@ -116,15 +116,7 @@ fn sink_roundtrip(port: SocketAddr, data: &[u8], limit: Duration) -> Result<Stri
     let start = Instant::now();
     loop {
         let attempt = || -> Result<String> {
-            let mut s = TcpStream::connect(port)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"SINK\n")?;
-            s.write_all(data)?;
-            s.shutdown(std::net::Shutdown::Write)?;
-            let mut reply = String::new();
-            s.read_to_string(&mut reply)?;
-            ensure!(!reply.is_empty(), "empty reply");
-            Ok(reply.trim().to_string())
+            revtun_tests::sink_roundtrip_over(TcpStream::connect(port)?, data)
         };
         match attempt() {
             Ok(r) => return Ok(r),

@@ -588,17 +588,9 @@ impl Redirector {
                 }
                 None
             });
-            if let Some(reply) = refused {
-                if let Some(v) = &viewer {
-                    v.replies.borrow_mut().extend_from_slice(&reply);
-                    v.sig.notify();
-                } else if write_timed(&conn, &reply, limit).await.is_err() {
-                    break;
-                }
-                deadline = next_deadline(opened, limit);
-                continue;
-            }
-            let reply = match req.method {
+            let reply = match refused {
+                Some(r) => r,
+                None => match req.method {
                 Method::Options => rtsp::response(
                     200,
                     cseq.as_deref(),
@@ -716,6 +708,7 @@ impl Redirector {
                     )],
                     b"",
                 ),
+                },
             };
             if let Some(v) = &viewer {
                 v.replies.borrow_mut().extend_from_slice(&reply);

@@ -202,12 +202,17 @@ mod tests {
             per_camera: 0,
         });
         let _a = s.admit("2001:db8::1".parse().expect("test")).expect("test");
-        let _b = s.admit("2001:db8::ffff:2".parse().expect("test")).expect("test");
+        let _b = s
+            .admit("2001:db8::ffff:2".parse().expect("test"))
+            .expect("test");
         assert_eq!(
-            s.admit("2001:db8::3:4:5".parse().expect("test")).expect_err("test"),
+            s.admit("2001:db8::3:4:5".parse().expect("test"))
+                .expect_err("test"),
             Full::Source
         );
-        let _c = s.admit("2001:db8:0:1::1".parse().expect("test")).expect("test");
+        let _c = s
+            .admit("2001:db8:0:1::1".parse().expect("test"))
+            .expect("test");
     }
 
     #[test]

@@ -94,7 +94,9 @@ fn tokens_check_and_tampering_fails() {
     assert_eq!(g.expires, 5_000);
     // Another scope under the same password: a different user name, so a
     // different password.
-    let (other, _) = k.issue(&Allow::parse("paris/*").expect("test"), 5_000).expect("test");
+    let (other, _) = k
+        .issue(&Allow::parse("paris/*").expect("test"), 5_000)
+        .expect("test");
     assert_ne!(k.password(&other), password);
     assert_ne!(TokenKey::new(&[4; 32]).password(&user), password);
     assert!(k.issue(&Allow::All, 1).is_err());
