@@ -7,17 +7,19 @@
 //! costs only itself.
 //!
 //! Every shard accepts viewers on the same port (`SO_REUSEPORT`, the
-//! kernel spreads connections). A viewer of a site whose tunnel lives on
-//! another shard is served from a mirror of the feed that receives the
-//! shared buffers by message ([`super::mesh`]).
+//! kernel spreads connections), and RTSPS viewers (RTSP over TLS,
+//! [`super::wire`]) on another port the same way. A viewer of a site
+//! whose tunnel lives on another shard is served from a mirror of the
+//! feed that receives the shared buffers by message ([`super::mesh`]).
 
 use super::feed::{Feed, Frame, Viewer};
 use super::mesh::{Link, MeshEnd, Msg};
+use super::wire::Wire;
 use super::writer::{write_all, writer};
 use crate::signal::Signal;
 use crate::tunnel::Tunnel;
 use bytes::{Buf, Bytes, BytesMut};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use revtun_proto::handoff::shard_for;
 use revtun_proto::rtsp::{self, Method};
 use revtun_proto::video::{self, FLAG_KEY};
@@ -240,10 +242,39 @@ impl Redirector {
             match listener.accept().await {
                 Ok(c) => {
                     let _ = c.set_nodelay(true);
-                    glommio::spawn_local(self.clone().session(c)).detach();
+                    glommio::spawn_local(self.clone().session(Wire::plain(c))).detach();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rtsp accept failed");
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Accepts RTSPS viewers forever: each one's TLS handshake runs in a
+    /// task of its own, within [`super::wire::TLS_HANDSHAKE_DEADLINE`].
+    pub async fn serve_tls(self: Rc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        loop {
+            match listener.accept().await {
+                Ok(c) => {
+                    let _ = c.set_nodelay(true);
+                    let me = self.clone();
+                    let tls = tls.clone();
+                    glommio::spawn_local(async move {
+                        let deadline = super::wire::TLS_HANDSHAKE_DEADLINE;
+                        match Wire::accept_tls(c, tls, deadline).await {
+                            Ok(w) => {
+                                tracing::debug!(version = ?w.tls_version(), "rtsps viewer connected");
+                                me.session(w).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "rtsps handshake failed"),
+                        }
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rtsps accept failed");
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -429,8 +460,8 @@ impl Redirector {
     }
 
     /// One RTSP client connection.
-    async fn session(self: Rc<Self>, conn: TcpStream) {
-        let conn = Rc::new(RefCell::new(conn));
+    async fn session(self: Rc<Self>, conn: Wire) {
+        let conn = Rc::new(conn);
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
         let session_id = format!("{:016x}", rand_u64());
@@ -450,16 +481,7 @@ impl Redirector {
             let (req, used) = match parsed {
                 Ok(Some(x)) => x,
                 Ok(None) => {
-                    // The writer task shares the socket: borrow only per poll.
-                    let n = std::future::poll_fn(|cx| {
-                        futures_lite::AsyncRead::poll_read(
-                            std::pin::Pin::new(&mut *conn.borrow_mut()),
-                            cx,
-                            &mut chunk,
-                        )
-                    })
-                    .await
-                    .unwrap_or(0);
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
                     if n == 0 {
                         break;
                     }

@@ -6,4 +6,5 @@ pub mod feed;
 pub mod host;
 pub mod mesh;
 pub mod site;
+pub mod wire;
 pub mod writer;
