@@ -93,10 +93,16 @@ impl Video {
     /// Camera, a host with two shards serving RTSP and RTSPS (both on
     /// ports the kernel picks), one site with camera `cam1`.
     fn start(cert: &Cert) -> Result<Video> {
+        Video::start_with(cert, "ball", &[])
+    }
+
+    /// As [`Video::start`] with the camera showing `pattern` (`ball`:
+    /// about 150 kbit/s; `snow`: about 1 Mbit/s) and extra host flags.
+    fn start_with(cert: &Cert, pattern: &str, extra: &[&str]) -> Result<Video> {
         let cam_port = free_port()?;
         let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
             &cam_port.to_string(),
-            "ball",
+            pattern,
             "25",
         ]))?;
         camera
@@ -109,6 +115,7 @@ impl Video {
             "2".into(),
         ];
         flags.extend(cert.flags());
+        flags.extend(extra.iter().map(|s| s.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let host = Host::start(&flags)?;
         let dir = host.enroll("s1")?;
@@ -184,7 +191,16 @@ type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// A raw RTSPS viewer (certificate verified for 127.0.0.1): DESCRIBE,
 /// SETUP (interleaved), PLAY; returns the connection after the PLAY reply.
 fn play_tls(port: u16, path: &str, cfg: Arc<rustls::ClientConfig>) -> Result<TlsStream> {
-    let sock = TcpStream::connect(("127.0.0.1", port))?;
+    play_tls_on(TcpStream::connect(("127.0.0.1", port))?, port, path, cfg)
+}
+
+/// [`play_tls`] over a connected socket.
+fn play_tls_on(
+    sock: TcpStream,
+    port: u16,
+    path: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream> {
     sock.set_read_timeout(Some(Duration::from_secs(15)))?;
     let name = ServerName::try_from("127.0.0.1")?.to_owned();
     let conn = rustls::ClientConnection::new(cfg, name)?;
@@ -361,6 +377,62 @@ fn plaintext_and_silent_clients_on_the_rtsps_port_are_closed_without_harming_vie
     assert!(bytes > 150_000, "the playing viewer received only {bytes}");
     assert_eq!(v.camera_clients(), 1);
     assert!(!v.host.control.log().contains("panicked"));
+    Ok(())
+}
+
+#[test]
+fn a_stalled_rtsps_viewer_is_cut_and_costs_only_itself() -> Result<()> {
+    let cert = Cert::new()?;
+    // Noise: about 1 Mbit/s, so the kernel's send buffers (up to 4 MiB
+    // each on loopback) fill within a minute.
+    let v = Video::start_with(
+        &cert,
+        "snow",
+        &["--viewer-stuck", "1s", "--metrics-listen", "127.0.0.1:0"],
+    )?;
+    let metrics = v.host.metrics_addr()?;
+    let dp = v.host.dataplane_pid().context("data plane pid")?;
+    let cfg = client_config(&cert.der, &rustls::version::TLS13)?;
+    // Viewers that play, then never read, with a small receive buffer so
+    // their sockets fill soon.
+    let stalled: Vec<TlsStream> = (0..4)
+        .map(|_| {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.set_recv_buffer_size(4096)?;
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", v.rtsps).parse()?;
+            sock.connect(&addr.into())?;
+            play_tls_on(sock.into(), v.rtsps, "s1/cam1", cfg.clone())
+        })
+        .collect::<Result<_>>()?;
+    let before = revtun_tests::rss_kib(dp);
+    // A viewer that keeps up decodes every frame meanwhile.
+    let (frames, err) = ffprobe_frames(&format!("rtsps://127.0.0.1:{}/s1/cam1", v.rtsps), 10)?;
+    assert!(frames >= 200, "healthy viewer decoded {frames}: {err}");
+    assert!(err.trim().is_empty(), "{err}");
+    // Each stalled viewer fills its socket and rustls's 64 KiB, then is
+    // cut once its writer waited --viewer-stuck for room.
+    let start = Instant::now();
+    let cut = loop {
+        let m = revtun_tests::http_get(&metrics, "/metrics")?;
+        let cut = revtun_tests::metric_sum(&m, "revtun_video_viewers_cut_total", &[]);
+        if cut >= 4 || start.elapsed() > Duration::from_secs(120) {
+            break cut;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "stalled RTSPS viewers cut: {cut} of 4, {:?} after the healthy viewer ended",
+        start.elapsed()
+    );
+    assert_eq!(cut, 4, "stalled RTSPS viewers were not all cut");
+    let grew = revtun_tests::rss_kib(dp).saturating_sub(before);
+    eprintln!("data plane RSS grew {grew} KiB");
+    assert!(
+        grew < 32 * 1024,
+        "data plane grew {grew} KiB while viewers stalled"
+    );
+    drop(stalled);
+    assert_eq!(v.camera_clients(), 1);
     Ok(())
 }
 
