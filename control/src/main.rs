@@ -56,6 +56,18 @@ struct Args {
     /// Host redirector (RTSP) address: viewers open rtsp://ADDR/SITE/CAMERA.
     #[arg(long)]
     rtsp_listen: Option<SocketAddr>,
+    /// Host redirector over TLS (RTSPS) address: viewers open
+    /// rtsps://ADDR/SITE/CAMERA. Needs --rtsps-cert and --rtsps-key.
+    #[arg(long)]
+    rtsps_listen: Option<SocketAddr>,
+    /// RTSPS certificate chain, PEM (leaf first); the data plane reads it
+    /// at each start.
+    #[arg(long, value_name = "FILE")]
+    rtsps_cert: Option<PathBuf>,
+    /// RTSPS private key, PEM (PKCS#8, PKCS#1 or SEC1); the data plane
+    /// reads it at each start (only its path is passed on).
+    #[arg(long, value_name = "FILE")]
+    rtsps_key: Option<PathBuf>,
     /// Data-plane metrics (Prometheus text) at http://ADDR/metrics; bind
     /// it to loopback or a management network.
     #[arg(long)]
@@ -192,7 +204,11 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     // or with a data plane that keeps failing. (std binds with
     // SO_REUSEADDR, as the data plane does: TIME_WAIT does not count.)
     let mut wanted: Vec<(std::net::SocketAddr, String)> = Vec::new();
-    for (addr, what) in [(args.rtsp_listen, "RTSP"), (args.metrics_listen, "metrics")] {
+    for (addr, what) in [
+        (args.rtsp_listen, "RTSP"),
+        (args.rtsps_listen, "RTSPS"),
+        (args.metrics_listen, "metrics"),
+    ] {
         if let Some(a) = addr {
             wanted.push((a, what.to_string()));
         }
@@ -209,6 +225,26 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     }
     if let Some(a) = args.rtsp_listen {
         extra.push(format!("--rtsp-listen={a}"));
+    }
+    match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
+        (None, None, None) => {}
+        (Some(a), Some(cert), Some(key)) => {
+            // Checked here, so a bad file stops control at start instead
+            // of a data plane that keeps exiting. Only the paths go on.
+            revtun_control::tls::check_rtsps_files(cert, key).map_err(anyhow::Error::msg)?;
+            extra.push(format!("--rtsps-listen={a}"));
+            extra.push(format!(
+                "--rtsps-cert={}",
+                std::path::absolute(cert)?.display()
+            ));
+            extra.push(format!(
+                "--rtsps-key={}",
+                std::path::absolute(key)?.display()
+            ));
+        }
+        _ => anyhow::bail!(
+            "--rtsps-listen, --rtsps-cert and --rtsps-key go together; give all three or none"
+        ),
     }
     if let Some(a) = args.metrics_listen {
         extra.push(format!("--metrics-listen={a}"));

@@ -36,12 +36,24 @@ pub struct HostConfig {
     pub spin: std::time::Duration,
     /// Host redirector (RTSP) address, served by every shard (`SO_REUSEPORT`).
     pub rtsp_listen: Option<std::net::SocketAddr>,
+    /// Host redirector over TLS (RTSPS), served by every shard too.
+    pub rtsps: Option<Rtsps>,
     /// Redirector limits.
     pub video: crate::video::host::VideoConfig,
     /// Metrics (Prometheus text over HTTP) address.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Who may read the metrics.
     pub metrics_access: crate::metrics::Access,
+}
+
+/// The RTSPS listener: its address and TLS configuration (certificate
+/// and key loaded at start, [`crate::video::wire::server_config`]).
+#[derive(Debug, Clone)]
+pub struct Rtsps {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// TLS configuration shared by all shards.
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
 /// Raises this process's soft descriptor limit to its hard limit (a
@@ -78,8 +90,17 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         }
         _ => None,
     };
+    let _rtsps_port_hold = match &mut cfg.rtsps {
+        Some(r) if r.listen.port() == 0 && shards > 1 => {
+            let (sock, bound) = reserve_port(r.listen)
+                .map_err(|e| anyhow::anyhow!("cannot bind the RTSPS port {}: {e}", r.listen))?;
+            r.listen = bound;
+            Some(sock)
+        }
+        _ => None,
+    };
     let mut mesh: Vec<Option<crate::video::mesh::MeshEnd>> =
-        if cfg.rtsp_listen.is_some() && shards > 1 {
+        if (cfg.rtsp_listen.is_some() || cfg.rtsps.is_some()) && shards > 1 {
             crate::video::mesh::mesh(shards)
                 .into_iter()
                 .map(Some)
@@ -280,7 +301,7 @@ async fn shard(
         }
     }
     let mut redirector = None;
-    if let Some(addr) = cfg.rtsp_listen {
+    if cfg.rtsp_listen.is_some() || cfg.rtsps.is_some() {
         let r = crate::video::host::Redirector::new(
             k,
             shards,
@@ -293,17 +314,38 @@ async fn shard(
         if let Some(end) = mesh {
             r.join_mesh(end);
         }
-        match listen_reusable(addr) {
-            Ok(l) => {
-                let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(shard = k, listen = %bound, "rtsp redirector listening");
-                if k == 0 {
-                    println!("rtsp listening on {bound}");
-                    let _ = std::io::stdout().flush();
+        if let Some(addr) = cfg.rtsp_listen {
+            match listen_reusable(addr) {
+                Ok(l) => {
+                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(shard = k, listen = %bound, "rtsp redirector listening");
+                    if k == 0 {
+                        println!("rtsp listening on {bound}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    glommio::spawn_local(r.clone().serve(l)).detach();
                 }
-                glommio::spawn_local(r.serve(l)).detach();
+                Err(err) => {
+                    tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSP")
+                }
             }
-            Err(err) => tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSP"),
+        }
+        if let Some(tls) = &cfg.rtsps {
+            let addr = tls.listen;
+            match listen_reusable(addr) {
+                Ok(l) => {
+                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(shard = k, listen = %bound, "rtsps redirector listening");
+                    if k == 0 {
+                        println!("rtsps listening on {bound}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    glommio::spawn_local(r.clone().serve_tls(l, tls.tls.clone())).detach();
+                }
+                Err(err) => {
+                    tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSPS")
+                }
+            }
         }
     }
     if let Some(board) = board {

@@ -19,6 +19,16 @@ struct Args {
     /// Host redirector (RTSP) listen address.
     #[arg(long)]
     rtsp_listen: Option<std::net::SocketAddr>,
+    /// Host redirector over TLS (RTSPS) listen address; with --rtsps-cert
+    /// and --rtsps-key.
+    #[arg(long)]
+    rtsps_listen: Option<std::net::SocketAddr>,
+    /// RTSPS certificate chain, PEM (leaf first).
+    #[arg(long, value_name = "FILE")]
+    rtsps_cert: Option<std::path::PathBuf>,
+    /// RTSPS private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    rtsps_key: Option<std::path::PathBuf>,
     /// Pin shard k to CPU k.
     #[arg(long)]
     pin: bool,
@@ -44,6 +54,25 @@ struct Args {
 fn main() {
     let args = Args::parse();
     revtun_dataplane::logging::init("revtun-dataplane", &args.log_level);
+    // Checked first: a bad file is a bad flag, whoever started this.
+    let rtsps = match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
+        (None, None, None) => None,
+        (Some(listen), Some(cert), Some(key)) => {
+            match revtun_dataplane::video::wire::server_config(cert, key) {
+                Ok(tls) => Some(host::Rtsps { listen, tls }),
+                Err(e) => {
+                    eprintln!("revtun-dataplane: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "revtun-dataplane: --rtsps-listen, --rtsps-cert and --rtsps-key go together; give all three or none"
+            );
+            std::process::exit(2);
+        }
+    };
     let mut fds = Vec::new();
     for raw in &args.control_fds {
         if *raw < 3 || !std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists() {
@@ -70,6 +99,7 @@ fn main() {
         pin: args.pin,
         spin: args.spin,
         rtsp_listen: args.rtsp_listen,
+        rtsps,
         video: args.video.config(),
         metrics_listen: args.metrics_listen,
         metrics_access,

@@ -7,17 +7,19 @@
 //! costs only itself.
 //!
 //! Every shard accepts viewers on the same port (`SO_REUSEPORT`, the
-//! kernel spreads connections). A viewer of a site whose tunnel lives on
-//! another shard is served from a mirror of the feed that receives the
-//! shared buffers by message ([`super::mesh`]).
+//! kernel spreads connections), and RTSPS viewers (RTSP over TLS,
+//! [`super::wire`]) on another port the same way. A viewer of a site
+//! whose tunnel lives on another shard is served from a mirror of the
+//! feed that receives the shared buffers by message ([`super::mesh`]).
 
 use super::feed::{Feed, Frame, Viewer};
 use super::mesh::{Link, MeshEnd, Msg};
+use super::wire::Wire;
 use super::writer::{write_all, writer};
 use crate::signal::Signal;
 use crate::tunnel::Tunnel;
 use bytes::{Buf, Bytes, BytesMut};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use revtun_proto::handoff::shard_for;
 use revtun_proto::rtsp::{self, Method};
 use revtun_proto::video::{self, FLAG_KEY};
@@ -265,13 +267,12 @@ impl Redirector {
         loop {
             match listener.accept().await {
                 Ok(c) => {
-                    let ip = c
-                        .peer_addr()
-                        .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip());
+                    let ip = peer_ip(&c);
                     match self.sessions.admit(ip) {
                         Ok(guard) => {
                             let _ = c.set_nodelay(true);
-                            glommio::spawn_local(self.clone().session(c, ip, guard)).detach();
+                            glommio::spawn_local(self.clone().session(Wire::plain(c), ip, guard))
+                                .detach();
                         }
                         // One line per refused connection would be a log
                         // flood: debug only.
@@ -283,6 +284,46 @@ impl Redirector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rtsp accept failed");
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Accepts RTSPS viewers forever: each one's TLS handshake runs in a
+    /// task of its own, within [`super::wire::TLS_HANDSHAKE_DEADLINE`].
+    pub async fn serve_tls(self: Rc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        loop {
+            match listener.accept().await {
+                Ok(c) => {
+                    // The caps count TLS connections from accept on, so
+                    // handshakes in progress are bounded too.
+                    let ip = peer_ip(&c);
+                    let guard = match self.sessions.admit(ip) {
+                        Ok(g) => g,
+                        Err(full) => {
+                            tracing::debug!(%ip, ?full, "rtsps connection refused: session cap");
+                            crate::tunnel::reject(c);
+                            continue;
+                        }
+                    };
+                    let _ = c.set_nodelay(true);
+                    let me = self.clone();
+                    let tls = tls.clone();
+                    glommio::spawn_local(async move {
+                        let deadline = super::wire::TLS_HANDSHAKE_DEADLINE;
+                        match Wire::accept_tls(c, tls, deadline).await {
+                            Ok(w) => {
+                                tracing::debug!(version = ?w.tls_version(), "rtsps viewer connected");
+                                me.session(w, ip, guard).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "rtsps handshake failed"),
+                        }
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rtsps accept failed");
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -470,18 +511,18 @@ impl Redirector {
     /// One RTSP client connection.
     async fn session(
         self: Rc<Self>,
-        conn: TcpStream,
+        conn: Wire,
         peer_ip: std::net::IpAddr,
         mut guard: super::sessions::SessionGuard,
     ) {
-        let tls = false;
+        let tls = conn.is_tls();
         let limit = self.cfg.request_timeout;
         // Before PLAY: each request must arrive whole by this deadline.
         let opened = Instant::now();
         let mut deadline = next_deadline(opened, limit);
         let mut conn_auth = super::auth::ConnAuth::default();
         let mut who = super::auth::Who::Anonymous;
-        let conn = Rc::new(RefCell::new(conn));
+        let conn = Rc::new(conn);
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
         let session_id = format!("{:016x}", rand_u64());
@@ -515,19 +556,12 @@ impl Redirector {
                             break;
                         }
                     }
-                    // The writer task shares the socket: borrow only per poll.
-                    let read = std::future::poll_fn(|cx| {
-                        futures_lite::AsyncRead::poll_read(
-                            std::pin::Pin::new(&mut *conn.borrow_mut()),
-                            cx,
-                            &mut chunk,
-                        )
-                    });
                     let n = if viewer.is_some() {
-                        read.await.unwrap_or(0)
+                        conn.read(&mut chunk).await.unwrap_or(0)
                     } else {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        match glommio::timer::timeout(left, async { Ok(read.await) }).await {
+                        let read = async { Ok(conn.read(&mut chunk).await) };
+                        match glommio::timer::timeout(left, read).await {
                             Ok(r) => r.unwrap_or(0),
                             Err(_) => {
                                 tracing::debug!(ip = %peer_ip, "rtsp client too slow to send a request; closing");
@@ -772,6 +806,12 @@ impl Redirector {
     }
 }
 
+/// The client address of an accepted connection (0.0.0.0 if unknown).
+fn peer_ip(c: &glommio::net::TcpStream) -> std::net::IpAddr {
+    c.peer_addr()
+        .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip())
+}
+
 /// Replies queued for a playing viewer before its requests are no longer
 /// read (a viewer that pipelines requests and never reads costs this).
 pub const MAX_QUEUED_REPLIES: usize = 64 * 1024;
@@ -783,11 +823,7 @@ fn next_deadline(opened: Instant, limit: Duration) -> Instant {
 }
 
 /// Writes a reply before PLAY, within `limit`.
-async fn write_timed(
-    conn: &Rc<RefCell<TcpStream>>,
-    data: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
+async fn write_timed(conn: &Rc<Wire>, data: &[u8], limit: Duration) -> std::io::Result<()> {
     glommio::timer::timeout(limit, async {
         write_all(conn, data)
             .await

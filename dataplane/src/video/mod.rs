@@ -8,4 +8,5 @@ pub mod host;
 pub mod mesh;
 pub mod sessions;
 pub mod site;
+pub mod wire;
 pub mod writer;
