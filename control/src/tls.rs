@@ -57,42 +57,8 @@ pub fn server_config(state: &HostState) -> Result<Arc<ServerConfig>, TlsSetupErr
 }
 
 /// Checks the RTSPS certificate chain and key (PEM files) the data plane
-/// will load: both parse and the key is the certificate's. Errors name
-/// the file and never quote what is in it.
+/// will load, with the data plane's own loader: both parse and the key is
+/// the certificate's. Errors name the file and never quote what is in it.
 pub fn check_rtsps_files(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
-    use rustls::pki_types::pem::Error as PemError;
-    let why = |e: PemError, what: &str| match e {
-        PemError::Io(e) => format!("cannot read it: {e}"),
-        PemError::NoItemsFound => format!("no PEM {what} in it"),
-        _ => format!("not a valid PEM {what} file"),
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("--rtsps-cert {}: {}", cert.display(), why(e, "certificate")))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "--rtsps-cert {}: no PEM certificate (BEGIN CERTIFICATE) in it",
-            cert.display()
-        ));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
-            "--rtsps-key {}: {}",
-            key.display(),
-            why(e, "private key (PKCS#8, PKCS#1 or SEC1)")
-        )
-    })?;
-    ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("RTSPS TLS configuration: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| {
-            format!(
-                "--rtsps-cert {} with --rtsps-key {}: {e}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(())
+    revtun_dataplane::video::wire::server_config(cert, key).map(|_| ())
 }

@@ -389,6 +389,7 @@ pub fn unique() -> u64 {
 
 pub mod impair;
 pub mod service;
+pub mod video;
 
 /// Resident memory of a process in KiB (0 if it cannot be read).
 pub fn rss_kib(pid: i32) -> u64 {

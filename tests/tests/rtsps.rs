@@ -4,6 +4,7 @@
 //! a self-signed certificate from rcgen.
 
 use anyhow::{Context, Result};
+use revtun_tests::video::{drain_for, ffprobe_frames, start_camera};
 use revtun_tests::{bin, free_port, keytool, run, stderr, Host, Proc};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
@@ -82,10 +83,6 @@ struct Video {
     rtsps: u16,
 }
 
-fn camera_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/camera.py")
-}
-
 /// The port of a "KIND listening on ADDR" line of the host's stdout.
 fn listening_port(host: &Host, kind: &str) -> Result<u16> {
     let line = host
@@ -111,14 +108,7 @@ impl Video {
     /// about 150 kbit/s; `snow`: about 1 Mbit/s) and extra host flags.
     fn start_with(cert: &Cert, pattern: &str, extra: &[&str]) -> Result<Video> {
         let cam_port = free_port()?;
-        let camera = Proc::spawn(Command::new("/usr/bin/python3").arg(camera_script()).args([
-            &cam_port.to_string(),
-            pattern,
-            "25",
-        ]))?;
-        camera
-            .wait_stdout("ready", Duration::from_secs(20))
-            .context("camera (GStreamer RTSP server) did not start")?;
+        let camera = start_camera(cam_port, pattern, 25, &[])?;
         let mut flags = vec![
             "--rtsp-listen".to_string(),
             "127.0.0.1:0".into(),
@@ -186,34 +176,6 @@ impl Video {
     }
 }
 
-/// Frames ffprobe decodes in `secs`. Over RTSPS it does not verify the
-/// certificate: ffmpeg 5.1's RTSP demuxer passes no TLS options down
-/// (`-tls_verify 1 -ca_file OTHER.pem` still plays); the rustls viewers
-/// below verify it.
-fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {
-    let o = run(
-        Command::new("ffprobe").args([
-            "-v",
-            "error",
-            "-rtsp_transport",
-            "tcp",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-read_intervals",
-            &format!("%+{secs}"),
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-            url,
-        ]),
-        Duration::from_secs(u64::from(secs) + 30),
-    )?;
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    Ok((out.parse().unwrap_or(0), stderr(&o)))
-}
-
 /// A rustls client trusting only `ca`, speaking only `version`.
 fn client_config(
     ca: &CertificateDer<'static>,
@@ -250,44 +212,10 @@ fn play_tls_on(
     let conn = rustls::ClientConnection::new(cfg, name)?;
     let mut s = rustls::StreamOwned::new(conn, sock);
     let url = format!("rtsps://127.0.0.1:{port}/{path}");
-    let mut reply = vec![0u8; 8192];
-    for (i, req) in [
-        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
-        format!("SETUP {url}/stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
-        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        // Basic, which the host accepts over TLS only.
-        let req = req.replace(
-            "\r\n\r\n",
-            &format!("\r\nAuthorization: Basic {}\r\n\r\n", basic()),
-        );
-        s.write_all(req.as_bytes())?;
-        let n = s.read(&mut reply)?;
-        let text = String::from_utf8_lossy(&reply[..n]).to_string();
-        anyhow::ensure!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
-    }
+    // Basic, which the host accepts over TLS only.
+    let auth = format!("Authorization: Basic {}", basic());
+    revtun_tests::video::play_over(&mut s, &url, Some(&auth))?;
     Ok(s)
-}
-
-/// Reads a playing viewer for `secs`; the bytes received.
-fn drain_for(mut s: impl Read, secs: u64) -> Result<u64> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    while Instant::now() < end {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(total)
 }
 
 fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
@@ -510,6 +438,16 @@ fn a_stalled_rtsps_viewer_is_cut_and_costs_only_itself() -> Result<()> {
 
 /// Runs control (on an initialised state directory) with `flags`; it must
 /// exit non-zero at start. Returns its stderr.
+/// `revtun-dataplane` started by hand (not by control) with `flags`.
+fn dataplane_alone(flags: &[&str]) -> Result<std::process::Output> {
+    run(
+        Command::new(bin("revtun-dataplane"))
+            .args(["--control-fd", "99"])
+            .args(flags),
+        Duration::from_secs(20),
+    )
+}
+
 fn control_fails(state: &Path, flags: &[&str]) -> Result<String> {
     let o = run(
         Command::new(bin("revtun-control"))
@@ -569,12 +507,7 @@ fn bad_rtsps_files_or_flags_stop_control_and_the_data_plane_naming_the_file() ->
             assert!(!err.contains(line), "key material in {err}");
         }
         // The data plane, started by hand, checks the same before anything else.
-        let o = run(
-            Command::new(bin("revtun-dataplane"))
-                .args(["--control-fd", "99"])
-                .args(&flags),
-            Duration::from_secs(20),
-        )?;
+        let o = dataplane_alone(&flags)?;
         let dp_err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {dp_err}");
         for w in want {
@@ -589,12 +522,7 @@ fn bad_rtsps_files_or_flags_stop_control_and_the_data_plane_naming_the_file() ->
     ] {
         let err = control_fails(&state, &flags)?;
         assert!(err.contains("go together"), "{flags:?}: {err}");
-        let o = run(
-            Command::new(bin("revtun-dataplane"))
-                .args(["--control-fd", "99"])
-                .args(&flags),
-            Duration::from_secs(20),
-        )?;
+        let o = dataplane_alone(&flags)?;
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("go together"), "{}", stderr(&o));
     }

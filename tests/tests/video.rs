@@ -3,11 +3,11 @@
 //! and ffmpeg as viewers at the host.
 
 use anyhow::{Context, Result};
+use revtun_tests::video::{drain_for, ffprobe_frames, start_camera};
 use revtun_tests::{
     bin, free_port, http_get, metric_sum, rtsp_status, run, stderr, Host, Proc, RtspClient,
 };
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,24 +17,6 @@ struct Video {
     camera: Proc,
     agent: Proc,
     rtsp: u16,
-}
-
-fn camera_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/camera.py")
-}
-
-/// The test camera on `port`, serving.
-fn start_camera(port: u16, keyint: u32, extra: &[&str]) -> Result<Proc> {
-    let camera = Proc::spawn(
-        Command::new("/usr/bin/python3")
-            .arg(camera_script())
-            .args([&port.to_string(), "ball", &keyint.to_string()])
-            .args(extra),
-    )?;
-    camera
-        .wait_stdout("ready", Duration::from_secs(20))
-        .context("camera (GStreamer RTSP server) did not start")?;
-    Ok(camera)
 }
 
 impl Video {
@@ -93,7 +75,7 @@ impl Video {
         camera_url: impl Fn(u16) -> String,
     ) -> Result<Video> {
         let cam_port = free_port()?;
-        let camera = start_camera(cam_port, keyint, camera_args)?;
+        let camera = start_camera(cam_port, "ball", keyint, camera_args)?;
         let rtsp = free_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
@@ -136,64 +118,8 @@ impl Video {
 fn play_raw(port: u16, url: &str) -> Result<std::net::TcpStream> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    let mut reply = vec![0u8; 8192];
-    for (i, req) in [
-        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
-        format!("SETUP {url}/stream=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
-        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\n\r\n"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        s.write_all(req.as_bytes())?;
-        let n = s.read(&mut reply)?;
-        let text = String::from_utf8_lossy(&reply[..n]).to_string();
-        anyhow::ensure!(text.starts_with("RTSP/1.0 200"), "request {i}: {text}");
-    }
+    revtun_tests::video::play_over(&mut s, url, None)?;
     Ok(s)
-}
-
-/// Reads a playing raw viewer for `secs`; the bytes received.
-fn drain_for(mut s: std::net::TcpStream, secs: u64) -> Result<u64> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    while Instant::now() < end {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(total)
-}
-
-fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {
-    let o = run(
-        Command::new("ffprobe").args([
-            "-v",
-            "error",
-            "-rtsp_transport",
-            "tcp",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-read_intervals",
-            &format!("%+{secs}"),
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-            url,
-        ]),
-        Duration::from_secs(u64::from(secs) + 30),
-    )?;
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    Ok((out.parse().unwrap_or(0), stderr(&o)))
 }
 
 #[test]
@@ -483,7 +409,7 @@ fn a_camera_that_goes_away_ends_the_stream_and_is_retried_when_asked_again() -> 
     assert_eq!(frames, 0);
     assert!(err.contains("404") || err.contains("503"), "{err}");
     // The camera is back: the next viewer gets video again.
-    v.camera = start_camera(v.cam_port, 25, &[])?;
+    v.camera = start_camera(v.cam_port, "ball", 25, &[])?;
     let (frames, err) = ffprobe_frames(&url, 4)?;
     assert!(
         frames > 50,
@@ -621,7 +547,7 @@ fn a_camera_that_accepts_and_never_answers_is_given_up_and_served_once_it_answer
     // The camera starts answering (a real RTSP server on the same port).
     stop.store(true, Ordering::Relaxed);
     let _ = mute_thread.join();
-    let _camera = start_camera(cam_port, 25, &[])?;
+    let _camera = start_camera(cam_port, "ball", 25, &[])?;
     let (frames, err) = ffprobe_frames(&url, 3)?;
     assert!(
         frames > 25,
