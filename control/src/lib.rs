@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod tls;
 

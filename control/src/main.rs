@@ -157,6 +157,10 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
+    /// Log line format: text, or json (one object per line; the data
+    /// plane logs the same way).
+    #[arg(long, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = revtun_dataplane::logging::LogFormat::Text)]
+    log_format: revtun_dataplane::logging::LogFormat,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -196,6 +200,7 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         .map(|e| format!("--expose={e}"))
         .collect();
     extra.push(format!("--log-level={}", args.log_level));
+    extra.push(format!("--log-format={}", args.log_format.as_str()));
     if args.pin {
         extra.push("--pin".into());
     }
@@ -335,14 +340,7 @@ fn opt_num(name: &str, v: Option<usize>) -> Option<String> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .with_context(|| format!("bad --log-level {:?}", args.log_level))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    revtun_dataplane::logging::init("revtun-control", &args.log_level, args.log_format);
     if args.max_pending == 0 || args.max_pending_per_addr == 0 || args.max_pending_per_prefix == 0 {
         anyhow::bail!(
             "--max-pending, --max-pending-per-addr and --max-pending-per-prefix must be at least 1"

@@ -124,6 +124,7 @@ struct Ctx {
     pending: Rc<RefCell<Pending>>,
     dataplane: Arc<DataPlane>,
     conn_ids: std::cell::Cell<u64>,
+    stats: crate::stats::Stats,
 }
 
 /// A rustls server connection driven over a tokio-uring socket.
@@ -254,9 +255,11 @@ pub fn serve(
             opts,
             dataplane,
             conn_ids: std::cell::Cell::new(0),
+            stats: crate::stats::Stats::default(),
         });
         tokio_uring::spawn(revocations(ctx.clone()));
         tokio_uring::spawn(viewers(ctx.clone()));
+        tokio_uring::spawn(report_stats(ctx.clone()));
         accept_loop(listener, ctx).await;
     });
     Ok(())
@@ -330,6 +333,25 @@ async fn viewers(ctx: Rc<Ctx>) {
     }
 }
 
+/// Sends control's counters to the data plane each second (its metrics
+/// endpoint serves them; its `/ready` wants them).
+async fn report_stats(ctx: Rc<Ctx>) {
+    use revtun_proto::handoff::{Handoff, MAX_CONTROL_METRICS};
+    loop {
+        let restarts = ctx.dataplane.epoch().saturating_sub(1);
+        let mut text = ctx.stats.render(ctx.pending.borrow().total(), restarts);
+        if text.len() > MAX_CONTROL_METRICS {
+            let cut = text[..MAX_CONTROL_METRICS].rfind('\n').map_or(0, |i| i + 1);
+            text.truncate(cut);
+        }
+        let dp = ctx.dataplane.clone();
+        let msg = [Handoff::ControlMetrics(text)];
+        // A data plane starting or restarting gets the next one.
+        let _ = blocking(move || dp.broadcast(&msg, Duration::from_millis(50))).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
     let mut rate = crate::ratelimit::PerSourceRate::new(ctx.opts.handshake_rate_per_prefix);
     loop {
@@ -345,6 +367,10 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
         let prefix = Prefix::of(peer.ip());
         if !rate.allow(prefix, std::time::Instant::now()) {
             debug!(%peer, %prefix, "handshake rate of this prefix exceeded; closing");
+            ctx.stats.inc(
+                "revtun_control_closed_at_accept_total",
+                "why=\"rate\"".into(),
+            );
             drop(stream);
             continue;
         }
@@ -358,6 +384,11 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
                 total = p.total(),
                 of_prefix = p.of_prefix(peer.ip()),
                 "pending handshake cap reached; closing"
+            );
+            drop(p);
+            ctx.stats.inc(
+                "revtun_control_closed_at_accept_total",
+                "why=\"pending_cap\"".into(),
             );
             drop(stream);
             continue;
@@ -387,6 +418,18 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
     };
     let result = tokio::time::timeout(ctx.opts.handshake_timeout, handshake(&ctx, io, peer)).await;
     drop(guard);
+    let outcome = match &result {
+        Err(_) => "timeout",
+        Ok(Err(ConnError::Silent)) => "silent",
+        Ok(Err(ConnError::Eof)) => "eof",
+        Ok(Err(ConnError::Refused(_))) => "refused",
+        Ok(Err(_)) => "failed",
+        Ok(Ok(_)) => "ok",
+    };
+    ctx.stats.inc(
+        "revtun_control_handshakes_total",
+        format!("outcome=\"{outcome}\""),
+    );
     match result {
         Err(_) => {
             info!(%peer, timeout = ?ctx.opts.handshake_timeout, "handshake deadline passed; closing");
@@ -430,6 +473,25 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
             data_version: DATA_VERSION,
         }),
     };
+    let (kind, _) = msg.summary();
+    ctx.stats.inc(
+        "revtun_control_messages_total",
+        format!(
+            "kind=\"{}\",outcome=\"{}\"",
+            crate::stats::reason_label(kind),
+            if verdict.is_ok() { "ok" } else { "refused" }
+        ),
+    );
+    if let Err(e) = &verdict {
+        let reason = match e {
+            ConnError::Refused(r) => crate::stats::reason_label(&r.to_string()),
+            _ => "error".to_string(),
+        };
+        ctx.stats.inc(
+            "revtun_control_refusals_total",
+            format!("reason=\"{reason}\""),
+        );
+    }
     match verdict {
         Ok(reply) => {
             io.send(&reply).await?;

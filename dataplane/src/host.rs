@@ -348,7 +348,7 @@ async fn shard(
             }
         }
     }
-    if let Some(board) = board {
+    if let Some(board) = board.clone() {
         glommio::spawn_local(publish(k, board, registry.clone(), redirector)).detach();
     }
     // SAFETY: `control` is an open socket we own; ownership moves into the
@@ -366,7 +366,15 @@ async fn shard(
         }
         loop {
             match recv_handoff(ctl_fd) {
-                Ok(Some((msg, fd))) => handle(k, &registry, &mut flaps, msg, fd, &cfg, &gate),
+                Ok(Some((msg, fd))) => handle(
+                    k,
+                    &registry,
+                    &mut flaps,
+                    msg,
+                    fd,
+                    &cfg,
+                    (&gate, board.as_deref()),
+                ),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(shard = k, error = %e, "control socket failed; exiting");
@@ -384,7 +392,7 @@ fn handle(
     msg: zeroize::Zeroizing<Vec<u8>>,
     fd: Option<OwnedFd>,
     cfg: &HostConfig,
-    gate: &crate::video::auth::Gate,
+    (gate, board): (&crate::video::auth::Gate, Option<&Board>),
 ) {
     let decoded = Handoff::decode(&msg);
     if let Some(m) = &decoded {
@@ -438,6 +446,11 @@ fn handle(
                 }
             })
             .detach();
+        }
+        (Some(Handoff::ControlMetrics(text)), _) => {
+            if let Some(b) = board {
+                b.post_control(text);
+            }
         }
         (Some(Handoff::Revoke { site }), _) => {
             if let Some(t) = registry.borrow_mut().remove(&site) {

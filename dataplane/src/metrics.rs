@@ -111,17 +111,22 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The latest snapshot of every shard.
+/// A shard or control that has not posted for this long is not ready.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// The latest snapshot of every shard, and control's own counters.
 #[derive(Debug)]
 pub struct Board {
-    slots: Mutex<Vec<Vec<Sample>>>,
+    slots: Mutex<Vec<(Option<std::time::Instant>, Vec<Sample>)>>,
+    control: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Board {
     /// A board for `shards` shards.
     pub fn new(shards: usize) -> Arc<Board> {
         Arc::new(Board {
-            slots: Mutex::new(vec![Vec::new(); shards]),
+            slots: Mutex::new(vec![(None, Vec::new()); shards]),
+            control: Mutex::new(None),
         })
     }
 
@@ -129,15 +134,43 @@ impl Board {
     pub fn post(&self, k: usize, samples: Vec<Sample>) {
         if let Ok(mut s) = self.slots.lock() {
             if let Some(slot) = s.get_mut(k) {
-                *slot = samples;
+                *slot = (Some(std::time::Instant::now()), samples);
             }
         }
     }
 
+    /// Replaces control's counters (exposition text control renders;
+    /// appended to every scrape).
+    pub fn post_control(&self, text: String) {
+        if let Ok(mut c) = self.control.lock() {
+            *c = Some((std::time::Instant::now(), text));
+        }
+    }
+
+    /// Why the host is not ready, if it is not: a shard that has not
+    /// posted within [`STALE_AFTER`], or no word from control as long.
+    pub fn not_ready(&self) -> Option<String> {
+        let fresh = |t: &Option<std::time::Instant>| t.is_some_and(|t| t.elapsed() < STALE_AFTER);
+        if let Ok(s) = self.slots.lock() {
+            if let Some(k) = s.iter().position(|(t, _)| !fresh(t)) {
+                return Some(format!("shard {k} has not reported"));
+            }
+        }
+        let control = self
+            .control
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|(t, _)| *t));
+        if !fresh(&control) {
+            return Some("control has not reported".into());
+        }
+        None
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
-        let slots = match self.slots.lock() {
-            Ok(s) => s.clone(),
+        let slots: Vec<Vec<Sample>> = match self.slots.lock() {
+            Ok(s) => s.iter().map(|(_, v)| v.clone()).collect(),
             Err(_) => Vec::new(),
         };
         let mut out = String::new();
@@ -148,6 +181,9 @@ impl Board {
                     let _ = writeln!(out, "{name}{{{labels}}} {v}");
                 }
             }
+        }
+        if let Some((_, text)) = self.control.lock().ok().as_deref().and_then(Option::as_ref) {
+            out.push_str(text);
         }
         out
     }
@@ -281,6 +317,25 @@ fn answer(mut c: TcpStream, board: &Board, access: &Access) -> std::io::Result<(
     let text = String::from_utf8_lossy(&head);
     let mut lines = text.lines();
     let line = lines.next().unwrap_or("").trim().to_string();
+    // Health checks need no token (they say nothing but up or ready).
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/healthz")) => {
+            return respond(&mut c, "200 OK", "text/plain", "ok\n");
+        }
+        (Some("GET"), Some("/ready")) => {
+            return match board.not_ready() {
+                None => respond(&mut c, "200 OK", "text/plain", "ready\n"),
+                Some(why) => respond(
+                    &mut c,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &format!("{why}\n"),
+                ),
+            };
+        }
+        _ => {}
+    }
     if let Some(token) = &access.token {
         let given = lines
             .filter_map(|l| l.split_once(':'))
@@ -300,7 +355,12 @@ fn answer(mut c: TcpStream, board: &Board, access: &Access) -> std::io::Result<(
             "text/plain; version=0.0.4",
             &board.render(),
         ),
-        (Some("GET"), Some(_)) => respond(&mut c, "404 Not Found", "text/plain", "try /metrics\n"),
+        (Some("GET"), Some(_)) => respond(
+            &mut c,
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /ready\n",
+        ),
         _ => respond(&mut c, "400 Bad Request", "text/plain", ""),
     }
 }

@@ -17,6 +17,10 @@ const T_REVOKE: u8 = 2;
 const T_VIEWERS_BEGIN: u8 = 3;
 const T_VIEWER: u8 = 4;
 const T_VIEWERS_END: u8 = 5;
+const T_CONTROL_METRICS: u8 = 6;
+
+/// Longest text of [`Handoff::ControlMetrics`].
+pub const MAX_CONTROL_METRICS: usize = MAX_HANDOFF_LEN - 3;
 
 /// Longest permission text (`SITE/CAM`).
 const MAX_ALLOW_TEXT: usize = crate::MAX_SITE_NAME_LEN + 1 + crate::viewer::MAX_CAMERA_NAME_LEN;
@@ -57,6 +61,10 @@ pub enum Handoff {
     },
     /// The table is complete: it replaces the previous one.
     ViewersEnd,
+    /// Control's own counters, as Prometheus exposition text, for the
+    /// data plane's metrics endpoint (sent each second; printable ASCII
+    /// and newlines only).
+    ControlMetrics(String),
 }
 
 impl std::fmt::Debug for Handoff {
@@ -71,6 +79,7 @@ impl std::fmt::Debug for Handoff {
                 write!(f, "Viewer {{ name: {name}, allow: {allow:?} }}")
             }
             Handoff::ViewersEnd => f.write_str("ViewersEnd"),
+            Handoff::ControlMetrics(t) => write!(f, "ControlMetrics({} bytes)", t.len()),
         }
     }
 }
@@ -116,6 +125,12 @@ impl Handoff {
                 }
             }
             Handoff::ViewersEnd => out.push(T_VIEWERS_END),
+            Handoff::ControlMetrics(text) => {
+                let b = &text.as_bytes()[..text.len().min(MAX_CONTROL_METRICS)];
+                out.push(T_CONTROL_METRICS);
+                out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+                out.extend_from_slice(b);
+            }
         }
         out
     }
@@ -177,6 +192,15 @@ impl Handoff {
                 })
             }
             T_VIEWERS_END if rest.is_empty() => Some(Handoff::ViewersEnd),
+            T_CONTROL_METRICS => {
+                let n = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+                let text = rest.get(2..)?;
+                let ok = text.len() == n
+                    && text
+                        .iter()
+                        .all(|&b| b == b'\n' || (0x20..0x7f).contains(&b));
+                ok.then(|| Handoff::ControlMetrics(String::from_utf8_lossy(text).into_owned()))
+            }
             _ => None,
         }
     }
@@ -222,7 +246,12 @@ mod tests {
                 .collect(),
         };
         assert!(longest.encode().len() <= MAX_HANDOFF_LEN);
-        for m in [a, b, c, d, longest, Handoff::ViewersEnd] {
+        let e = Handoff::ControlMetrics("revtun_control_up 1\n".into());
+        assert_eq!(
+            Handoff::decode(&Handoff::ControlMetrics("bad\u{1b}".into()).encode()),
+            None
+        );
+        for m in [a, b, c, d, longest, Handoff::ViewersEnd, e] {
             assert_eq!(Handoff::decode(&m.encode()), Some(m.clone()));
             let e = m.encode();
             for cut in 0..e.len() {

@@ -49,11 +49,14 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
+    /// Log line format: text, or json (one object per line).
+    #[arg(long, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = revtun_dataplane::logging::LogFormat::Text)]
+    log_format: revtun_dataplane::logging::LogFormat,
 }
 
 fn main() {
     let args = Args::parse();
-    revtun_dataplane::logging::init("revtun-dataplane", &args.log_level);
+    revtun_dataplane::logging::init("revtun-dataplane", &args.log_level, args.log_format);
     // Checked first: a bad file is a bad flag, whoever started this.
     let rtsps = match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
         (None, None, None) => None,

@@ -19,6 +19,9 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
+    /// Log line format: text, or json (one object per line).
+    #[arg(long, global = true, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = revtun_dataplane::logging::LogFormat::Text)]
+    log_format: revtun_dataplane::logging::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -104,7 +107,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let args = Args::parse();
-    revtun_dataplane::logging::init("revtun-site", &args.log_level);
+    revtun_dataplane::logging::init("revtun-site", &args.log_level, args.log_format);
     if let Err(e) = run(args.cmd) {
         eprintln!("revtun-site: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
