@@ -17,6 +17,15 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-control", version)]
 struct Args {
+    /// Settings from a TOML file: each key is a flag's name with '_'
+    /// (`rtsp_listen = "0.0.0.0:8554"`), repeatable flags take arrays;
+    /// flags given here override it (examples/host.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the flags and the --config file (every key and value), print
+    /// the result and exit 0 (valid) or 1, without starting anything.
+    #[arg(long)]
+    check_config: bool,
     /// Host state directory (created by 'revtun-keytool init').
     #[arg(long, env = "REVTUN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -168,7 +177,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    use clap::CommandFactory;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.iter().any(|a| a == "--check-config");
+    let fail = |e: String| -> ! {
+        if checking {
+            eprintln!("revtun-control: configuration invalid: {}", e.trim_end());
+        } else {
+            eprintln!("revtun-control: {}", e.trim_end());
+        }
+        std::process::exit(if checking { 1 } else { 2 });
+    };
+    let expanded =
+        revtun_dataplane::config_file::expand(argv, &Args::command(), None, &[], |_| false)
+            .unwrap_or_else(|e| fail(e.to_string()));
+    let args = match Args::try_parse_from(expanded) {
+        Ok(a) => a,
+        Err(e) if checking => fail(e.to_string()),
+        Err(e) => e.exit(),
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return;
+    }
     if let Err(e) = run(args) {
         eprintln!("revtun-control: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod config_file;
 pub mod host;
 pub mod logging;
 pub mod metrics;

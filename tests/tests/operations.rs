@@ -122,3 +122,188 @@ fn scrape(addr: &str, path: &str, token: Option<&str>) -> Result<String> {
     s.read_to_string(&mut text)?;
     Ok(text)
 }
+
+fn examples() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `--check-config` on a file: (exit code, stdout + stderr).
+fn check(bin: &str, pre: &[&str], file: &std::path::Path) -> Result<(i32, String)> {
+    let o = revtun_tests::run(
+        std::process::Command::new(revtun_tests::bin(bin))
+            .args(pre)
+            .arg("--config")
+            .arg(file)
+            .arg("--check-config"),
+        Duration::from_secs(20),
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        revtun_tests::stderr(&o)
+    );
+    Ok((o.status.code().unwrap_or(-1), text))
+}
+
+#[test]
+fn the_example_files_check_and_bad_keys_are_named_with_their_line() -> Result<()> {
+    let (code, out) = check("revtun-control", &[], &examples().join("host.toml"))?;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check("revtun-site", &["run"], &examples().join("site.toml"))?;
+    assert_eq!(code, 0, "{out}");
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("host.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"0.0.0.0:5500\"\n\nrtsp_lisen = \"0.0.0.0:8554\"\n",
+    )?;
+    let (code, out) = check("revtun-control", &[], &bad)?;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("host.toml:3: key `rtsp_lisen`: unknown key"),
+        "{out}"
+    );
+    std::fs::write(&bad, "max_site_streams = \"lots\"\n")?;
+    let (code, out) = check("revtun-control", &[], &bad)?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("host.toml:1: key `max_site_streams`"), "{out}");
+    // A site file with a camera password that others may read: refused,
+    // and the password is not printed; owner-only, accepted.
+    let site = dir.path().join("site.toml");
+    std::fs::write(
+        &site,
+        "camera = [\"door=rtsp://u:hunter2@127.0.0.1:554/x\"]\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o644))?;
+    let (code, out) = check("revtun-site", &["run"], &site)?;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("chmod 600") && !out.contains("hunter2"),
+        "{out}"
+    );
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o600))?;
+    let (code, out) = check("revtun-site", &["run"], &site)?;
+    assert_eq!(code, 0, "{out}");
+    Ok(())
+}
+
+/// A host and a site configured by TOML files only (an expose, a service,
+/// a camera) carry a transfer and a viewer; a flag overrides its key.
+#[test]
+fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() -> Result<()> {
+    use revtun_tests::video::{ffprobe_frames, start_camera};
+    use revtun_tests::{bin, free_port, keytool, Proc};
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("host");
+    let o = keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init");
+    let target = revtun_tests::service::start()?;
+    let cam_port = free_port()?;
+    let _camera = start_camera(cam_port, "ball", 25, &[])?;
+    let (web, rtsp) = (free_port()?, free_port()?);
+    let host_toml = dir.path().join("host.toml");
+    std::fs::write(
+        &host_toml,
+        format!(
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:1\"\nexpose = [\"paris/svc=127.0.0.1:{web}\"]\n\
+             rtsp_listen = \"127.0.0.1:{rtsp}\"\nlog_level = \"info\"\n"
+        ),
+    )?;
+    // The command line's --listen overrides the file's (port 1 would fail).
+    let control = Proc::spawn(
+        std::process::Command::new(bin("revtun-control"))
+            .arg("--config")
+            .arg(&host_toml)
+            .args(["--listen", "127.0.0.1:0"]),
+    )?;
+    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
+    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    control.wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    let kf = dir.path().join("paris.keyfile");
+    let o = keytool(
+        &state,
+        &[
+            "issue",
+            "--site",
+            "paris",
+            "--endpoint",
+            &addr,
+            "--out",
+            &kf.to_string_lossy(),
+        ],
+    )?;
+    anyhow::ensure!(o.status.success(), "issue: {}", revtun_tests::stderr(&o));
+    let site_toml = dir.path().join("site.toml");
+    std::fs::write(
+        &site_toml,
+        format!(
+            "state_dir = {:?}\nkeyfile = {kf:?}\nservice = [\"svc={target}\"]\n\
+             camera = [\"door=rtsp://127.0.0.1:{cam_port}/test\"]\n",
+            dir.path().join("site")
+        ),
+    )?;
+    let agent = Proc::spawn(
+        std::process::Command::new(bin("revtun-site"))
+            .args(["run", "--config"])
+            .arg(&site_toml),
+    )?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    // The transfer through the file-configured expose port.
+    let sent = revtun_tests::sink_roundtrip_over(
+        std::net::TcpStream::connect(("127.0.0.1", web))?,
+        b"from a file",
+    )?;
+    assert!(sent.starts_with("11 "), "{sent}");
+    // The viewer, with an account.
+    let o = keytool(&state, &["viewer", "add", "ops", "--allow", "paris/*"])?;
+    anyhow::ensure!(o.status.success(), "viewer add");
+    let pw = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    control.wait_log("viewer table updated viewers=1", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (frames, err) = ffprobe_frames(&format!("rtsp://ops:{pw}@127.0.0.1:{rtsp}/paris/door"), 3)?;
+    assert!(frames >= 50, "{frames} frames: {err}");
+    Ok(())
+}
+
+/// docs/config.md lists every key: every flag of `revtun-control --help`
+/// and `revtun-site run --help` (regenerate with scripts/config-keys.py).
+#[test]
+fn docs_config_lists_every_key() -> Result<()> {
+    let doc = std::fs::read_to_string(examples().join("../docs/config.md"))?;
+    for (bin, pre) in [("revtun-control", vec![]), ("revtun-site", vec!["run"])] {
+        let o = revtun_tests::run(
+            std::process::Command::new(revtun_tests::bin(bin))
+                .args(&pre)
+                .arg("--help"),
+            Duration::from_secs(20),
+        )?;
+        let help = String::from_utf8_lossy(&o.stdout);
+        let mut n = 0;
+        for line in help.lines() {
+            let t = line.trim_start();
+            let Some(flag) = t
+                .strip_prefix("--")
+                .or_else(|| t.get(4..)?.strip_prefix("--"))
+            else {
+                continue;
+            };
+            let name = flag.split([' ', '.']).next().unwrap_or("");
+            if ["config", "check-config", "help", "version", ""].contains(&name) {
+                continue;
+            }
+            let key = format!("`{}`", name.replace('-', "_"));
+            assert!(
+                doc.contains(&key),
+                "docs/config.md does not list {key} of {bin}"
+            );
+            n += 1;
+        }
+        assert!(n > 10, "{bin}: only {n} flags found in --help");
+    }
+    Ok(())
+}

@@ -26,6 +26,8 @@ struct Args {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of `Run` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Spend the keyfile's token, store the site identity, exit.
@@ -46,6 +48,16 @@ enum Cmd {
     /// Enroll first if needed, then hold the tunnel, reconnecting with
     /// backoff until stopped.
     Run {
+        /// Settings from a TOML file: each key is a flag's name with '_'
+        /// (`camera = ["door=rtsp://..."]`); flags given here override it.
+        /// A file holding a camera password must be mode 0600
+        /// (examples/site.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Check the flags and the --config file, print the result and exit
+        /// 0 (valid) or 1, without connecting.
+        #[arg(long)]
+        check_config: bool,
         /// Site state directory.
         #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
         state_dir: PathBuf,
@@ -105,8 +117,67 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     revtun_proto::duration::parse(s)
 }
 
+/// Whether a site configuration text holds a camera password (then the
+/// file must be readable by its owner only).
+fn holds_secrets(text: &str) -> bool {
+    let Ok(t) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    let cams: Vec<&str> = match t.get("camera") {
+        Some(toml::Value::Array(a)) => a.iter().filter_map(toml::Value::as_str).collect(),
+        Some(toml::Value::String(s)) => vec![s.as_str()],
+        _ => return false,
+    };
+    cams.iter().any(|c| {
+        let url = c.split_once('=').map_or(*c, |(_, u)| u);
+        revtun_proto::rtsp_auth::split_credentials(url).map_or(true, |u| u.credentials.is_some())
+    })
+}
+
 fn main() {
-    let args = Args::parse();
+    use clap::CommandFactory;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.iter().any(|a| a == "--check-config");
+    let fail = |e: String| -> ! {
+        let what = if checking {
+            "configuration invalid: "
+        } else {
+            ""
+        };
+        eprintln!("revtun-site: {what}{}", e.trim_end());
+        std::process::exit(if checking { 1 } else { 2 });
+    };
+    // Built, so the global flags (--log-level) are among run's.
+    let mut top = Args::command();
+    top.build();
+    let argv = match top.find_subcommand("run") {
+        Some(run_cmd) if argv.iter().any(|a| a == "run") => revtun_dataplane::config_file::expand(
+            argv,
+            run_cmd,
+            Some("run"),
+            &["camera"],
+            holds_secrets,
+        )
+        .unwrap_or_else(|e| fail(e.to_string())),
+        _ => argv,
+    };
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) if checking => fail(e.to_string()),
+        Err(e) => e.exit(),
+    };
+    if let Cmd::Run {
+        check_config: true,
+        cameras,
+        ..
+    } = &args.cmd
+    {
+        if let Err(e) = cameras.iter().try_for_each(|c| parse_camera(c).map(|_| ())) {
+            fail(e);
+        }
+        println!("configuration ok");
+        return;
+    }
     revtun_dataplane::logging::init("revtun-site", &args.log_level, args.log_format);
     if let Err(e) = run(args.cmd) {
         eprintln!("revtun-site: {}", revtun_proto::error_chain(e.as_ref()));
@@ -139,6 +210,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("site {} authenticated at {}", id.site, s.endpoint);
         }
         Cmd::Run {
+            config: _,
+            check_config: _,
             state_dir,
             keyfile,
             max_backoff,
