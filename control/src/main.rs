@@ -85,43 +85,12 @@ struct Args {
     /// first line of this file (never on the command line).
     #[arg(long)]
     metrics_token_file: Option<PathBuf>,
-    /// Serve RTSP viewers without credentials: anyone who reaches the RTSP
-    /// port watches every camera of every site. Off by default; viewers
-    /// are added with `revtun-keytool viewer add`.
-    #[arg(long)]
-    allow_anonymous_viewers: bool,
-    /// RTSP connections at once, all sources (data plane default 10,000,
-    /// capped to half the descriptors left after a reserve).
-    #[arg(long)]
-    max_rtsp_sessions: Option<usize>,
-    /// RTSP connections at once from one address (default 64; 0 = no limit).
-    #[arg(long)]
-    max_rtsp_sessions_per_addr: Option<usize>,
-    /// Viewers of one camera at once (default 2,000; 0 = no limit).
-    #[arg(long)]
-    max_viewers_per_camera: Option<usize>,
-    /// Deadline of each RTSP request and reply before PLAY (default 10s).
-    #[arg(long, value_parser = parse_duration)]
-    rtsp_request_timeout: Option<Duration>,
-    /// Live camera streams per site; more are refused with RTSP 453 [default: 16].
-    #[arg(long)]
-    max_site_streams: Option<usize>,
-    /// Bit rate a site's live camera streams may use together before new
-    /// streams are refused with RTSP 453, e.g. 40M [default: 0 = no limit].
-    #[arg(long, value_parser = revtun_proto::duration::parse_rate)]
-    max_site_bandwidth: Option<u64>,
-    /// Bytes queued per viewer before it skips to the next keyframe [default: 8 MiB].
-    #[arg(long)]
-    viewer_queue_bytes: Option<usize>,
-    /// Age of a viewer's oldest queued frame before it skips to the next keyframe [default: 2s].
-    #[arg(long, value_parser = parse_duration)]
-    viewer_queue_age: Option<Duration>,
-    /// A viewer whose socket takes nothing for this long is disconnected [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
-    viewer_stuck: Option<Duration>,
-    /// A camera stream stays open this long after its last viewer left [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
-    video_linger: Option<Duration>,
+    /// Tunnel settings (both ends; the data plane gets them).
+    #[command(flatten)]
+    tunnel: revtun_dataplane::config::TunnelArgs,
+    /// Redirector settings (the data plane gets them).
+    #[command(flatten)]
+    video: revtun_dataplane::config::VideoArgs,
     /// Data-plane shards (one glommio executor each); default: one per CPU.
     #[arg(long)]
     shards: Option<usize>,
@@ -129,36 +98,11 @@ struct Args {
     #[arg(long)]
     pin: bool,
     /// Data-plane shards busy-poll this long before sleeping (lower latency, more CPU).
-    #[arg(long, value_parser = parse_duration)]
-    spin: Option<Duration>,
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    spin: Duration,
     /// Path of revtun-dataplane (default: next to this binary).
     #[arg(long)]
     dataplane: Option<PathBuf>,
-    /// Tunnel receive window per stream, bytes.
-    #[arg(long)]
-    stream_window: Option<u32>,
-    /// Tunnel receive window per tunnel, bytes.
-    #[arg(long)]
-    tunnel_window: Option<u32>,
-    /// Largest a stream's receive window grows to, bytes.
-    #[arg(long)]
-    max_stream_window: Option<u32>,
-    /// Largest a tunnel's receive window grows to, bytes.
-    #[arg(long)]
-    max_tunnel_window: Option<u32>,
-    /// Streams a site may have open at once.
-    #[arg(long)]
-    max_streams: Option<u32>,
-    /// New streams per second per site tunnel at most (expose-port clients
-    /// beyond get a reset); under half the site's --max-stream-churn.
-    #[arg(long)]
-    max_stream_opens: Option<u32>,
-    /// Tunnel heartbeat interval.
-    #[arg(long, value_parser = parse_duration)]
-    heartbeat: Option<Duration>,
-    /// Declare a tunnel dead after this long without a frame.
-    #[arg(long, value_parser = parse_duration)]
-    dead_after: Option<Duration>,
     /// Nice value for control's own threads after the data plane started
     /// (handshake floods then cost control CPU, not data-plane CPU).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
@@ -191,8 +135,11 @@ fn main() {
     let expanded =
         revtun_dataplane::config_file::expand(argv, &Args::command(), None, &[], |_| false)
             .unwrap_or_else(|e| fail(e.to_string()));
-    let args = match Args::try_parse_from(expanded) {
-        Ok(a) => a,
+    let parsed = Args::command()
+        .try_get_matches_from(expanded)
+        .and_then(|m| clap::FromArgMatches::from_arg_matches(&m).map(|a: Args| (a, m)));
+    let (args, matches) = match parsed {
+        Ok(x) => x,
         Err(e) if checking => fail(e.to_string()),
         Err(e) => e.exit(),
     };
@@ -200,13 +147,13 @@ fn main() {
         println!("configuration ok");
         return;
     }
-    if let Err(e) = run(args) {
+    if let Err(e) = run(args, matches) {
         eprintln!("revtun-control: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
 
-fn launch(args: &Args) -> anyhow::Result<Launch> {
+fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<Launch> {
     let program = match &args.dataplane {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -224,16 +171,6 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     });
     if shards == 0 || shards > 256 {
         anyhow::bail!("--shards must be between 1 and 256");
-    }
-    let mut extra: Vec<String> = args
-        .expose
-        .iter()
-        .map(|e| format!("--expose={e}"))
-        .collect();
-    extra.push(format!("--log-level={}", args.log_level));
-    extra.push(format!("--log-format={}", args.log_format.as_str()));
-    if args.pin {
-        extra.push("--pin".into());
     }
     // The data plane binds these; a taken address is reported here, once,
     // and control exits non-zero, instead of running on without the port
@@ -259,49 +196,23 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         std::net::TcpListener::bind(a)
             .with_context(|| format!("cannot listen for {what} on {a}"))?;
     }
-    if let Some(a) = args.rtsp_listen {
-        extra.push(format!("--rtsp-listen={a}"));
-    }
+    let mut paths: Vec<(&str, String)> = Vec::new();
     match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
         (None, None, None) => {}
-        (Some(a), Some(cert), Some(key)) => {
+        (Some(_), Some(cert), Some(key)) => {
             // Checked here, so a bad file stops control at start instead
             // of a data plane that keeps exiting. Only the paths go on.
             revtun_control::tls::check_rtsps_files(cert, key).map_err(anyhow::Error::msg)?;
-            extra.push(format!("--rtsps-listen={a}"));
-            extra.push(format!(
-                "--rtsps-cert={}",
-                std::path::absolute(cert)?.display()
+            paths.push((
+                "rtsps-cert",
+                std::path::absolute(cert)?.display().to_string(),
             ));
-            extra.push(format!(
-                "--rtsps-key={}",
-                std::path::absolute(key)?.display()
-            ));
+            paths.push(("rtsps-key", std::path::absolute(key)?.display().to_string()));
         }
         _ => anyhow::bail!(
             "--rtsps-listen, --rtsps-cert and --rtsps-key go together; give all three or none"
         ),
     }
-    if let Some(a) = args.metrics_listen {
-        extra.push(format!("--metrics-listen={a}"));
-    }
-    if args.allow_anonymous_viewers {
-        extra.push("--allow-anonymous-viewers".into());
-    }
-    extra.extend(
-        [
-            opt_num("max-rtsp-sessions", args.max_rtsp_sessions),
-            opt_num(
-                "max-rtsp-sessions-per-addr",
-                args.max_rtsp_sessions_per_addr,
-            ),
-            opt_num("max-viewers-per-camera", args.max_viewers_per_camera),
-            args.rtsp_request_timeout
-                .map(|d| format!("--rtsp-request-timeout={}ms", d.as_millis())),
-        ]
-        .into_iter()
-        .flatten(),
-    );
     if let Some(f) = &args.metrics_token_file {
         // Checked here, so a bad file stops control at start.
         let token = zeroize::Zeroizing::new(
@@ -311,54 +222,21 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
         if token.lines().next().unwrap_or("").trim().is_empty() {
             anyhow::bail!("--metrics-token-file {}: empty token", f.display());
         }
-        extra.push(format!("--metrics-token-file={}", f.display()));
+        paths.push((
+            "metrics-token-file",
+            std::path::absolute(f)?.display().to_string(),
+        ));
     }
-    let ms = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
-    let opt = |name: &str, v: Option<String>| v.map(|v| format!("--{name}={v}"));
-    extra.extend(
-        [
-            opt("stream-window", args.stream_window.map(|v| v.to_string())),
-            opt("tunnel-window", args.tunnel_window.map(|v| v.to_string())),
-            opt(
-                "max-stream-window",
-                args.max_stream_window.map(|v| v.to_string()),
-            ),
-            opt(
-                "max-tunnel-window",
-                args.max_tunnel_window.map(|v| v.to_string()),
-            ),
-            opt("max-streams", args.max_streams.map(|v| v.to_string())),
-            opt(
-                "max-stream-opens",
-                args.max_stream_opens.map(|v| v.to_string()),
-            ),
-            opt(
-                "heartbeat",
-                args.heartbeat.map(|d| format!("{}ms", d.as_millis())),
-            ),
-            opt(
-                "dead-after",
-                args.dead_after.map(|d| format!("{}ms", d.as_millis())),
-            ),
-            opt(
-                "max-site-streams",
-                args.max_site_streams.map(|v| v.to_string()),
-            ),
-            opt(
-                "max-site-bandwidth",
-                args.max_site_bandwidth.map(|v| v.to_string()),
-            ),
-            opt(
-                "viewer-queue-bytes",
-                args.viewer_queue_bytes.map(|v| v.to_string()),
-            ),
-            opt("viewer-queue-age", ms(args.viewer_queue_age)),
-            opt("viewer-stuck", ms(args.viewer_stuck)),
-            opt("video-linger", ms(args.video_linger)),
-        ]
-        .into_iter()
-        .flatten(),
-    );
+    // One serialized message: every data-plane flag that control has, with
+    // the value control was given (or its default), as the settings file
+    // the data plane reads. A flag declared on both flows with no code here.
+    let text = dataplane_settings(matches, &paths);
+    let file = args.state_dir.join("dataplane.toml");
+    revtun_control::state::write_file(&file, text.as_bytes(), 0o600)?;
+    let extra = vec![format!(
+        "--config={}",
+        std::path::absolute(&file)?.display()
+    )];
     Ok(Launch {
         program,
         shards,
@@ -366,11 +244,48 @@ fn launch(args: &Args) -> anyhow::Result<Launch> {
     })
 }
 
-fn opt_num(name: &str, v: Option<usize>) -> Option<String> {
-    v.map(|v| format!("--{name}={v}"))
+/// The data plane's settings file: for each flag of `revtun-dataplane`
+/// that control also has, control's value (`paths` replaces a value, for
+/// files made absolute).
+fn dataplane_settings(m: &clap::ArgMatches, paths: &[(&str, String)]) -> String {
+    use clap::{ArgAction, CommandFactory};
+    let control = Args::command();
+    let mut out = String::from("# Written by revtun-control for its data plane at each start.\n");
+    for arg in revtun_dataplane::args::DataPlaneArgs::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "control-fd" | "config" | "check-config") {
+            continue;
+        }
+        let key = long.replace('-', "_");
+        if let Some((_, v)) = paths.iter().find(|(k, _)| *k == long) {
+            out.push_str(&format!("{key} = {}\n", toml::Value::String(v.clone())));
+            continue;
+        }
+        let Some(ours) = control.get_arguments().find(|a| a.get_long() == Some(long)) else {
+            continue;
+        };
+        let Some(raw) = m.get_raw(ours.get_id().as_str()) else {
+            continue;
+        };
+        let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        let line = match arg.get_action() {
+            ArgAction::SetTrue => format!("{key} = {}", values.iter().any(|v| v == "true")),
+            ArgAction::Append => format!(
+                "{key} = {}",
+                toml::Value::Array(values.into_iter().map(toml::Value::String).collect())
+            ),
+            _ => match values.into_iter().next() {
+                Some(v) => format!("{key} = {}", toml::Value::String(v)),
+                None => continue,
+            },
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, matches: clap::ArgMatches) -> anyhow::Result<()> {
     revtun_dataplane::logging::init("revtun-control", &args.log_level, args.log_format);
     if args.max_pending == 0 || args.max_pending_per_addr == 0 || args.max_pending_per_prefix == 0 {
         anyhow::bail!(
@@ -400,7 +315,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         handshake_rate_per_prefix: args.handshake_rate_per_prefix,
         site_cert_ttl: args.site_cert_ttl,
     };
-    let dataplane = DataPlane::start(launch(&args)?).context("starting the data plane")?;
+    let dataplane =
+        DataPlane::start(launch(&args, &matches)?).context("starting the data plane")?;
     // The supervisor thread started above keeps the default priority, so
     // restarted data planes do too; only control's handshake threads (this
     // one and those it spawns from now on) yield to the data plane.

@@ -64,21 +64,6 @@ impl TunnelArgs {
             max_opens_per_sec: self.max_stream_opens,
         }
     }
-
-    /// The same flags as arguments (control passes them to the data plane).
-    pub fn to_args(&self) -> Vec<String> {
-        vec![
-            format!("--stream-window={}", self.stream_window),
-            format!("--tunnel-window={}", self.tunnel_window),
-            format!("--max-stream-window={}", self.max_stream_window),
-            format!("--max-tunnel-window={}", self.max_tunnel_window),
-            format!("--max-streams={}", self.max_streams),
-            format!("--heartbeat={}ms", self.heartbeat.as_millis()),
-            format!("--dead-after={}ms", self.dead_after.as_millis()),
-            format!("--max-stream-churn={}", self.max_stream_churn),
-            format!("--max-stream-opens={}", self.max_stream_opens),
-        ]
-    }
 }
 
 /// Redirector (video) flags of the host data plane.

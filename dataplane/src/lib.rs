@@ -5,6 +5,7 @@
 //! - [`backoff`]: full-jitter exponential backoff for reconnects.
 
 pub mod agent;
+pub mod args;
 pub mod backoff;
 pub mod config;
 pub mod config_file;

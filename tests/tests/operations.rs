@@ -307,3 +307,124 @@ fn docs_config_lists_every_key() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every data-plane setting given to control reaches the data plane (the
+/// `--spin` defect: a flag parsed by control and never passed on). The
+/// flags come from `revtun-dataplane --help`, so a new data-plane flag
+/// fails this test until it is given a value here, and is then checked.
+#[test]
+fn every_data_plane_setting_given_to_control_reaches_the_data_plane() -> Result<()> {
+    use revtun_tests::{bin, run};
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n")?;
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+    let p = |f: &std::path::Path| f.to_string_lossy().into_owned();
+    // A non-default value for each flag (a switch: "").
+    let values: Vec<(&str, String)> = vec![
+        ("expose", "s1/web=127.0.0.1:0".into()),
+        ("rtsp-listen", "127.0.0.1:0".into()),
+        ("rtsps-listen", "127.0.0.1:0".into()),
+        ("rtsps-cert", p(&cert)),
+        ("rtsps-key", p(&key)),
+        ("pin", "".into()),
+        ("spin", "7ms".into()),
+        ("stream-window", "1000001".into()),
+        ("tunnel-window", "2000003".into()),
+        ("max-stream-window", "3000005".into()),
+        ("max-tunnel-window", "4000007".into()),
+        ("max-streams", "511".into()),
+        ("heartbeat", "4s".into()),
+        ("dead-after", "16s".into()),
+        ("max-stream-churn", "7777".into()),
+        ("max-stream-opens", "3333".into()),
+        ("max-site-streams", "7".into()),
+        ("max-site-bandwidth", "40M".into()),
+        ("viewer-queue-bytes", "1048577".into()),
+        ("viewer-queue-age", "3s".into()),
+        ("viewer-stuck", "9s".into()),
+        ("video-linger", "6s".into()),
+        ("allow-anonymous-viewers", "".into()),
+        ("max-rtsp-sessions", "999".into()),
+        ("max-rtsp-sessions-per-addr", "33".into()),
+        ("max-viewers-per-camera", "444".into()),
+        ("rtsp-request-timeout", "7s".into()),
+        ("metrics-listen", "127.0.0.1:0".into()),
+        ("metrics-token-file", p(&token)),
+        ("log-level", "info,revtun_control=info".into()),
+        ("log-format", "json".into()),
+    ];
+    let help = run(
+        std::process::Command::new(bin("revtun-dataplane")).arg("--help"),
+        Duration::from_secs(20),
+    )?;
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|f| f.split([' ', '.']).next().unwrap_or(""))
+        .filter(|f| {
+            ![
+                "control-fd",
+                "config",
+                "check-config",
+                "help",
+                "version",
+                "",
+            ]
+            .contains(f)
+        })
+        .collect();
+    for f in &flags {
+        assert!(
+            values.iter().any(|(k, _)| k == f),
+            "revtun-dataplane has --{f}: give it a value in this test (and make sure control passes it)"
+        );
+    }
+    let mut args: Vec<String> = Vec::new();
+    for (k, v) in &values {
+        args.push(if v.is_empty() {
+            format!("--{k}")
+        } else {
+            format!("--{k}={v}")
+        });
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = Host::start(&args)?;
+    host.control
+        .wait_stdout("rtsps listening on", Duration::from_secs(20))
+        .context("the data plane did not start with these settings")?;
+    let file = host.state().join("dataplane.toml");
+    let text = std::fs::read_to_string(&file)?;
+    let table: toml::Table = text.parse()?;
+    for (k, v) in &values {
+        let key = k.replace('-', "_");
+        let got = table
+            .get(&key)
+            .with_context(|| format!("{key} not passed on:\n{text}"))?;
+        let ok = match got {
+            toml::Value::Boolean(b) => *b && v.is_empty(),
+            toml::Value::Array(a) => a.iter().any(|x| x.as_str() == Some(v.as_str())),
+            toml::Value::String(s) => {
+                s == v || std::path::Path::new(s) == std::path::absolute(v)?.as_path()
+            }
+            _ => false,
+        };
+        assert!(
+            ok,
+            "{key}: control was given {v:?}, the data plane got {got}"
+        );
+    }
+    let o = run(
+        std::process::Command::new(bin("revtun-dataplane"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--check-config"),
+        Duration::from_secs(20),
+    )?;
+    assert!(o.status.success(), "{}", revtun_tests::stderr(&o));
+    Ok(())
+}

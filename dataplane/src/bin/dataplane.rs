@@ -1,61 +1,37 @@
 //! `revtun-dataplane`: the host data plane. Started and supervised by
 //! `revtun-control`, which hands it authenticated tunnel sockets.
 
-use clap::Parser;
-use revtun_dataplane::config::{parse_expose, Expose, TunnelArgs, VideoArgs};
+use revtun_dataplane::args::DataPlaneArgs;
 use revtun_dataplane::host::{self, HostConfig};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-
-/// revtun host data plane (started by revtun-control; not run by hand).
-#[derive(Debug, Parser)]
-#[command(name = "revtun-dataplane", version)]
-struct Args {
-    /// Unix socket to control, one per shard (inherited descriptor numbers).
-    #[arg(long = "control-fd", required = true)]
-    control_fds: Vec<RawFd>,
-    /// Host port for a site's TCP service, SITE/SERVICE=ADDR:PORT.
-    #[arg(long, value_parser = parse_expose)]
-    expose: Vec<Expose>,
-    /// Host redirector (RTSP) listen address.
-    #[arg(long)]
-    rtsp_listen: Option<std::net::SocketAddr>,
-    /// Host redirector over TLS (RTSPS) listen address; with --rtsps-cert
-    /// and --rtsps-key.
-    #[arg(long)]
-    rtsps_listen: Option<std::net::SocketAddr>,
-    /// RTSPS certificate chain, PEM (leaf first).
-    #[arg(long, value_name = "FILE")]
-    rtsps_cert: Option<std::path::PathBuf>,
-    /// RTSPS private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE")]
-    rtsps_key: Option<std::path::PathBuf>,
-    /// Pin shard k to CPU k.
-    #[arg(long)]
-    pin: bool,
-    /// Busy-poll this long before an idle shard sleeps (lower latency, more CPU).
-    #[arg(long, default_value = "0ms", value_parser = revtun_dataplane::config::parse_duration)]
-    spin: std::time::Duration,
-    #[command(flatten)]
-    tunnel: TunnelArgs,
-    #[command(flatten)]
-    video: VideoArgs,
-    /// Serve metrics (Prometheus text) on this address.
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
-    /// Require `Authorization: Bearer TOKEN` on metrics requests; the
-    /// token is the first line of this file.
-    #[arg(long)]
-    metrics_token_file: Option<std::path::PathBuf>,
-    /// Log filter.
-    #[arg(long, env = "REVTUN_LOG", default_value = "info")]
-    log_level: String,
-    /// Log line format: text, or json (one object per line).
-    #[arg(long, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = revtun_dataplane::logging::LogFormat::Text)]
-    log_format: revtun_dataplane::logging::LogFormat,
-}
+use std::os::fd::{FromRawFd, OwnedFd};
 
 fn main() {
-    let args = Args::parse();
+    use clap::{CommandFactory, Parser};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.iter().any(|a| a == "--check-config");
+    let argv =
+        revtun_dataplane::config_file::expand(argv, &DataPlaneArgs::command(), None, &[], |_| {
+            false
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("revtun-dataplane: {e}");
+            std::process::exit(if checking { 1 } else { 2 });
+        });
+    let args = match DataPlaneArgs::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) if checking => {
+            eprintln!(
+                "revtun-dataplane: configuration invalid: {}",
+                e.to_string().trim_end()
+            );
+            std::process::exit(1);
+        }
+        Err(e) => e.exit(),
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return;
+    }
     revtun_dataplane::logging::init("revtun-dataplane", &args.log_level, args.log_format);
     // Checked first: a bad file is a bad flag, whoever started this.
     let rtsps = match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
