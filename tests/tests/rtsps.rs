@@ -294,12 +294,18 @@ fn rtsps_viewers_decode_over_tls_1_3_and_1_2_next_to_plain_rtsp() -> Result<()> 
     let dp = v.host.dataplane_pid().context("data plane pid")?;
     let argv = std::fs::read(format!("/proc/{dp}/cmdline"))?;
     let argv = String::from_utf8_lossy(&argv);
-    assert!(argv.contains("--rtsps-key"), "{argv}");
+    // The data plane's settings file names the key file, never its contents.
+    let settings = std::fs::read_to_string(v.host.state().join("dataplane.toml"))?;
+    assert!(settings.contains("rtsps_key = "), "{settings}");
     for line in cert.key_lines() {
         assert!(!log.contains(line), "key material in the host log");
         assert!(
             !argv.contains(line),
             "key material in the data plane's argv"
+        );
+        assert!(
+            !settings.contains(line),
+            "key material in the data plane's settings"
         );
     }
     assert!(!log.contains("panicked"), "{log}");
