@@ -41,6 +41,9 @@ ensure_video_peers() {
     local need=()
     # curl: a real HTTP client in the fault tests (tests/tests/faults.rs).
     command -v curl >/dev/null || need+=(curl ca-certificates)
+    # prlimit (descriptor-limit tests) and systemd-analyze (unit checks).
+    command -v prlimit >/dev/null || need+=(util-linux)
+    command -v systemd-analyze >/dev/null || need+=(systemd)
     if ! command -v ffprobe >/dev/null ||
         ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
         need+=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base

@@ -335,8 +335,13 @@ async fn viewers(ctx: Rc<Ctx>) {
 
 /// Sends control's counters to the data plane each second (its metrics
 /// endpoint serves them; its `/ready` wants them).
+/// Also tells systemd (`Type=notify`) that control is ready once the data
+/// plane took the first report, and keeps its watchdog fed from this
+/// loop, so a control whose event loop hangs is restarted.
 async fn report_stats(ctx: Rc<Ctx>) {
     use revtun_proto::handoff::{Handoff, MAX_CONTROL_METRICS};
+    let mut ready = false;
+    let watchdog = revtun_dataplane::notify::watchdog_interval();
     loop {
         let restarts = ctx.dataplane.epoch().saturating_sub(1);
         let mut text = ctx.stats.render(ctx.pending.borrow().total(), restarts);
@@ -347,8 +352,18 @@ async fn report_stats(ctx: Rc<Ctx>) {
         let dp = ctx.dataplane.clone();
         let msg = [Handoff::ControlMetrics(text)];
         // A data plane starting or restarting gets the next one.
-        let _ = blocking(move || dp.broadcast(&msg, Duration::from_millis(50))).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = blocking(move || dp.broadcast(&msg, Duration::from_millis(50))).await;
+        if !ready && matches!(sent, Ok(Ok(()))) {
+            ready = true;
+            if revtun_dataplane::notify::notify("READY=1\nSTATUS=accepting sites") {
+                info!("told systemd: ready");
+            }
+        }
+        if watchdog.is_some() {
+            revtun_dataplane::notify::notify("WATCHDOG=1");
+        }
+        let pause = watchdog.map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod host;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod signal;
 pub mod site;
 pub mod tunnel;

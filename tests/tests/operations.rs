@@ -428,3 +428,127 @@ fn every_data_plane_setting_given_to_control_reaches_the_data_plane() -> Result<
     assert!(o.status.success(), "{}", revtun_tests::stderr(&o));
     Ok(())
 }
+
+fn units() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd")
+}
+
+/// The systemd units pass `systemd-analyze verify` (with their ExecStart
+/// pointing at the binaries built here instead of /usr/bin).
+#[test]
+fn the_systemd_units_verify() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for unit in ["revtun-control.service", "revtun-site.service"] {
+        let text = std::fs::read_to_string(units().join(unit))?;
+        for needed in [
+            "Type=notify",
+            "WatchdogSec=",
+            "StateDirectoryMode=0700",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "User=",
+        ] {
+            assert!(text.contains(needed), "{unit} lacks {needed}");
+        }
+        let local = text
+            .replace(
+                "/usr/bin/revtun-control",
+                &revtun_tests::bin("revtun-control").to_string_lossy(),
+            )
+            .replace(
+                "/usr/bin/revtun-site",
+                &revtun_tests::bin("revtun-site").to_string_lossy(),
+            );
+        let path = dir.path().join(unit);
+        std::fs::write(&path, local)?;
+        let o = revtun_tests::run(
+            std::process::Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path),
+            Duration::from_secs(60),
+        )?;
+        let err = revtun_tests::stderr(&o);
+        assert!(o.status.success(), "{unit}: {err}");
+        assert!(!err.contains(unit), "{unit}: {err}");
+    }
+    Ok(())
+}
+
+/// Under systemd (`Type=notify`), control says READY=1 once its listener
+/// is bound and the data plane took its first report, and feeds the
+/// watchdog; the site agent says READY=1 and feeds it too.
+#[test]
+fn control_and_site_notify_systemd_and_feed_the_watchdog() -> Result<()> {
+    use revtun_tests::{bin, Proc};
+    let dir = tempfile::tempdir()?;
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let state = dir.path().join("host");
+    let o = revtun_tests::keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init");
+    let control = Proc::spawn(
+        std::process::Command::new(bin("revtun-control"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "1000000"),
+    )?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    while !(got.iter().any(|m: &String| m.starts_with("READY=1"))
+        && got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "from control: {got:?}"
+        );
+        let n = sock.recv(&mut buf)?;
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // Ready came after the listener was bound.
+    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(1))?;
+    let addr: std::net::SocketAddr = line.trim_start_matches("listening on ").trim().parse()?;
+    let kf = dir.path().join("s.keyfile");
+    let o = revtun_tests::keytool(
+        &state,
+        &[
+            "issue",
+            "--site",
+            "s",
+            "--endpoint",
+            &addr.to_string(),
+            "--out",
+            &kf.to_string_lossy(),
+        ],
+    )?;
+    anyhow::ensure!(o.status.success(), "issue");
+    let site_sock_path = dir.path().join("site.sock");
+    let site_sock = std::os::unix::net::UnixDatagram::bind(&site_sock_path)?;
+    site_sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let _agent = Proc::spawn(
+        std::process::Command::new(bin("revtun-site"))
+            .arg("run")
+            .arg("--state-dir")
+            .arg(dir.path().join("site"))
+            .arg("--keyfile")
+            .arg(&kf)
+            .env("NOTIFY_SOCKET", &site_sock_path)
+            .env("WATCHDOG_USEC", "1000000"),
+    )?;
+    let mut site_got = Vec::new();
+    while !(site_got.iter().any(|m: &String| m.starts_with("READY=1"))
+        && site_got.iter().any(|m| m == "WATCHDOG=1"))
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(40),
+            "from the site: {site_got:?}"
+        );
+        let n = site_sock.recv(&mut buf)?;
+        site_got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    Ok(())
+}

@@ -256,6 +256,18 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 camera_timeout,
                 connect_timeout,
             };
+            // systemd (`Type=notify`): ready once the identity is loaded
+            // and the agent runs (connected or retrying); the watchdog is
+            // fed while the process lives.
+            revtun_dataplane::notify::notify("READY=1\nSTATUS=holding the tunnel");
+            if let Some(every) = revtun_dataplane::notify::watchdog_interval() {
+                let _ = std::thread::Builder::new()
+                    .name("watchdog".into())
+                    .spawn(move || loop {
+                        revtun_dataplane::notify::notify("WATCHDOG=1");
+                        std::thread::sleep(every);
+                    });
+            }
             agent::run(id, cfg).context("tunnel")?;
             println!("stopped");
         }
