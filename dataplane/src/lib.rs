@@ -13,6 +13,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
+pub mod status;
 pub mod site;
 pub mod tunnel;
 pub mod video;

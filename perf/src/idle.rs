@@ -106,8 +106,8 @@ pub fn run(quick: bool) -> Result<Value> {
                     &secrets,
                     spec,
                     Role::Site {
-                        services: Rc::new(HashMap::new()),
-                        handlers: Rc::new(HashMap::new()),
+                        services: Rc::default(),
+                        handlers: Rc::default(),
                         connect_timeout: revtun_dataplane::tunnel::CONNECT_TIMEOUT,
                     },
                     &[],
