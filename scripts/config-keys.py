@@ -1,8 +1,21 @@
 #!/usr/bin/env python3
 """Prints the markdown table of configuration keys of a binary, from its
 --help (so docs/config.md lists exactly the flags the binary has).
+The Reload column says whether SIGHUP applies a key live: for
+revtun-control every key but those in RESTART_ONLY (control/src/main.rs);
+for revtun-site run the services and cameras.
 Usage: scripts/config-keys.py BINARY [SUBCOMMAND]"""
-import re, subprocess, sys
+import os, re, subprocess, sys
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+name = os.path.basename(sys.argv[1])
+if name == "revtun-control":
+    src = open(os.path.join(root, "control/src/main.rs")).read()
+    block = re.search(r"const RESTART_ONLY: &\[&str\] = &\[(.*?)\];", src, re.S).group(1)
+    restart = {k.replace("-", "_") for k in re.findall(r'"([a-z0-9-]+)"', block)}
+    live = lambda key: key not in restart
+else:
+    live = lambda key: key in ("service", "camera")
 
 cmd = sys.argv[1:] + ["--help"]
 text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -20,12 +33,13 @@ for line in text.splitlines():
         cur["default"] = d.group(1)
     elif line.strip() and not line.strip().startswith("["):
         cur["doc"].append(line.strip())
-print("| Key | Default | What |")
-print("|---|---|---|")
+print("| Key | Default | What | Reload |")
+print("|---|---|---|---|")
 for r in rows:
     if r["key"] in ("config", "check_config", "help", "version"):
         continue
     doc = " ".join(r["doc"]).replace("|", "\\|")
     first = doc.split(". ")[0]
     kind = "" if r["value"] else " (true/false)"
-    print(f"| `{r['key']}`{kind} | {r['default'] or '-'} | {first} |")
+    reload = "live" if live(r["key"]) else "restart"
+    print(f"| `{r['key']}`{kind} | {r['default'] or '-'} | {first} | {reload} |")

@@ -8,6 +8,7 @@ use revtun_control::server::{self, ServerOptions};
 use revtun_control::{limits, state, HostState};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +134,7 @@ fn main() {
         std::process::exit(if checking { 1 } else { 2 });
     };
     let expanded =
-        revtun_dataplane::config_file::expand(argv, &Args::command(), None, &[], |_| false)
+        revtun_dataplane::config_file::expand(argv.clone(), &Args::command(), None, &[], |_| false)
             .unwrap_or_else(|e| fail(e.to_string()));
     let parsed = Args::command()
         .try_get_matches_from(expanded)
@@ -143,17 +144,20 @@ fn main() {
         Err(e) if checking => fail(e.to_string()),
         Err(e) => e.exit(),
     };
+    if let Err(e) = server_options(&args) {
+        fail(format!("{e:#}"));
+    }
     if args.check_config {
         println!("configuration ok");
         return;
     }
-    if let Err(e) = run(args, matches) {
+    if let Err(e) = run(args, matches, argv) {
         eprintln!("revtun-control: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
 
-fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<Launch> {
+fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<(Launch, Paths)> {
     let program = match &args.dataplane {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -174,8 +178,7 @@ fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<Launch> {
     }
     // The data plane binds these; a taken address is reported here, once,
     // and control exits non-zero, instead of running on without the port
-    // or with a data plane that keeps failing. (std binds with
-    // SO_REUSEADDR, as the data plane does: TIME_WAIT does not count.)
+    // or with a data plane that keeps failing.
     let mut wanted: Vec<(std::net::SocketAddr, String)> = Vec::new();
     for (addr, what) in [
         (args.rtsp_listen, "RTSP"),
@@ -193,10 +196,9 @@ fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<Launch> {
         ));
     }
     for (a, what) in wanted.iter().filter(|(a, _)| a.port() != 0) {
-        std::net::TcpListener::bind(a)
-            .with_context(|| format!("cannot listen for {what} on {a}"))?;
+        bindable(*a).with_context(|| format!("cannot listen for {what} on {a}"))?;
     }
-    let mut paths: Vec<(&str, String)> = Vec::new();
+    let mut paths: Paths = Vec::new();
     match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
         (None, None, None) => {}
         (Some(_), Some(cert), Some(key)) => {
@@ -230,30 +232,208 @@ fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<Launch> {
     // One serialized message: every data-plane flag that control has, with
     // the value control was given (or its default), as the settings file
     // the data plane reads. A flag declared on both flows with no code here.
-    let text = dataplane_settings(matches, &paths);
+    let text = dataplane_settings(matches, matches, &paths);
     let file = args.state_dir.join("dataplane.toml");
     revtun_control::state::write_file(&file, text.as_bytes(), 0o600)?;
     let extra = vec![format!(
         "--config={}",
         std::path::absolute(&file)?.display()
     )];
-    Ok(Launch {
-        program,
-        shards,
-        args: extra,
+    Ok((
+        Launch {
+            program,
+            shards,
+            args: extra,
+        },
+        paths,
+    ))
+}
+
+/// Makes `STATE_DIR/status.sock` (mode 0600) for `revtun-keytool status`;
+/// every data plane inherits it. A socket left by an earlier run is
+/// replaced.
+fn status_socket(dir: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("status.sock");
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the old {}", path.display()))
+        }
+        _ => {}
+    }
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot make {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // The data plane inherits it (only the supervisor forks).
+    nix::fcntl::fcntl(
+        &l,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )?;
+    Ok(l)
+}
+
+/// Whether the data plane can bind `a`: a bind as its listeners do it
+/// (`SO_REUSEADDR`, so TIME_WAIT does not count; `SO_REUSEPORT`, so a
+/// port this user holds for sharing does not either), released at once.
+fn bindable(a: SocketAddr) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    let family = if a.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(a))?;
+    Ok(())
+}
+
+/// Files handed to the data plane by absolute path: (flag, path).
+type Paths = Vec<(&'static str, String)>;
+
+/// Settings that change only at a restart: on reload their running values
+/// stay (in control and in the data plane's file) and the log names them.
+const RESTART_ONLY: &[&str] = &[
+    "listen",
+    "state-dir",
+    "rtsp-listen",
+    "rtsps-listen",
+    "rtsps-cert",
+    "rtsps-key",
+    "metrics-listen",
+    "metrics-token-file",
+    "shards",
+    "pin",
+    "spin",
+    "dataplane",
+    "nice",
+    "log-format",
+];
+
+/// The raw values of control's flag `--long` in `m`.
+fn raw_values(m: &clap::ArgMatches, long: &str) -> Option<Vec<String>> {
+    use clap::CommandFactory;
+    let cmd = Args::command();
+    let arg = cmd.get_arguments().find(|a| a.get_long() == Some(long))?;
+    let raw = m.get_raw(arg.get_id().as_str())?;
+    Some(raw.map(|v| v.to_string_lossy().into_owned()).collect())
+}
+
+/// The pending-handshake limits and deadlines, checked.
+fn server_options(args: &Args) -> anyhow::Result<ServerOptions> {
+    if args.max_pending == 0 || args.max_pending_per_addr == 0 || args.max_pending_per_prefix == 0 {
+        anyhow::bail!(
+            "--max-pending, --max-pending-per-addr and --max-pending-per-prefix must be at least 1"
+        );
+    }
+    if args.first_byte_timeout.is_zero() || args.handshake_timeout.is_zero() {
+        anyhow::bail!("--first-byte-timeout and --handshake-timeout must be more than 0");
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        anyhow::bail!("bad --log-level {:?}: {e}", args.log_level);
+    }
+    Ok(ServerOptions {
+        handshake_timeout: args.handshake_timeout,
+        first_byte_timeout: args.first_byte_timeout,
+        max_pending: args.max_pending,
+        max_pending_per_addr: args.max_pending_per_addr,
+        max_pending_per_prefix: args.max_pending_per_prefix,
+        handshake_rate_per_prefix: args.handshake_rate_per_prefix,
+        site_cert_ttl: args.site_cert_ttl,
     })
+}
+
+/// SIGHUP: what control needs to read its settings again and apply them.
+struct Reloader {
+    /// The command line control was started with.
+    argv: Vec<std::ffi::OsString>,
+    /// The settings control started with (restart-only values come from it).
+    base: clap::ArgMatches,
+    /// The service ports in force.
+    exposes: Vec<revtun_proto::expose::Expose>,
+    paths: Paths,
+    file: PathBuf,
+}
+
+impl Reloader {
+    /// Parses the command line and its file again and, if every value is
+    /// good and every new service port binds, rewrites the data plane's
+    /// settings file and sets control's log level; returns the options to
+    /// apply and a summary. On error nothing changed.
+    fn reload(&mut self) -> Result<(ServerOptions, String), String> {
+        use clap::CommandFactory;
+        let expanded = revtun_dataplane::config_file::expand(
+            self.argv.clone(),
+            &Args::command(),
+            None,
+            &[],
+            |_| false,
+        )
+        .map_err(|e| e.to_string())?;
+        let m = Args::command()
+            .try_get_matches_from(expanded)
+            .map_err(|e| e.to_string().trim_end().to_string())?;
+        let args: Args = clap::FromArgMatches::from_arg_matches(&m).map_err(|e| e.to_string())?;
+        let opts = server_options(&args).map_err(|e| format!("{e:#}"))?;
+        let added: Vec<&revtun_proto::expose::Expose> = args
+            .expose
+            .iter()
+            .filter(|e| !self.exposes.contains(e))
+            .collect();
+        let removed = self
+            .exposes
+            .iter()
+            .filter(|e| !args.expose.contains(e))
+            .count();
+        for e in added.iter().filter(|e| e.listen.port() != 0) {
+            bindable(e.listen).map_err(|err| {
+                format!(
+                    "cannot listen for the service port {}/{} on {}: {err}",
+                    e.site, e.service, e.listen
+                )
+            })?;
+        }
+        let text = dataplane_settings(&m, &self.base, &self.paths);
+        revtun_control::state::write_file(&self.file, text.as_bytes(), 0o600)
+            .map_err(|e| e.to_string())?;
+        revtun_dataplane::logging::set_level(&args.log_level)?;
+        let frozen: Vec<String> = RESTART_ONLY
+            .iter()
+            .filter(|l| raw_values(&m, l) != raw_values(&self.base, l))
+            .map(|l| format!("--{l}"))
+            .collect();
+        let mut summary = format!("service ports +{} -{}", added.len(), removed);
+        if !frozen.is_empty() {
+            summary.push_str(&format!(
+                "; changed but applied only at a restart: {}",
+                frozen.join(" ")
+            ));
+        }
+        self.exposes = args.expose;
+        Ok((opts, summary))
+    }
 }
 
 /// The data plane's settings file: for each flag of `revtun-dataplane`
 /// that control also has, control's value (`paths` replaces a value, for
 /// files made absolute).
-fn dataplane_settings(m: &clap::ArgMatches, paths: &[(&str, String)]) -> String {
+/// For restart-only flags ([`RESTART_ONLY`]) the value comes from `base`
+/// (the settings control started with).
+fn dataplane_settings(
+    m: &clap::ArgMatches,
+    base: &clap::ArgMatches,
+    paths: &[(&str, String)],
+) -> String {
     use clap::{ArgAction, CommandFactory};
     let control = Args::command();
-    let mut out = String::from("# Written by revtun-control for its data plane at each start.\n");
+    let mut out =
+        String::from("# Written by revtun-control for its data plane at each start and reload.\n");
     for arg in revtun_dataplane::args::DataPlaneArgs::command().get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        if matches!(long, "control-fd" | "config" | "check-config") {
+        if matches!(long, "control-fd" | "status-fd" | "config" | "check-config") {
             continue;
         }
         let key = long.replace('-', "_");
@@ -264,7 +444,12 @@ fn dataplane_settings(m: &clap::ArgMatches, paths: &[(&str, String)]) -> String 
         let Some(ours) = control.get_arguments().find(|a| a.get_long() == Some(long)) else {
             continue;
         };
-        let Some(raw) = m.get_raw(ours.get_id().as_str()) else {
+        let from = if RESTART_ONLY.contains(&long) {
+            base
+        } else {
+            m
+        };
+        let Some(raw) = from.get_raw(ours.get_id().as_str()) else {
             continue;
         };
         let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
@@ -285,16 +470,13 @@ fn dataplane_settings(m: &clap::ArgMatches, paths: &[(&str, String)]) -> String 
     out
 }
 
-fn run(args: Args, matches: clap::ArgMatches) -> anyhow::Result<()> {
+fn run(args: Args, matches: clap::ArgMatches, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    // First: SIGHUP's default action would end control.
+    let hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("installing the SIGHUP handler")?;
     revtun_dataplane::logging::init("revtun-control", &args.log_level, args.log_format);
-    if args.max_pending == 0 || args.max_pending_per_addr == 0 || args.max_pending_per_prefix == 0 {
-        anyhow::bail!(
-            "--max-pending, --max-pending-per-addr and --max-pending-per-prefix must be at least 1"
-        );
-    }
-    if args.first_byte_timeout.is_zero() || args.handshake_timeout.is_zero() {
-        anyhow::bail!("--first-byte-timeout and --handshake-timeout must be more than 0");
-    }
+    let opts = server_options(&args)?;
     if args.max_pending_per_prefix.saturating_mul(4) > args.max_pending {
         tracing::warn!(
             max_pending = args.max_pending,
@@ -306,17 +488,17 @@ fn run(args: Args, matches: clap::ArgMatches) -> anyhow::Result<()> {
     let listener =
         server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let opts = ServerOptions {
-        handshake_timeout: args.handshake_timeout,
-        first_byte_timeout: args.first_byte_timeout,
-        max_pending: args.max_pending,
-        max_pending_per_addr: args.max_pending_per_addr,
-        max_pending_per_prefix: args.max_pending_per_prefix,
-        handshake_rate_per_prefix: args.handshake_rate_per_prefix,
-        site_cert_ttl: args.site_cert_ttl,
+    let status = status_socket(&args.state_dir)?;
+    let (mut how, paths) = launch(&args, &matches)?;
+    how.args.push(format!("--status-fd={}", status.as_raw_fd()));
+    let dataplane = DataPlane::start(how).context("starting the data plane")?;
+    let mut reloader = Reloader {
+        file: args.state_dir.join("dataplane.toml"),
+        argv,
+        base: matches,
+        exposes: args.expose.clone(),
+        paths,
     };
-    let dataplane =
-        DataPlane::start(launch(&args, &matches)?).context("starting the data plane")?;
     // The supervisor thread started above keeps the default priority, so
     // restarted data planes do too; only control's handshake threads (this
     // one and those it spawns from now on) yield to the data plane.
@@ -333,6 +515,10 @@ fn run(args: Args, matches: clap::ArgMatches) -> anyhow::Result<()> {
         Arc::new(SystemClock::default()),
         opts,
         dataplane,
+        server::Reload {
+            requested: hup,
+            apply: Box::new(move || reloader.reload()),
+        },
     )?;
     Ok(())
 }

@@ -70,6 +70,12 @@ impl Pending {
         }
     }
 
+    /// Replaces the caps (a reload): handshakes in progress keep their
+    /// slots; new ones are checked against these.
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
     /// Takes a slot for a handshake from `ip`, or says which cap is full.
     /// Every `Ok` must be matched by one [`Pending::release`] of the same
     /// address.

@@ -66,6 +66,21 @@ impl Default for ServerOptions {
     }
 }
 
+/// SIGHUP: a flag set by the signal handler and what applies a reload.
+pub struct Reload {
+    /// Set by the SIGHUP handler.
+    pub requested: Arc<std::sync::atomic::AtomicBool>,
+    /// Reads the settings again and prepares the data plane's file; the
+    /// listener options to apply and a summary, or why nothing changed.
+    pub apply: Box<dyn FnMut() -> Result<(ServerOptions, String), String>>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").finish_non_exhaustive()
+    }
+}
+
 /// Why one connection ended without success. Logged, never sent.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
@@ -120,11 +135,19 @@ struct Ctx {
     state: Arc<HostState>,
     tls: Arc<ServerConfig>,
     clock: Arc<dyn Clock>,
-    opts: ServerOptions,
+    /// Replaced on reload.
+    opts: RefCell<ServerOptions>,
     pending: Rc<RefCell<Pending>>,
     dataplane: Arc<DataPlane>,
     conn_ids: std::cell::Cell<u64>,
     stats: crate::stats::Stats,
+}
+
+impl Ctx {
+    /// The listener options in force.
+    fn opts(&self) -> ServerOptions {
+        self.opts.borrow().clone()
+    }
 }
 
 /// A rustls server connection driven over a tokio-uring socket.
@@ -239,6 +262,7 @@ pub fn serve(
     clock: Arc<dyn Clock>,
     opts: ServerOptions,
     dataplane: Arc<DataPlane>,
+    reload: Reload,
 ) -> Result<(), crate::tls::TlsSetupError> {
     let tls = crate::tls::server_config(&state)?;
     tokio_uring::start(async move {
@@ -252,7 +276,7 @@ pub fn serve(
                 per_addr: opts.max_pending_per_addr,
                 per_prefix: opts.max_pending_per_prefix,
             }))),
-            opts,
+            opts: RefCell::new(opts),
             dataplane,
             conn_ids: std::cell::Cell::new(0),
             stats: crate::stats::Stats::default(),
@@ -260,9 +284,60 @@ pub fn serve(
         tokio_uring::spawn(revocations(ctx.clone()));
         tokio_uring::spawn(viewers(ctx.clone()));
         tokio_uring::spawn(report_stats(ctx.clone()));
+        tokio_uring::spawn(reloads(ctx.clone(), reload));
         accept_loop(listener, ctx).await;
     });
     Ok(())
+}
+
+/// Applies a reload within a fifth of a second of SIGHUP: control's
+/// listener options at once, and the data plane re-reads its settings
+/// file. A reload that fails changes nothing; the log and stdout say why.
+async fn reloads(ctx: Rc<Ctx>, mut reload: Reload) {
+    use std::sync::atomic::Ordering;
+    let mut generation = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !reload.requested.swap(false, Ordering::SeqCst) {
+            continue;
+        }
+        generation += 1;
+        let (opts, summary) = match (reload.apply)() {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(generation, error = %e, "reload refused; the running settings stay");
+                say(&format!(
+                    "reload refused: {}",
+                    e.lines().next().unwrap_or("")
+                ));
+                continue;
+            }
+        };
+        ctx.pending.borrow_mut().set_caps(Caps {
+            total: opts.max_pending,
+            per_addr: opts.max_pending_per_addr,
+            per_prefix: opts.max_pending_per_prefix,
+        });
+        *ctx.opts.borrow_mut() = opts;
+        let dp = ctx.dataplane.clone();
+        let msg = [revtun_proto::handoff::Handoff::Reload { generation }];
+        match blocking(move || dp.broadcast(&msg, Duration::from_secs(1))).await {
+            Ok(Ok(())) => {}
+            // A data plane (re)starting reads the new file anyway.
+            other => {
+                warn!(generation, result = ?other.map(|r| r.map_err(|e| e.to_string())), "the data plane did not take the reload now; it reads the file when it starts")
+            }
+        }
+        info!(generation, %summary, "settings reloaded");
+        say(&format!("reloaded {generation}: {summary}"));
+    }
+}
+
+/// One line on stdout (operators and the tests follow it).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Tells the data plane to close the tunnels of revoked sites, within one
@@ -368,7 +443,8 @@ async fn report_stats(ctx: Rc<Ctx>) {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
-    let mut rate = crate::ratelimit::PerSourceRate::new(ctx.opts.handshake_rate_per_prefix);
+    let mut per_sec = ctx.opts().handshake_rate_per_prefix;
+    let mut rate = crate::ratelimit::PerSourceRate::new(per_sec);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -379,6 +455,11 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>) {
                 continue;
             }
         };
+        if ctx.opts().handshake_rate_per_prefix != per_sec {
+            // A reload changed the rate: buckets start full again.
+            per_sec = ctx.opts().handshake_rate_per_prefix;
+            rate = crate::ratelimit::PerSourceRate::new(per_sec);
+        }
         let prefix = Prefix::of(peer.ip());
         if !rate.allow(prefix, std::time::Instant::now()) {
             debug!(%peer, %prefix, "handshake rate of this prefix exceeded; closing");
@@ -431,7 +512,8 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
         },
         buf: Vec::with_capacity(limits::HANDSHAKE_READ_BUF),
     };
-    let result = tokio::time::timeout(ctx.opts.handshake_timeout, handshake(&ctx, io, peer)).await;
+    let result =
+        tokio::time::timeout(ctx.opts().handshake_timeout, handshake(&ctx, io, peer)).await;
     drop(guard);
     let outcome = match &result {
         Err(_) => "timeout",
@@ -447,11 +529,11 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
     );
     match result {
         Err(_) => {
-            info!(%peer, timeout = ?ctx.opts.handshake_timeout, "handshake deadline passed; closing");
+            info!(%peer, timeout = ?ctx.opts().handshake_timeout, "handshake deadline passed; closing");
             let _ = stream.shutdown(Shutdown::Both);
         }
         Ok(Err(ConnError::Silent)) => {
-            info!(%peer, timeout = ?ctx.opts.first_byte_timeout, "first-byte deadline passed; closing");
+            info!(%peer, timeout = ?ctx.opts().first_byte_timeout, "first-byte deadline passed; closing");
             let _ = stream.shutdown(Shutdown::Both);
         }
         Ok(Err(ConnError::Refused(_))) => {
@@ -470,7 +552,7 @@ async fn serve_conn(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr, guard: Pe
 /// Runs TLS and the one message exchange. On a refusal it has already sent
 /// the generic reply.
 async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Outcome, ConnError> {
-    io.first_read(ctx.opts.first_byte_timeout).await?;
+    io.first_read(ctx.opts().first_byte_timeout).await?;
     io.handshake().await?;
     debug!(%peer, client_cert = io.conn.peer_certificates().is_some(), "TLS handshake complete");
     let msg = io.read_message().await?;
@@ -546,7 +628,11 @@ async fn enroll(
     token: &revtun_proto::token::Token,
     csr_der: &[u8],
 ) -> Result<Vec<u8>, ConnError> {
-    let (state, clock, ttl) = (ctx.state.clone(), ctx.clock.clone(), ctx.opts.site_cert_ttl);
+    let (state, clock, ttl) = (
+        ctx.state.clone(),
+        ctx.clock.clone(),
+        ctx.opts().site_cert_ttl,
+    );
     let (site, token, csr) = (site.to_string(), token.clone(), csr_der.to_vec());
     blocking(move || -> Result<Vec<u8>, ConnError> {
         let now = clock.now_ms();

@@ -41,6 +41,55 @@ pub struct AgentConfig {
     pub camera_timeout: Duration,
     /// Longest wait for a service target to accept a connection.
     pub connect_timeout: Duration,
+    /// SIGHUP: how to read the services and cameras again.
+    pub reload: Option<Reload>,
+    /// Where the tunnel's state is written for `revtun-site status`
+    /// (`STATE_DIR/status`).
+    pub status_file: Option<std::path::PathBuf>,
+}
+
+/// Writes `STATE_DIR/status`: `up|down|stopped`, since (Unix seconds),
+/// this process, and the endpoint or the reason (replaced atomically).
+pub fn write_status(file: &std::path::Path, state: &str, detail: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let text = format!(
+        "state={state}\nsince={since}\npid={}\ndetail={}\n",
+        std::process::id(),
+        detail.replace('\n', " ")
+    );
+    let tmp = file.with_extension("tmp");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|_| std::fs::rename(&tmp, file));
+    if let Err(e) = written {
+        tracing::debug!(file = %file.display(), error = %e, "cannot write the status file");
+    }
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").finish_non_exhaustive()
+    }
+}
+
+/// Services (name -> target) and cameras (name -> URL) read on reload.
+pub type Offer = (HashMap<String, String>, HashMap<String, String>);
+
+/// How the agent reloads its services and cameras (SIGHUP).
+#[derive(Clone)]
+pub struct Reload {
+    /// Set by the signal handler.
+    pub requested: Arc<AtomicBool>,
+    /// Reads the settings again; an error changes nothing.
+    pub read: Arc<dyn Fn() -> Result<Offer, String> + Send + Sync>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -80,23 +129,78 @@ pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     ex.run(agent_loop(id, cfg))
 }
 
-async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
-    let services = Rc::new(cfg.services.clone());
-    let handlers = Rc::new(crate::video::site::handlers(
-        &cfg.cameras,
-        cfg.camera_timeout,
-    ));
-    let names: Vec<String> = {
-        let mut v: Vec<String> = cfg
+/// What the agent offers the host: services, camera handlers, and the
+/// names it announces; replaced on reload.
+struct Offered {
+    services: Rc<std::cell::RefCell<HashMap<String, String>>>,
+    handlers: Rc<std::cell::RefCell<HashMap<String, crate::tunnel::PipeHandler>>>,
+    camera_timeout: Duration,
+}
+
+impl Offered {
+    fn set(&self, services: HashMap<String, String>, cameras: &HashMap<String, String>) {
+        *self.handlers.borrow_mut() = crate::video::site::handlers(cameras, self.camera_timeout);
+        *self.services.borrow_mut() = services;
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
             .services
+            .borrow()
             .keys()
             .cloned()
-            .chain(handlers.keys().cloned())
+            .chain(self.handlers.borrow().keys().cloned())
             .collect();
         v.sort();
         v
-    };
+    }
+}
+
+/// Applies reloads within a fifth of a second of SIGHUP: the new
+/// services and cameras take the next streams, and the live tunnel
+/// announces them; streams already open go on.
+async fn reloads(
+    hook: Reload,
+    offered: Rc<Offered>,
+    current: Rc<std::cell::RefCell<Option<Tunnel>>>,
+) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        if !hook.requested.swap(false, Ordering::SeqCst) {
+            continue;
+        }
+        match (hook.read)() {
+            Ok((services, cameras)) => {
+                offered.set(services, &cameras);
+                let names = offered.names();
+                if let Some(t) = current.borrow().as_ref().filter(|t| !t.is_closed()) {
+                    t.advertise(&names);
+                }
+                tracing::info!(services = ?names, "settings reloaded (services and cameras; other settings apply at a restart)");
+                println!("reloaded: {}", names.join(" "));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reload refused; the running settings stay");
+                println!("reload refused: {}", e.lines().next().unwrap_or(""));
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
+    let offered = Rc::new(Offered {
+        services: Rc::default(),
+        handlers: Rc::default(),
+        camera_timeout: cfg.camera_timeout,
+    });
+    offered.set(cfg.services.clone(), &cfg.cameras);
+    let current: Rc<std::cell::RefCell<Option<Tunnel>>> = Rc::default();
+    if let Some(hook) = cfg.reload.clone() {
+        glommio::spawn_local(reloads(hook, offered.clone(), current.clone())).detach();
+    }
     let mut backoff = Backoff::new(BACKOFF_BASE, cfg.max_backoff);
+    let mut down = false;
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -116,6 +220,9 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
                 let sock = glommio::net::TcpStream::from(socket2::Socket::from(session.stream));
                 tracing::info!(site = %id.site, endpoint = %session.endpoint, "tunnel up");
                 println!("tunnel up via {}", session.endpoint);
+                if let Some(f) = &cfg.status_file {
+                    write_status(f, "up", &session.endpoint.to_string());
+                }
                 let _ = std::io::stdout().flush();
                 let spec = Spec {
                     side: Side::Site,
@@ -128,17 +235,30 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
                     &secrets,
                     spec,
                     Role::Site {
-                        services: services.clone(),
-                        handlers: handlers.clone(),
+                        services: offered.services.clone(),
+                        handlers: offered.handlers.clone(),
                         connect_timeout: cfg.connect_timeout,
                     },
-                    &names,
+                    &offered.names(),
                     Some(cfg.stop.clone()),
                 );
+                *current.borrow_mut() = Some(t.clone());
                 let reason = t.closed().await;
+                *current.borrow_mut() = None;
+                if let Some(f) = &cfg.status_file {
+                    write_status(f, "down", &format!("tunnel closed: {reason}"));
+                }
+                down = true;
                 tracing::warn!(site = %id.site, %reason, "tunnel closed");
             }
-            Err(e) if e.is_transient() => tracing::warn!(error = %e, "cannot reach the host"),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "cannot reach the host");
+                // Down since the first failure, not the latest.
+                if let Some(f) = cfg.status_file.as_ref().filter(|_| !down) {
+                    write_status(f, "down", &format!("cannot reach the host: {e}"));
+                }
+                down = true;
+            }
             Err(e) => return Err(e),
         }
         if cfg.stop.load(Ordering::Relaxed) {
@@ -180,6 +300,8 @@ mod tests {
             )]),
             camera_timeout: crate::video::site::CAMERA_TIMEOUT,
             connect_timeout: crate::tunnel::CONNECT_TIMEOUT,
+            reload: None,
+            status_file: None,
         };
         let text = format!("{cfg:?}");
         assert!(!text.contains("hunter2"), "{text}");

@@ -13,6 +13,10 @@ pub struct DataPlaneArgs {
     /// Unix socket to control, one per shard (inherited descriptor numbers).
     #[arg(long = "control-fd", required_unless_present = "check_config")]
     pub control_fds: Vec<RawFd>,
+    /// Listening status socket (inherited descriptor) that control made;
+    /// `revtun-keytool status` asks it.
+    #[arg(long = "status-fd")]
+    pub status_fd: Option<RawFd>,
     /// Settings from a TOML file (keys: these flags' names with '_');
     /// control writes one for each data plane it starts
     /// (`STATE_DIR/dataplane.toml`).
@@ -61,4 +65,15 @@ pub struct DataPlaneArgs {
     /// Log line format: text, or json (one object per line).
     #[arg(long, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
     pub log_format: crate::logging::LogFormat,
+}
+
+impl DataPlaneArgs {
+    /// Parses `argv` with its `--config` file; the error is one text.
+    pub fn parse_with_file(argv: Vec<std::ffi::OsString>) -> Result<DataPlaneArgs, String> {
+        use clap::CommandFactory;
+        let argv =
+            crate::config_file::expand(argv, &DataPlaneArgs::command(), None, &[], |_| false)
+                .map_err(|e| e.to_string())?;
+        DataPlaneArgs::try_parse_from(argv).map_err(|e| e.to_string().trim_end().to_string())
+    }
 }

@@ -44,6 +44,12 @@ pub struct HostConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Who may read the metrics.
     pub metrics_access: crate::metrics::Access,
+    /// The command line this process was started with: on a reload
+    /// ([`Handoff::Reload`]) it is parsed again, with its `--config` file.
+    pub argv: Vec<std::ffi::OsString>,
+    /// The soft descriptor limit in force (set by [`run`]; RTSP caps are
+    /// kept within it).
+    pub nofile: u64,
 }
 
 /// The RTSPS listener: its address and TLS configuration (certificate
@@ -71,7 +77,13 @@ pub fn raise_nofile() -> (u64, u64) {
 }
 
 /// Runs one executor per control socket until control goes away.
-pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()> {
+/// `status` is the listening status socket control made
+/// (`STATE_DIR/status.sock`), if any.
+pub fn run(
+    control_fds: Vec<OwnedFd>,
+    mut cfg: HostConfig,
+    status: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<()> {
     let (soft, hard) = raise_nofile();
     tracing::info!(soft, hard, "descriptor limit");
     let shards = control_fds.len();
@@ -108,25 +120,26 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         } else {
             (0..shards).map(|_| None).collect()
         };
-    let board = match cfg.metrics_listen {
-        Some(addr) => {
-            let board = Board::new(shards);
-            match crate::metrics::serve(addr, board.clone(), cfg.metrics_access.clone()) {
-                Ok(bound) => {
-                    tracing::info!(listen = %bound, "metrics listening");
-                    println!("metrics listening on {bound}");
-                    let _ = std::io::stdout().flush();
-                    Some(board)
-                }
-                // Tunnels matter more than metrics: serve without them.
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen for metrics; running without");
-                    None
-                }
+    // Always kept: the status socket reads it too.
+    let board = Board::new(shards);
+    if let Some(addr) = cfg.metrics_listen {
+        match crate::metrics::serve(addr, board.clone(), cfg.metrics_access.clone()) {
+            Ok(bound) => {
+                tracing::info!(listen = %bound, "metrics listening");
+                println!("metrics listening on {bound}");
+                let _ = std::io::stdout().flush();
+            }
+            // Tunnels matter more than metrics: serve without them.
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for metrics; running without")
             }
         }
-        None => None,
-    };
+    }
+    if let Some(l) = status {
+        if let Err(e) = crate::status::serve(l, board.clone()) {
+            tracing::error!(error = %e, "cannot serve the status socket; running without");
+        }
+    }
     // One nonce key for the process: a player's next connection may land
     // on another shard.
     let nonces = {
@@ -136,6 +149,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         Arc::new(revtun_proto::viewer::Nonces::new(&key))
     };
     let sessions = crate::video::sessions::Sessions::new(cfg.video.sessions.within(soft));
+    cfg.nofile = soft;
     if cfg.rtsp_listen.is_some() {
         let l = sessions.limits();
         tracing::info!(
@@ -154,7 +168,7 @@ pub fn run(control_fds: Vec<OwnedFd>, mut cfg: HostConfig) -> anyhow::Result<()>
         let nonces = nonces.clone();
         let sessions = sessions.clone();
         let mesh_end = mesh[k].take();
-        let board = board.clone();
+        let board = Some(board.clone());
         let placement = if cfg.pin {
             glommio::Placement::Fixed(k % cpus)
         } else {
@@ -269,6 +283,108 @@ fn listen_reusable(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
 }
 
+/// This shard's service ports, by their `SITE/SERVICE=ADDR` text; each
+/// listener's accept task closes the port when dropped.
+#[derive(Default)]
+struct Ports {
+    open: HashMap<String, (Expose, glommio::Task<()>)>,
+}
+
+impl Ports {
+    /// Makes the open ports those of `exposes` owned by shard `k`: ports
+    /// no longer listed stop taking clients (streams they started go on),
+    /// new ones listen. A port that cannot be bound is logged and left out.
+    fn apply(&mut self, k: usize, shards: usize, exposes: &[Expose], registry: &Registry) {
+        let wanted: Vec<&Expose> = exposes
+            .iter()
+            .filter(|e| shard_for(&e.site, shards) == k)
+            .collect();
+        let keep: std::collections::HashSet<String> =
+            wanted.iter().map(|e| e.to_string()).collect();
+        self.open.retain(|key, (e, _)| {
+            let stays = keep.contains(key);
+            if !stays {
+                tracing::info!(shard = k, expose = %e, "service port closed (reload)");
+                println!("unexposed {}/{} on {}", e.site, e.service, e.listen);
+                let _ = std::io::stdout().flush();
+            }
+            stays
+        });
+        for e in wanted {
+            let key = e.to_string();
+            if self.open.contains_key(&key) {
+                continue;
+            }
+            match listen_reusable(e.listen) {
+                Ok(l) => {
+                    let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::info!(shard = k, expose = %e, "service port listening");
+                    println!("exposing {}/{} on {addr}", e.site, e.service);
+                    let _ = std::io::stdout().flush();
+                    let task = glommio::spawn_local(serve_port(l, e.clone(), registry.clone()));
+                    self.open.insert(key, (e.clone(), task));
+                }
+                Err(err) => {
+                    tracing::error!(shard = k, expose = %e, error = %err, "cannot listen")
+                }
+            }
+        }
+    }
+}
+
+/// What a reload changes on a shard.
+struct Live {
+    /// Settings of tunnels started from now on.
+    tunnel: Config,
+    ports: Ports,
+    gate: Rc<crate::video::auth::Gate>,
+    redirector: Option<Rc<crate::video::host::Redirector>>,
+    sessions: Arc<crate::video::sessions::Sessions>,
+}
+
+impl Live {
+    /// Reads the settings file again and applies what changes live:
+    /// service ports, tunnel settings (for tunnels started from now on),
+    /// redirector limits, RTSP caps, the anonymous switch, the log
+    /// level. Listen addresses, RTSPS files, metrics, placement and the
+    /// log format stay (control names them; it keeps their running
+    /// values in the file). A file that does not parse changes nothing.
+    fn reload(
+        &mut self,
+        (k, shards): (usize, usize),
+        generation: u64,
+        cfg: &HostConfig,
+        registry: &Registry,
+    ) {
+        let a = match crate::args::DataPlaneArgs::parse_with_file(cfg.argv.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(shard = k, generation, error = %e, "reload: cannot read the settings; the running ones stay");
+                return;
+            }
+        };
+        self.ports.apply(k, shards, &a.expose, registry);
+        self.tunnel = a.tunnel.config();
+        let video = a.video.config();
+        self.sessions.set_limits(video.sessions.within(cfg.nofile));
+        self.gate.set_anonymous(video.allow_anonymous);
+        if let Some(r) = &self.redirector {
+            r.set_config(video);
+        }
+        if k == 0 {
+            if let Err(e) = crate::logging::set_level(&a.log_level) {
+                tracing::error!(error = %e, "reload: bad log level; the running one stays");
+            }
+        }
+        tracing::info!(
+            shard = k,
+            generation,
+            ports = self.ports.open.len(),
+            "settings reloaded"
+        );
+    }
+}
+
 async fn shard(
     k: usize,
     shards: usize,
@@ -284,22 +400,8 @@ async fn shard(
     let registry: Registry = Rc::default();
     let gate = crate::video::auth::Gate::new(cfg.video.allow_anonymous, nonces);
     let mut flaps: HashMap<String, Flaps> = HashMap::new();
-    for e in cfg
-        .exposes
-        .iter()
-        .filter(|e| shard_for(&e.site, shards) == k)
-    {
-        match listen_reusable(e.listen) {
-            Ok(l) => {
-                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(shard = k, expose = %e, "service port listening");
-                println!("exposing {}/{} on {addr}", e.site, e.service);
-                let _ = std::io::stdout().flush();
-                glommio::spawn_local(serve_port(l, e.clone(), registry.clone())).detach();
-            }
-            Err(err) => tracing::error!(shard = k, expose = %e, error = %err, "cannot listen"),
-        }
-    }
+    let mut ports = Ports::default();
+    ports.apply(k, shards, &cfg.exposes, &registry);
     let mut redirector = None;
     if cfg.rtsp_listen.is_some() || cfg.rtsps.is_some() {
         let r = crate::video::host::Redirector::new(
@@ -349,13 +451,20 @@ async fn shard(
         }
     }
     if let Some(board) = board.clone() {
-        glommio::spawn_local(publish(k, board, registry.clone(), redirector)).detach();
+        glommio::spawn_local(publish(k, board, registry.clone(), redirector.clone())).detach();
     }
     // SAFETY: `control` is an open socket we own; ownership moves into the
     // glommio stream, which closes it on drop.
     let ctl_fd = control.as_raw_fd();
     let ctl = unsafe { glommio::net::UnixStream::from_raw_fd(control.into_raw_fd()) };
     let mut probe = [0u8; 1];
+    let mut live = Live {
+        tunnel: cfg.tunnel.clone(),
+        ports,
+        gate: gate.clone(),
+        redirector: redirector.clone(),
+        sessions: sessions.clone(),
+    };
     loop {
         match ctl.peek(&mut probe).await {
             Ok(0) | Err(_) => {
@@ -367,13 +476,13 @@ async fn shard(
         loop {
             match recv_handoff(ctl_fd) {
                 Ok(Some((msg, fd))) => handle(
-                    k,
+                    (k, shards),
                     &registry,
                     &mut flaps,
                     msg,
                     fd,
-                    &cfg,
-                    (&gate, board.as_deref()),
+                    (&cfg, &mut live),
+                    board.as_deref(),
                 ),
                 Ok(None) => break,
                 Err(e) => {
@@ -386,17 +495,17 @@ async fn shard(
 }
 
 fn handle(
-    k: usize,
+    (k, shards): (usize, usize),
     registry: &Registry,
     flaps: &mut HashMap<String, Flaps>,
     msg: zeroize::Zeroizing<Vec<u8>>,
     fd: Option<OwnedFd>,
-    cfg: &HostConfig,
-    (gate, board): (&crate::video::auth::Gate, Option<&Board>),
+    (cfg, live): (&HostConfig, &mut Live),
+    board: Option<&Board>,
 ) {
     let decoded = Handoff::decode(&msg);
     if let Some(m) = &decoded {
-        if gate.on_handoff(m) {
+        if live.gate.on_handoff(m) {
             return;
         }
     }
@@ -414,8 +523,8 @@ fn handle(
                 tracing::warn!(%site, error = %e, "handed-off socket unusable");
                 return;
             }
-            let live = registry.borrow().get(&site).is_some_and(|t| !t.is_closed());
-            if live
+            let connected = registry.borrow().get(&site).is_some_and(|t| !t.is_closed());
+            if connected
                 && !flaps
                     .entry(site.clone())
                     .or_default()
@@ -430,7 +539,7 @@ fn handle(
             }
             let spec = Spec {
                 side: Side::Host,
-                cfg: cfg.tunnel.clone(),
+                cfg: live.tunnel.clone(),
                 ratchet_interval: RATCHET_INTERVAL,
                 name: site.clone(),
             };
@@ -451,6 +560,9 @@ fn handle(
             if let Some(b) = board {
                 b.post_control(text);
             }
+        }
+        (Some(Handoff::Reload { generation }), _) => {
+            live.reload((k, shards), generation, cfg, registry);
         }
         (Some(Handoff::Revoke { site }), _) => {
             if let Some(t) = registry.borrow_mut().remove(&site) {
@@ -488,6 +600,34 @@ async fn publish(
             ]);
         }
         samples.extend(crate::tunnel::end_samples(&shard));
+        let epoch = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let status = crate::status::ShardStatus {
+            tunnels: registry
+                .borrow()
+                .iter()
+                .filter(|(_, t)| !t.is_closed())
+                .map(|(site, t)| {
+                    let st = t.stats();
+                    crate::status::TunnelStatus {
+                        site: site.clone(),
+                        shard: k,
+                        since: epoch(t.since()),
+                        peer: t.peer().map(|p| p.to_string()).unwrap_or_default(),
+                        bytes_in: st.bytes_in,
+                        bytes_out: st.bytes_out,
+                        streams: t.stream_count() as u64,
+                    }
+                })
+                .collect(),
+            video: redirector
+                .as_ref()
+                .map(|r| r.video_status())
+                .unwrap_or_default(),
+        };
+        board.post_status(k, status);
         if let Some(r) = &redirector {
             samples.extend(r.samples(&shard));
         }

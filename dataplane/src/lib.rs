@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod signal;
 pub mod site;
+pub mod status;
 pub mod tunnel;
 pub mod video;
 

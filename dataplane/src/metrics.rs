@@ -118,6 +118,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Board {
     slots: Mutex<Vec<(Option<std::time::Instant>, Vec<Sample>)>>,
+    status: Mutex<Vec<crate::status::ShardStatus>>,
     control: Mutex<Option<(std::time::Instant, String)>>,
 }
 
@@ -126,6 +127,7 @@ impl Board {
     pub fn new(shards: usize) -> Arc<Board> {
         Arc::new(Board {
             slots: Mutex::new(vec![(None, Vec::new()); shards]),
+            status: Mutex::new(vec![crate::status::ShardStatus::default(); shards]),
             control: Mutex::new(None),
         })
     }
@@ -137,6 +139,20 @@ impl Board {
                 *slot = (Some(std::time::Instant::now()), samples);
             }
         }
+    }
+
+    /// Replaces shard `k`'s status (its connected sites and video).
+    pub fn post_status(&self, k: usize, status: crate::status::ShardStatus) {
+        if let Ok(mut s) = self.status.lock() {
+            if let Some(slot) = s.get_mut(k) {
+                *slot = status;
+            }
+        }
+    }
+
+    /// The latest status of every shard.
+    pub fn status(&self) -> Vec<crate::status::ShardStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Replaces control's counters (exposition text control renders;

@@ -51,8 +51,18 @@ enum Cmd {
         #[arg(long)]
         reissue: bool,
     },
-    /// List sites: pending, enrolled, revoked or lapsed.
+    /// List sites: pending, enrolled, revoked or lapsed, and whether each
+    /// is connected now (asked of the running host; '?' when it does not
+    /// answer).
     List,
+    /// The running host's connected sites (shard, since, peer address,
+    /// bytes each way, open streams, live cameras, viewers) and totals,
+    /// from control's status socket (STATE_DIR/status.sock).
+    Status {
+        /// Print the JSON the host answers instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a keyfile holds (never the token).
     Inspect {
         /// The keyfile.
@@ -152,6 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             reissue,
         )?,
         Cmd::List => list(&args.state_dir, &clock)?,
+        Cmd::Status { json } => status(&args.state_dir, json)?,
         Cmd::Inspect { file } => inspect(&file, &clock)?,
         Cmd::Viewer(cmd) => viewer(&args.state_dir, &clock, cmd)?,
         Cmd::Revoke { site } => {
@@ -219,22 +230,90 @@ fn issue(
     Ok(())
 }
 
+/// The running host's status (JSON), from its status socket.
+fn host_status(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let sock = dir.join("status.sock");
+    let text = revtun_dataplane::status::request(&sock).with_context(|| {
+        format!(
+            "cannot reach the host's status socket {} (is revtun-control running on this state directory?)",
+            sock.display()
+        )
+    })?;
+    serde_json::from_str(&text).context("the host's status answer is not JSON")
+}
+
+fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let v = host_status(dir)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let n = |x: &serde_json::Value, k: &str| x[k].as_u64().unwrap_or(0);
+    println!(
+        "{:<24} {:>5} {:<20} {:<22} {:>14} {:>14} {:>7} {:>7} {:>7}",
+        "SITE", "SHARD", "SINCE", "PEER", "BYTES-IN", "BYTES-OUT", "STREAMS", "CAMERAS", "VIEWERS"
+    );
+    for s in v["sites"].as_array().into_iter().flatten() {
+        let since = i64::try_from(n(s, "since"))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        println!(
+            "{:<24} {:>5} {:<20} {:<22} {:>14} {:>14} {:>7} {:>7} {:>7}",
+            s["site"].as_str().unwrap_or("?"),
+            n(s, "shard"),
+            format_ms(since),
+            s["peer"].as_str().unwrap_or("?"),
+            n(s, "bytes_in"),
+            n(s, "bytes_out"),
+            n(s, "streams"),
+            n(s, "cameras"),
+            n(s, "viewers")
+        );
+    }
+    let t = &v["totals"];
+    println!(
+        "total: {} sites connected, {} bytes in, {} bytes out, {} streams, {} cameras, {} viewers",
+        n(t, "sites"),
+        n(t, "bytes_in"),
+        n(t, "bytes_out"),
+        n(t, "streams"),
+        n(t, "cameras"),
+        n(t, "viewers")
+    );
+    Ok(())
+}
+
 fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     let st = HostState::load(dir)?;
     let rows = st.store.list(clock.now_ms())?;
+    // Connected sites, if the host answers.
+    let connected: Option<Vec<String>> = host_status(dir).ok().map(|v| {
+        v["sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["site"].as_str().map(str::to_string))
+            .collect()
+    });
     let opt = |t: Option<i64>| t.map(format_ms).unwrap_or_else(|| "-".into());
     println!(
-        "{:<24} {:<9} {:<21} {:<21} {:<21}",
-        "SITE", "STATE", "CERT-EXPIRES", "TOKEN-EXPIRES", "LAST-SEEN"
+        "{:<24} {:<9} {:<21} {:<21} {:<21} {:<9}",
+        "SITE", "STATE", "CERT-EXPIRES", "TOKEN-EXPIRES", "LAST-SEEN", "CONNECTED"
     );
     for r in rows {
+        let up = match &connected {
+            Some(c) if c.contains(&r.name) => "yes",
+            Some(_) => "no",
+            None => "?",
+        };
         println!(
-            "{:<24} {:<9} {:<21} {:<21} {:<21}",
+            "{:<24} {:<9} {:<21} {:<21} {:<21} {:<9}",
             r.name,
             r.state.as_str(),
             opt(r.cert_not_after),
             opt(r.token_expires),
-            opt(r.last_seen)
+            opt(r.last_seen),
+            up
         );
     }
     Ok(())

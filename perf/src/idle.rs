@@ -12,7 +12,6 @@ use revtun_proto::record::{Side, EXPORTER_LABEL, EXPORTER_LEN, RATCHET_INTERVAL}
 use revtun_proto::tunnel::Config;
 use revtun_tests::{rss_kib, Host};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::rc::Rc;
@@ -106,8 +105,8 @@ pub fn run(quick: bool) -> Result<Value> {
                     &secrets,
                     spec,
                     Role::Site {
-                        services: Rc::new(HashMap::new()),
-                        handlers: Rc::new(HashMap::new()),
+                        services: Rc::default(),
+                        handlers: Rc::default(),
                         connect_timeout: revtun_dataplane::tunnel::CONNECT_TIMEOUT,
                     },
                     &[],

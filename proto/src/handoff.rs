@@ -18,6 +18,7 @@ const T_VIEWERS_BEGIN: u8 = 3;
 const T_VIEWER: u8 = 4;
 const T_VIEWERS_END: u8 = 5;
 const T_CONTROL_METRICS: u8 = 6;
+const T_RELOAD: u8 = 7;
 
 /// Longest text of [`Handoff::ControlMetrics`].
 pub const MAX_CONTROL_METRICS: usize = MAX_HANDOFF_LEN - 3;
@@ -65,6 +66,12 @@ pub enum Handoff {
     /// data plane's metrics endpoint (sent each second; printable ASCII
     /// and newlines only).
     ControlMetrics(String),
+    /// Control re-read its settings (SIGHUP) and rewrote the data plane's
+    /// settings file: read it again and apply what can change live.
+    Reload {
+        /// Reloads so far, for logs.
+        generation: u64,
+    },
 }
 
 impl std::fmt::Debug for Handoff {
@@ -80,6 +87,7 @@ impl std::fmt::Debug for Handoff {
             }
             Handoff::ViewersEnd => f.write_str("ViewersEnd"),
             Handoff::ControlMetrics(t) => write!(f, "ControlMetrics({} bytes)", t.len()),
+            Handoff::Reload { generation } => write!(f, "Reload {{ generation: {generation} }}"),
         }
     }
 }
@@ -130,6 +138,10 @@ impl Handoff {
                 out.push(T_CONTROL_METRICS);
                 out.extend_from_slice(&(b.len() as u16).to_be_bytes());
                 out.extend_from_slice(b);
+            }
+            Handoff::Reload { generation } => {
+                out.push(T_RELOAD);
+                out.extend_from_slice(&generation.to_be_bytes());
             }
         }
         out
@@ -201,6 +213,9 @@ impl Handoff {
                         .all(|&b| b == b'\n' || (0x20..0x7f).contains(&b));
                 ok.then(|| Handoff::ControlMetrics(String::from_utf8_lossy(text).into_owned()))
             }
+            T_RELOAD if rest.len() == 8 => Some(Handoff::Reload {
+                generation: u64::from_be_bytes(rest.try_into().ok()?),
+            }),
             _ => None,
         }
     }
@@ -251,7 +266,16 @@ mod tests {
             Handoff::decode(&Handoff::ControlMetrics("bad\u{1b}".into()).encode()),
             None
         );
-        for m in [a, b, c, d, longest, Handoff::ViewersEnd, e] {
+        for m in [
+            a,
+            b,
+            c,
+            d,
+            longest,
+            Handoff::ViewersEnd,
+            e,
+            Handoff::Reload { generation: 3 },
+        ] {
             assert_eq!(Handoff::decode(&m.encode()), Some(m.clone()));
             let e = m.encode();
             for cut in 0..e.len() {

@@ -436,6 +436,25 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A loopback port kept bound (not listening) with `SO_REUSEPORT` for
+/// the life of this test process: no outgoing connection of another test
+/// can take it as its source port, and the host's listeners, which set
+/// `SO_REUSEPORT` too, still bind it (for service ports and RTSP).
+pub fn reserved_port() -> Result<u16> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let port = sock
+        .local_addr()?
+        .as_socket()
+        .context("not an inet address")?
+        .port();
+    // Held until the test process exits.
+    std::mem::forget(sock);
+    Ok(port)
+}
+
 /// Host flags for memory-bound tests: windows of 1 MiB per stream and
 /// 8 MiB per tunnel that do not grow, so a stalled stream parks at most
 /// 1 MiB and a tunnel's receive side at most 8 MiB.
@@ -498,7 +517,7 @@ impl Bench {
         let target = service::start()?;
         let port: SocketAddr = match port {
             Some(p) => p,
-            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+            None => format!("127.0.0.1:{}", reserved_port()?).parse()?,
         };
         let expose = format!("bench/svc={port}");
         let mut flags = vec!["--expose", &expose];

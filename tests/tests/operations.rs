@@ -304,6 +304,20 @@ fn docs_config_lists_every_key() -> Result<()> {
             n += 1;
         }
         assert!(n > 10, "{bin}: only {n} flags found in --help");
+        // And the table is the generated one (defaults, reload column).
+        let o = revtun_tests::run(
+            std::process::Command::new("python3")
+                .arg(examples().join("../scripts/config-keys.py"))
+                .arg(revtun_tests::bin(bin))
+                .args(&pre),
+            Duration::from_secs(20),
+        )?;
+        let table = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && table.contains("| live |"), "{table}");
+        assert!(
+            doc.contains(table.as_ref()),
+            "docs/config.md's {bin} table is stale: run scripts/config-keys.py"
+        );
     }
     Ok(())
 }
@@ -369,6 +383,7 @@ fn every_data_plane_setting_given_to_control_reaches_the_data_plane() -> Result<
         .filter(|f| {
             ![
                 "control-fd",
+                "status-fd",
                 "config",
                 "check-config",
                 "help",
@@ -550,5 +565,266 @@ fn control_and_site_notify_systemd_and_feed_the_watchdog() -> Result<()> {
         let n = site_sock.recv(&mut buf)?;
         site_got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
+    Ok(())
+}
+
+/// Sends SIGHUP to `pid` (a process this test started).
+fn hup(pid: u32) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )?;
+    Ok(())
+}
+
+/// SIGHUP on both ends, configured by files: the host adds one service
+/// port and removes another, the site adds the service behind the new
+/// port, while 1 GiB flows through a third port and arrives intact on the
+/// same tunnel; a bad file on reload is refused naming its key and line,
+/// and the running settings stay; a restart-only change is named.
+#[test]
+fn a_reload_adds_and_removes_service_ports_while_a_transfer_goes_on() -> Result<()> {
+    use revtun_tests::{bin, free_port, keytool, service, Proc};
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("host");
+    let o = keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init");
+    let target = service::start()?;
+    let (keep, gone, added) = (free_port()?, free_port()?, free_port()?);
+    let host_toml = dir.path().join("host.toml");
+    let host_file = |exposes: &[String], extra: &str| {
+        let list: Vec<String> = exposes.iter().map(|e| format!("{e:?}")).collect();
+        format!(
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nexpose = [{}]\n{extra}",
+            list.join(", ")
+        )
+    };
+    let e_keep = format!("paris/svc=127.0.0.1:{keep}");
+    let e_gone = format!("paris/svc=127.0.0.1:{gone}");
+    let e_added = format!("paris/svc2=127.0.0.1:{added}");
+    std::fs::write(&host_toml, host_file(&[e_keep.clone(), e_gone.clone()], ""))?;
+    let control = Proc::spawn(
+        std::process::Command::new(bin("revtun-control"))
+            .arg("--config")
+            .arg(&host_toml),
+    )?;
+    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
+    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    control.wait_stdout(&format!("on 127.0.0.1:{gone}"), Duration::from_secs(10))?;
+    let kf = dir.path().join("paris.keyfile");
+    let o = keytool(
+        &state,
+        &[
+            "issue",
+            "--site",
+            "paris",
+            "--endpoint",
+            &addr,
+            "--out",
+            &kf.to_string_lossy(),
+        ],
+    )?;
+    anyhow::ensure!(o.status.success(), "issue: {}", revtun_tests::stderr(&o));
+    let site_toml = dir.path().join("site.toml");
+    let site_file = |services: &str| {
+        format!(
+            "state_dir = {:?}\nkeyfile = {kf:?}\nservice = [{services}]\n",
+            dir.path().join("site")
+        )
+    };
+    std::fs::write(&site_toml, site_file(&format!("\"svc={target}\"")))?;
+    let agent = Proc::spawn(
+        std::process::Command::new(bin("revtun-site"))
+            .args(["run", "--config"])
+            .arg(&site_toml),
+    )?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    let roundtrip = |port: u16| -> Result<String> {
+        revtun_tests::sink_roundtrip_over(
+            std::net::TcpStream::connect(("127.0.0.1", port))?,
+            b"hello",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while roundtrip(keep).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the service port never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(roundtrip(gone)?.starts_with("5 "));
+
+    // 1 GiB from the site through `keep`: 64 MiB read, then the reader
+    // pauses (the stream window fills) while both ends reload.
+    const LEN: u64 = 1 << 30;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", keep))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    writeln!(s, "SOURCE {LEN} 7")?;
+    let mut h = service::Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    while total < 64 << 20 {
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "the transfer ended after {total} bytes");
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+
+    // The host: `gone` removed, `added` added, the log level changed, a
+    // restart-only setting changed (named, not applied).
+    std::fs::write(
+        &host_toml,
+        host_file(
+            &[e_keep.clone(), e_added.clone()],
+            "log_level = \"debug\"\nshards = 1\n",
+        ),
+    )?;
+    hup(control.pid())?;
+    let said = control.wait_stdout("reloaded 1:", Duration::from_secs(10))?;
+    assert!(said.contains("+1 -1"), "{said}");
+    assert!(said.contains("--shards"), "{said}");
+    control.wait_stdout(
+        &format!("unexposed paris/svc on 127.0.0.1:{gone}"),
+        Duration::from_secs(10),
+    )?;
+    control.wait_stdout(
+        &format!("exposing paris/svc2 on 127.0.0.1:{added}"),
+        Duration::from_secs(10),
+    )?;
+    // The site: the service behind the new port.
+    std::fs::write(
+        &site_toml,
+        site_file(&format!("\"svc={target}\", \"svc2={target}\"")),
+    )?;
+    hup(agent.pid())?;
+    agent.wait_stdout("reloaded: svc svc2", Duration::from_secs(10))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match roundtrip(added) {
+            Ok(r) if r.starts_with("5 ") => break,
+            r => anyhow::ensure!(Instant::now() < deadline, "the added port: {r:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = std::net::TcpStream::connect(("127.0.0.1", gone));
+    assert!(refused.is_err(), "the removed port still accepts");
+
+    // A bad file: refused, named; the running settings stay.
+    std::fs::write(
+        &host_toml,
+        host_file(std::slice::from_ref(&e_keep), "max_pendin = 3\n"),
+    )?;
+    hup(control.pid())?;
+    let said = control.wait_stdout("reload refused:", Duration::from_secs(10))?;
+    assert!(
+        said.contains("max_pendin") && said.contains(":4:"),
+        "{said}"
+    );
+    std::fs::write(&site_toml, site_file("\"svc\""))?;
+    hup(agent.pid())?;
+    agent.wait_stdout("reload refused:", Duration::from_secs(10))?;
+    assert!(
+        roundtrip(added)?.starts_with("5 "),
+        "the added port went away"
+    );
+
+    // The transfer resumes and arrives whole, on the first tunnel.
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    assert_eq!(total, LEN);
+    assert_eq!(h.hex(), service::expected(LEN, 7));
+    assert_eq!(agent.count_stdout("tunnel up"), 1, "the tunnel was dropped");
+    Ok(())
+}
+
+/// `revtun-keytool status` lists the connected site with byte counters
+/// that move as traffic flows, `list` marks it connected, and
+/// `revtun-site status` says whether the tunnel is up.
+#[test]
+fn status_lists_the_connected_site_with_moving_byte_counters() -> Result<()> {
+    use revtun_tests::{keytool, site, Bench};
+    let b = Bench::start(&[], &[])?;
+    let status = |b: &Bench| -> Result<serde_json::Value> {
+        let o = keytool(&b.host.state(), &["status", "--json"])?;
+        anyhow::ensure!(o.status.success(), "status: {}", revtun_tests::stderr(&o));
+        Ok(serde_json::from_slice(&o.stdout)?)
+    };
+    let bench = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v["sites"]
+            .as_array()?
+            .iter()
+            .find(|s| s["site"] == "bench")
+            .cloned()
+    };
+    // Posted each second: wait for the site to show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(s) = bench(&status(&b)?) {
+            break s;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the site never showed in status");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        first["peer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:"),
+        "{first}"
+    );
+    assert!(
+        first["since"].as_u64().unwrap_or(0) > 1_700_000_000,
+        "{first}"
+    );
+    // 8 MiB from the site: the host's bytes in grow by at least that.
+    let (n, _) = revtun_tests::download(&b, 8 << 20, 1)?;
+    assert_eq!(n, 8 << 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = status(&b)?;
+        let s = bench(&now).context("the site left the status")?;
+        let grew = s["bytes_in"].as_u64().unwrap_or(0) - first["bytes_in"].as_u64().unwrap_or(0);
+        if grew >= 8 << 20 {
+            assert_eq!(now["totals"]["sites"], 1, "{now}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "bytes_in did not move: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The table and the list.
+    let o = keytool(&b.host.state(), &["status"])?;
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.lines().any(|l| l.starts_with("bench ")), "{table}");
+    assert!(table.contains("total: 1 sites connected"), "{table}");
+    let o = keytool(&b.host.state(), &["list"])?;
+    let list = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bench ") && l.trim_end().ends_with("yes")),
+        "{list}"
+    );
+    // The site's view.
+    let dir = b.site_dir.to_string_lossy().into_owned();
+    let o = site(&["status", "--state-dir", &dir])?;
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && said.starts_with("tunnel up since "),
+        "{said}"
+    );
+    b.agent.kill();
+    let o = site(&["status", "--state-dir", &dir])?;
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        !o.status.success() && said.starts_with("not running"),
+        "{said}"
+    );
+    // A host that is not running: a clear error.
+    let o = keytool(&b.host.path("nowhere"), &["status"])?;
+    assert!(!o.status.success());
     Ok(())
 }

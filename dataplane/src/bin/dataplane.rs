@@ -9,15 +9,18 @@ fn main() {
     use clap::{CommandFactory, Parser};
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let checking = argv.iter().any(|a| a == "--check-config");
-    let argv =
-        revtun_dataplane::config_file::expand(argv, &DataPlaneArgs::command(), None, &[], |_| {
-            false
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("revtun-dataplane: {e}");
-            std::process::exit(if checking { 1 } else { 2 });
-        });
-    let args = match DataPlaneArgs::try_parse_from(argv) {
+    let expanded = revtun_dataplane::config_file::expand(
+        argv.clone(),
+        &DataPlaneArgs::command(),
+        None,
+        &[],
+        |_| false,
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("revtun-dataplane: {e}");
+        std::process::exit(if checking { 1 } else { 2 });
+    });
+    let args = match DataPlaneArgs::try_parse_from(expanded) {
         Ok(a) => a,
         Err(e) if checking => {
             eprintln!(
@@ -82,8 +85,20 @@ fn main() {
         video: args.video.config(),
         metrics_listen: args.metrics_listen,
         metrics_access,
+        argv,
+        nofile: 0,
     };
-    if let Err(e) = host::run(fds, cfg) {
+    let status = match args.status_fd {
+        Some(raw) if raw < 3 || !std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists() => {
+            eprintln!("revtun-dataplane: --status-fd {raw} is not an open descriptor");
+            std::process::exit(2);
+        }
+        // SAFETY: the descriptor is open (checked above): the listening
+        // status socket revtun-control made and passed to this process.
+        Some(raw) => Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) }),
+        None => None,
+    };
+    if let Err(e) = host::run(fds, cfg, status) {
         eprintln!("revtun-dataplane: {e:#}");
         std::process::exit(1);
     }

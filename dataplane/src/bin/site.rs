@@ -39,6 +39,13 @@ enum Cmd {
         #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Whether this site's tunnel is up and since when (exit 0 when up, 1
+    /// otherwise), from the running agent's STATE_DIR/status.
+    Status {
+        /// Site state directory.
+        #[arg(long, env = "REVTUN_SITE_STATE_DIR", default_value = DEFAULT_SITE_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Authenticate once with the site certificate and exit (0 if accepted).
     Check {
         /// Site state directory.
@@ -134,19 +141,15 @@ fn holds_secrets(text: &str) -> bool {
     })
 }
 
-fn main() {
+/// Why the command line (with its `--config` file) did not parse.
+enum Parsed {
+    File(String),
+    Clap(clap::Error),
+}
+
+/// Parses `argv`, with the `--config` file of `run`.
+fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Args, Parsed> {
     use clap::CommandFactory;
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let checking = argv.iter().any(|a| a == "--check-config");
-    let fail = |e: String| -> ! {
-        let what = if checking {
-            "configuration invalid: "
-        } else {
-            ""
-        };
-        eprintln!("revtun-site: {what}{}", e.trim_end());
-        std::process::exit(if checking { 1 } else { 2 });
-    };
     // Built, so the global flags (--log-level) are among run's.
     let mut top = Args::command();
     top.build();
@@ -158,30 +161,130 @@ fn main() {
             &["camera"],
             holds_secrets,
         )
-        .unwrap_or_else(|e| fail(e.to_string())),
+        .map_err(|e| Parsed::File(e.to_string()))?,
         _ => argv,
     };
-    let args = match Args::try_parse_from(argv) {
+    Args::try_parse_from(argv).map_err(Parsed::Clap)
+}
+
+/// The services and cameras of `run`, checked (a camera's password is
+/// never in an error).
+fn offer(services: Vec<(String, String)>, cameras: &[String]) -> Result<agent::Offer, String> {
+    let cameras = cameras
+        .iter()
+        .map(|c| parse_camera(c))
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let mut map = HashMap::new();
+    for (name, target) in services {
+        if map.insert(name.clone(), target).is_some() {
+            return Err(format!("--service {name} given twice"));
+        }
+    }
+    Ok((map, cameras))
+}
+
+/// Reads the services and cameras of `argv` again (SIGHUP).
+fn reread(argv: &[std::ffi::OsString]) -> Result<agent::Offer, String> {
+    match parse_args(argv.to_vec()) {
+        Ok(Args {
+            cmd: Cmd::Run {
+                services, cameras, ..
+            },
+            ..
+        }) => offer(services, &cameras),
+        Ok(_) => Err("not a run command".into()),
+        Err(Parsed::File(e)) => Err(e),
+        Err(Parsed::Clap(e)) => Err(e.to_string().trim_end().to_string()),
+    }
+}
+
+fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.iter().any(|a| a == "--check-config");
+    let fail = |e: String| -> ! {
+        let what = if checking {
+            "configuration invalid: "
+        } else {
+            ""
+        };
+        eprintln!("revtun-site: {what}{}", e.trim_end());
+        std::process::exit(if checking { 1 } else { 2 });
+    };
+    let args = match parse_args(argv.clone()) {
         Ok(a) => a,
-        Err(e) if checking => fail(e.to_string()),
-        Err(e) => e.exit(),
+        Err(Parsed::File(e)) => fail(e),
+        Err(Parsed::Clap(e)) if checking => fail(e.to_string()),
+        Err(Parsed::Clap(e)) => e.exit(),
     };
     if let Cmd::Run {
         check_config: true,
         cameras,
+        services,
         ..
     } = &args.cmd
     {
-        if let Err(e) = cameras.iter().try_for_each(|c| parse_camera(c).map(|_| ())) {
+        if let Err(e) = offer(services.clone(), cameras) {
             fail(e);
         }
         println!("configuration ok");
         return;
     }
     revtun_dataplane::logging::init("revtun-site", &args.log_level, args.log_format);
-    if let Err(e) = run(args.cmd) {
+    if let Err(e) = run(args.cmd, argv) {
         eprintln!("revtun-site: {}", revtun_proto::error_chain(e.as_ref()));
         std::process::exit(1);
+    }
+}
+
+/// Prints the agent's tunnel state; whether the tunnel is up.
+fn site_status(dir: &Path) -> anyhow::Result<bool> {
+    let file = dir.join("status");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("not running: no agent has run on {}", dir.display());
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or("")
+            .to_string()
+    };
+    let since = field("since")
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "?".into());
+    let pid: i32 = field("pid").parse().unwrap_or(0);
+    // The agent that wrote it must still run (signal 0 checks).
+    let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let (state, detail) = (field("state"), field("detail"));
+    if state == "stopped" {
+        println!("not running: the agent (pid {pid}) stopped at {since}");
+        return Ok(false);
+    }
+    if !alive {
+        println!(
+            "not running: the agent (pid {pid}) is gone; its tunnel was {state} since {since}"
+        );
+        return Ok(false);
+    }
+    match state.as_str() {
+        "up" => {
+            println!("tunnel up since {since} via {detail} (pid {pid})");
+            Ok(true)
+        }
+        _ => {
+            println!("tunnel down since {since}: {detail}; reconnecting (pid {pid})");
+            Ok(false)
+        }
     }
 }
 
@@ -199,10 +302,15 @@ fn do_enroll(keyfile: &Path, state_dir: &Path) -> Result<Identity, SiteError> {
     Ok(id)
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<()> {
+fn run(cmd: Cmd, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     match cmd {
         Cmd::Enroll { keyfile, state_dir } => {
             do_enroll(&keyfile, &state_dir)?;
+        }
+        Cmd::Status { state_dir } => {
+            if !site_status(&state_dir)? {
+                std::process::exit(1);
+            }
         }
         Cmd::Check { state_dir } => {
             let id = Identity::load(&state_dir)?;
@@ -223,17 +331,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             cpu,
             spin,
         } => {
-            let cameras = cameras
-                .iter()
-                .map(|c| parse_camera(c))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            let mut map = HashMap::new();
-            for (name, target) in services {
-                if map.insert(name.clone(), target).is_some() {
-                    anyhow::bail!("--service {name} given twice");
-                }
-            }
+            let (map, cameras) = offer(services, &cameras).map_err(anyhow::Error::msg)?;
             let id = if Identity::exists(&state_dir) {
                 Identity::load(&state_dir)?
             } else {
@@ -245,6 +343,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
+            let hup = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+                .context("installing signal handlers")?;
+            let reload = agent::Reload {
+                requested: hup,
+                read: Arc::new(move || reread(&argv)),
+            };
             let cfg = AgentConfig {
                 services: map,
                 tunnel: tunnel.config(),
@@ -252,9 +357,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 stop,
                 cpu,
                 spin,
-                cameras: cameras.into_iter().collect(),
+                cameras,
                 camera_timeout,
                 connect_timeout,
+                reload: Some(reload),
+                status_file: Some(state_dir.join("status")),
             };
             // systemd (`Type=notify`): ready once the identity is loaded
             // and the agent runs (connected or retrying); the watchdog is
@@ -269,6 +376,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     });
             }
             agent::run(id, cfg).context("tunnel")?;
+            agent::write_status(&state_dir.join("status"), "stopped", "");
             println!("stopped");
         }
     }

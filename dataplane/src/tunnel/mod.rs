@@ -59,11 +59,12 @@ pub enum Role {
     Host,
     /// The site: connects each opened stream to its service's target.
     Site {
-        /// Service name -> local target `HOST:PORT`.
-        services: Rc<HashMap<String, String>>,
+        /// Service name -> local target `HOST:PORT` (replaced on reload;
+        /// streams already open keep their target).
+        services: Rc<RefCell<HashMap<String, String>>>,
         /// Services served in process (cameras): name -> handler, which
-        /// gets the stream's pipe.
-        handlers: Rc<HashMap<String, PipeHandler>>,
+        /// gets the stream's pipe (replaced on reload too).
+        handlers: Rc<RefCell<HashMap<String, PipeHandler>>>,
         /// Longest wait for a service target to accept a connection
         /// (default [`CONNECT_TIMEOUT`]).
         connect_timeout: Duration,
@@ -81,7 +82,7 @@ impl std::fmt::Debug for Role {
             } => f
                 .debug_struct("Site")
                 .field("services", services)
-                .field("handlers", &handlers.keys().collect::<Vec<_>>())
+                .field("handlers", &handlers.borrow().keys().collect::<Vec<_>>())
                 .field("connect_timeout", connect_timeout)
                 .finish(),
         }
@@ -239,6 +240,9 @@ struct Inner {
     stop: Option<Arc<AtomicBool>>,
     /// The heartbeat bound, also the write deadline of the tunnel socket.
     dead_after: Duration,
+    /// The peer's address, and when the tunnel started (for status).
+    peer: Option<std::net::SocketAddr>,
+    since: std::time::SystemTime,
 }
 
 /// A running tunnel. Cheap to clone; all clones drive the same tunnel.
@@ -280,6 +284,7 @@ impl Tunnel {
         stop: Option<Arc<AtomicBool>>,
     ) -> Tunnel {
         let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr().ok();
         // A peer that stops reading: nothing written for `dead_after`
         // while data waits fails the write and closes the tunnel.
         let _ = sock.set_write_timeout(Some(spec.cfg.dead_after));
@@ -309,6 +314,8 @@ impl Tunnel {
             ready_sig: Signal::default(),
             stop,
             dead_after,
+            peer,
+            since: std::time::SystemTime::now(),
         });
         let tunnel = Tunnel { inner };
         glommio::spawn_local(tasks::tunnel_reader(tunnel.clone())).detach();
@@ -326,6 +333,16 @@ impl Tunnel {
     /// Site name (for logs).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The peer's address, if the socket knew it.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer
+    }
+
+    /// When this tunnel started.
+    pub fn since(&self) -> std::time::SystemTime {
+        self.inner.since
     }
 
     /// True once closed.
@@ -381,6 +398,19 @@ impl Tunnel {
     /// Live streams.
     pub fn stream_count(&self) -> usize {
         self.inner.st.borrow().streams.len()
+    }
+
+    /// Announces `names` as this site's services, replacing the list the
+    /// host has (a reload changed them).
+    pub fn advertise(&self, names: &[String]) {
+        {
+            let mut st = self.inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            st.t.advertise(names);
+        }
+        self.pump();
     }
 
     /// Services the site advertised.

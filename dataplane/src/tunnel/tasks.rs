@@ -89,11 +89,12 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                     _ => st.t.consumed(id, range.len()),
                 },
                 Event::Opened { id, service } => match &inner.role {
-                    Role::Site { handlers, .. } if handlers.contains_key(&service) => {
+                    Role::Site { handlers, .. } if handlers.borrow().contains_key(&service) => {
                         let ls = LocalStream::new(id, None);
                         st.streams.insert(id, ls.clone());
                         st.stats.streams_opened += 1;
-                        if let Some(h) = handlers.get(&service) {
+                        let h = handlers.borrow().get(&service).cloned();
+                        if let Some(h) = h {
                             h(super::Pipe::new(tun.clone(), ls));
                         }
                     }
@@ -101,7 +102,7 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                         services,
                         connect_timeout,
                         ..
-                    } => match services.get(&service) {
+                    } => match services.borrow().get(&service) {
                         Some(target) => {
                             let ls = LocalStream::new(id, None);
                             st.streams.insert(id, ls.clone());

@@ -158,7 +158,7 @@ impl Failures {
 /// The viewer gate of one shard.
 #[derive(Debug)]
 pub struct Gate {
-    anonymous: bool,
+    anonymous: std::cell::Cell<bool>,
     nonces: Arc<Nonces>,
     table: RefCell<Option<Table>>,
     building: RefCell<Option<(Table, u32)>>,
@@ -178,7 +178,7 @@ impl Gate {
     /// A gate; `anonymous` lets every request through.
     pub fn new(anonymous: bool, nonces: Arc<Nonces>) -> Rc<Gate> {
         Rc::new(Gate {
-            anonymous,
+            anonymous: std::cell::Cell::new(anonymous),
             nonces,
             table: RefCell::default(),
             building: RefCell::default(),
@@ -191,7 +191,13 @@ impl Gate {
 
     /// Whether viewers need no credentials.
     pub fn anonymous(&self) -> bool {
-        self.anonymous
+        self.anonymous.get()
+    }
+
+    /// Turns `--allow-anonymous-viewers` on or off (a reload); sessions
+    /// already playing are not re-checked.
+    pub fn set_anonymous(&self, on: bool) {
+        self.anonymous.set(on);
     }
 
     /// Takes a viewer-table message from control; true if it was one.
@@ -296,7 +302,7 @@ impl Gate {
         tls: bool,
         conn: &mut ConnAuth,
     ) -> Verdict {
-        if self.anonymous {
+        if self.anonymous.get() {
             return Verdict::Pass(Who::Anonymous);
         }
         let now = Instant::now();

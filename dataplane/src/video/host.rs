@@ -94,7 +94,8 @@ pub struct Redirector {
     mirrors: RefCell<HashMap<u64, Rc<Feed>>>,
     links: Vec<Option<Rc<Link>>>,
     next_sub: Cell<u64>,
-    cfg: VideoConfig,
+    /// Limits; replaced on reload ([`Redirector::set_config`]).
+    cfg: RefCell<Rc<VideoConfig>>,
     /// Host-added latency of this shard's viewer writes.
     latency: Rc<super::feed::SendLatency>,
     /// Who may watch what.
@@ -113,6 +114,18 @@ impl std::fmt::Debug for Redirector {
 }
 
 impl Redirector {
+    /// The limits in force.
+    fn cfg(&self) -> Rc<VideoConfig> {
+        self.cfg.borrow().clone()
+    }
+
+    /// Replaces the limits (a reload): they apply to feeds, viewers and
+    /// requests from now on; the RTSP connection caps and the anonymous
+    /// switch live in [`super::sessions::Sessions`] and the gate.
+    pub fn set_config(&self, cfg: VideoConfig) {
+        *self.cfg.borrow_mut() = Rc::new(cfg);
+    }
+
     /// The redirector of shard `shard` of `shards`, over that shard's tunnels.
     pub fn new(
         shard: usize,
@@ -132,7 +145,7 @@ impl Redirector {
                 .map(|p| (p != shard).then(|| Rc::new(Link::default())))
                 .collect(),
             next_sub: Cell::new(1),
-            cfg,
+            cfg: RefCell::new(Rc::new(cfg)),
             latency: Rc::default(),
             gate,
             sessions,
@@ -177,8 +190,8 @@ impl Redirector {
                         Ok((feed, sdp)) => {
                             let v = feed.attach(
                                 link.sig.clone(),
-                                me.cfg.viewer_max_bytes,
-                                me.cfg.viewer_max_age,
+                                me.cfg().viewer_max_bytes,
+                                me.cfg().viewer_max_age,
                                 true,
                             );
                             link.add(sub, v, feed, sdp);
@@ -260,6 +273,26 @@ impl Redirector {
             ]);
         }
         out
+    }
+
+    /// Cameras streaming (origin feeds) and viewers on this shard, by site.
+    pub fn video_status(&self) -> Vec<crate::status::VideoStatus> {
+        let mut by_site: HashMap<String, (u64, u64)> = HashMap::new();
+        for ((site, _), f) in self.feeds.borrow().iter() {
+            let e = by_site.entry(site.clone()).or_default();
+            if shard_for(site, self.shards) == self.shard {
+                e.0 += 1;
+            }
+            e.1 += f.viewer_count() as u64;
+        }
+        by_site
+            .into_iter()
+            .map(|(site, (cameras, viewers))| crate::status::VideoStatus {
+                site,
+                cameras,
+                viewers,
+            })
+            .collect()
     }
 
     /// Accepts viewers forever.
@@ -351,7 +384,7 @@ impl Redirector {
         let pipe = tunnel
             .open_pipe(&format!("{}{cam}", super::site::CAMERA_PREFIX))
             .map_err(|e| (404, format!("camera {cam} of site {site}: {e}")))?;
-        let feed = Feed::new(site, cam, self.cfg.cache_bytes, self.cfg.cache_frames);
+        let feed = Feed::new(site, cam, self.cfg().cache_bytes, self.cfg().cache_frames);
         self.feeds.borrow_mut().insert(key.clone(), feed.clone());
         let me = self.clone();
         let f = feed.clone();
@@ -382,19 +415,19 @@ impl Redirector {
             .filter(|((s, _), f)| s == site && !f.is_closed())
             .map(|(_, f)| f)
             .collect();
-        if live.len() >= self.cfg.max_streams_per_site {
+        if live.len() >= self.cfg().max_streams_per_site {
             return Err((
                 453,
                 format!("site {site} already has {} live streams", live.len()),
             ));
         }
         let bps: u64 = live.iter().map(|f| f.bps()).sum();
-        if self.cfg.max_site_bps > 0 && bps >= self.cfg.max_site_bps {
+        if self.cfg().max_site_bps > 0 && bps >= self.cfg().max_site_bps {
             return Err((
                 453,
                 format!(
                     "site {site} already uses {bps} bit/s of its {} bit/s",
-                    self.cfg.max_site_bps
+                    self.cfg().max_site_bps
                 ),
             ));
         }
@@ -405,7 +438,12 @@ impl Redirector {
     fn mirror(self: &Rc<Self>, key: (String, String), owner: usize) -> Rc<Feed> {
         let sub = self.next_sub.get();
         self.next_sub.set(sub + 1);
-        let feed = Feed::new(&key.0, &key.1, self.cfg.cache_bytes, self.cfg.cache_frames);
+        let feed = Feed::new(
+            &key.0,
+            &key.1,
+            self.cfg().cache_bytes,
+            self.cfg().cache_frames,
+        );
         self.feeds.borrow_mut().insert(key.clone(), feed.clone());
         self.mirrors.borrow_mut().insert(sub, feed.clone());
         let Some(link) = self.link(owner).cloned() else {
@@ -425,7 +463,7 @@ impl Redirector {
                 if f.is_closed() {
                     break;
                 }
-                if f.idle_for(me.cfg.linger) {
+                if f.idle_for(me.cfg().linger) {
                     link.post(Msg::Unsubscribe { sub });
                     f.close(404, "no viewers".into());
                     break;
@@ -501,7 +539,7 @@ impl Redirector {
             // Linger: close when nobody watched for a while.
             if check.elapsed() >= Duration::from_millis(500) {
                 check = Instant::now();
-                if feed.idle_for(self.cfg.linger) {
+                if feed.idle_for(self.cfg().linger) {
                     return (404, "no viewers".into());
                 }
             }
@@ -516,7 +554,7 @@ impl Redirector {
         mut guard: super::sessions::SessionGuard,
     ) {
         let tls = conn.is_tls();
-        let limit = self.cfg.request_timeout;
+        let limit = self.cfg().request_timeout;
         // Before PLAY: each request must arrive whole by this deadline.
         let opened = Instant::now();
         let mut deadline = next_deadline(opened, limit);
@@ -696,8 +734,8 @@ impl Redirector {
                         }
                         let v = feed.attach(
                             Rc::new(Signal::default()),
-                            self.cfg.viewer_max_bytes,
-                            self.cfg.viewer_max_age,
+                            self.cfg().viewer_max_bytes,
+                            self.cfg().viewer_max_age,
                             false,
                         );
                         viewer = Some(v.clone());
@@ -710,7 +748,7 @@ impl Redirector {
                             conn.clone(),
                             v,
                             *channel,
-                            self.cfg.viewer_stuck,
+                            self.cfg().viewer_stuck,
                             self.latency.clone(),
                         ))
                         .detach();

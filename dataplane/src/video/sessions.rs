@@ -46,7 +46,7 @@ struct Counts {
 /// The shared counters.
 #[derive(Debug)]
 pub struct Sessions {
-    limits: SessionLimits,
+    limits: Mutex<SessionLimits>,
     counts: Mutex<Counts>,
 }
 
@@ -79,14 +79,20 @@ impl Sessions {
     /// Counters under `limits`.
     pub fn new(limits: SessionLimits) -> Arc<Sessions> {
         Arc::new(Sessions {
-            limits,
+            limits: Mutex::new(limits),
             counts: Mutex::default(),
         })
     }
 
     /// The limits in force.
     pub fn limits(&self) -> SessionLimits {
-        self.limits
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the limits (a reload): connections and viewers already
+    /// admitted stay; new ones are checked against these.
+    pub fn set_limits(&self, limits: SessionLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -96,12 +102,13 @@ impl Sessions {
     /// Admits a connection from `ip`, or says which cap is full.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SessionGuard, Full> {
         let key = source(ip);
+        let limits = self.limits();
         let mut c = self.lock();
-        if c.total >= self.limits.total {
+        if c.total >= limits.total {
             return Err(Full::Total);
         }
         let n = c.by_source.get(&key).copied().unwrap_or(0);
-        if self.limits.per_source > 0 && n >= self.limits.per_source {
+        if limits.per_source > 0 && n >= limits.per_source {
             return Err(Full::Source);
         }
         c.total += 1;
@@ -129,7 +136,7 @@ impl SessionGuard {
         if self.camera.is_some() {
             return Ok(());
         }
-        let cap = self.sessions.limits.per_camera;
+        let cap = self.sessions.limits().per_camera;
         let key = (site.to_string(), cam.to_string());
         let mut c = self.sessions.lock();
         let n = c.by_camera.get(&key).copied().unwrap_or(0);
