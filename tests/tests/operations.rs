@@ -828,3 +828,63 @@ fn status_lists_the_connected_site_with_moving_byte_counters() -> Result<()> {
     assert!(!o.status.success());
     Ok(())
 }
+
+/// A camera's password in its own file (`--camera-password-file`, mode
+/// 0600): the site file holds no secret and may be world-readable, the
+/// camera is pulled with the password, which is in no argv, file error or
+/// log; a password file others may read is refused.
+#[test]
+fn a_camera_password_file_keeps_the_password_out_of_argv_and_settings() -> Result<()> {
+    use revtun_tests::video::{ffprobe_frames, start_camera};
+    use revtun_tests::{bin, free_port, Host, Proc};
+    use std::os::unix::fs::PermissionsExt;
+    const PW: &str = "p4ss:w/rd@x";
+    let cam_port = free_port()?;
+    let _camera = start_camera(
+        cam_port,
+        "ball",
+        25,
+        &["--auth", "digest", "--user", "admin", "--password", PW],
+    )?;
+    let rtsp = revtun_tests::reserved_port()?;
+    let listen = format!("127.0.0.1:{rtsp}");
+    let host = Host::start(&["--rtsp-listen", &listen, "--allow-anonymous-viewers"])?;
+    let dir = host.enroll("s1")?;
+    let pw_file = host.path("door.pw");
+    std::fs::write(&pw_file, format!("{PW}\n"))?;
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o644))?;
+    let site_toml = host.path("site.toml");
+    std::fs::write(
+        &site_toml,
+        format!(
+            "state_dir = {dir:?}\ncamera = [\"door=rtsp://admin@127.0.0.1:{cam_port}/test\"]\n\
+             camera_password_file = [\"door={}\"]\n",
+            pw_file.display()
+        ),
+    )?;
+    std::fs::set_permissions(&site_toml, std::fs::Permissions::from_mode(0o644))?;
+    // Readable by others: refused, naming the file, never the password.
+    let (code, out) = check("revtun-site", &["run"], &site_toml)?;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("door.pw") && out.contains("chmod 600") && !out.contains("p4ss"),
+        "{out}"
+    );
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600))?;
+    let (code, out) = check("revtun-site", &["run"], &site_toml)?;
+    assert_eq!(code, 0, "{out}");
+    let agent = Proc::spawn(
+        std::process::Command::new(bin("revtun-site"))
+            .args(["run", "--config"])
+            .arg(&site_toml),
+    )?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    host.control
+        .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    let (frames, err) = ffprobe_frames(&format!("rtsp://127.0.0.1:{rtsp}/s1/door"), 4)?;
+    assert!(frames >= 50, "{frames} frames: {err}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid()))?;
+    assert!(!String::from_utf8_lossy(&cmdline).contains("p4ss"));
+    assert!(!agent.log().contains("p4ss"), "password in the site log");
+    Ok(())
+}

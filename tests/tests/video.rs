@@ -76,7 +76,7 @@ impl Video {
     ) -> Result<Video> {
         let cam_port = free_port()?;
         let camera = start_camera(cam_port, "ball", keyint, camera_args)?;
-        let rtsp = free_port()?;
+        let rtsp = revtun_tests::reserved_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
         flags.extend_from_slice(host_flags);

@@ -86,6 +86,12 @@ enum Cmd {
         // would echo the value and so the password.
         #[arg(long = "camera", value_name = "NAME=URL")]
         cameras: Vec<String>,
+        /// The password of camera NAME, first line of FILE (mode 0600,
+        /// re-read on reload), so it is in no command line or settings
+        /// file; the camera's URL names the user only,
+        /// rtsp://USER@HOST:PORT/PATH (repeatable).
+        #[arg(long = "camera-password-file", value_name = "NAME=FILE")]
+        camera_password_files: Vec<String>,
         /// A camera that does not answer an RTSP request, or sends nothing
         /// after PLAY, for this long is given up on (the viewer is told).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -137,7 +143,10 @@ fn holds_secrets(text: &str) -> bool {
     };
     cams.iter().any(|c| {
         let url = c.split_once('=').map_or(*c, |(_, u)| u);
-        revtun_proto::rtsp_auth::split_credentials(url).map_or(true, |u| u.credentials.is_some())
+        // A password in the URL (`user:pass@`); a user alone is no secret
+        // (its password may come from --camera-password-file).
+        revtun_proto::rtsp_auth::split_credentials(url)
+            .map_or(true, |_| revtun_proto::rtsp_auth::redact(url) != url)
     })
 }
 
@@ -167,13 +176,27 @@ fn parse_args(argv: Vec<std::ffi::OsString>) -> Result<Args, Parsed> {
     Args::try_parse_from(argv).map_err(Parsed::Clap)
 }
 
-/// The services and cameras of `run`, checked (a camera's password is
-/// never in an error).
-fn offer(services: Vec<(String, String)>, cameras: &[String]) -> Result<agent::Offer, String> {
-    let cameras = cameras
+/// The services and cameras of `run`, checked, with each camera's
+/// password file read into its URL (a camera's password is never in an
+/// error).
+fn offer(
+    services: Vec<(String, String)>,
+    cameras: &[String],
+    password_files: &[String],
+) -> Result<agent::Offer, String> {
+    let mut cameras = cameras
         .iter()
         .map(|c| parse_camera(c))
         .collect::<Result<HashMap<_, _>, _>>()?;
+    for pf in password_files {
+        let (name, file) = pf
+            .split_once('=')
+            .ok_or_else(|| format!("--camera-password-file {pf:?} is not NAME=FILE"))?;
+        let url = cameras
+            .get_mut(name)
+            .ok_or_else(|| format!("--camera-password-file {name}: no --camera {name}"))?;
+        *url = with_password(name, url, std::path::Path::new(file))?;
+    }
     let mut map = HashMap::new();
     for (name, target) in services {
         if map.insert(name.clone(), target).is_some() {
@@ -183,15 +206,56 @@ fn offer(services: Vec<(String, String)>, cameras: &[String]) -> Result<agent::O
     Ok((map, cameras))
 }
 
+/// `rtsp://USER@REST` with the password from `file` (first line; the file
+/// must be readable by its owner only) put in, %-encoded.
+fn with_password(name: &str, url: &str, file: &std::path::Path) -> Result<String, String> {
+    let rest = url.strip_prefix("rtsp://").unwrap_or(url);
+    let end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return Err(format!(
+            "camera {name}: a password file needs the user in the URL (rtsp://USER@HOST:PORT/PATH)"
+        ));
+    };
+    let user = &rest[..at];
+    if user.contains(':') {
+        return Err(format!(
+            "camera {name}: the URL has a password and a password file is given; keep one"
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        revtun_dataplane::config_file::read(file, true).map_err(|e| e.to_string())?,
+    );
+    let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(format!("{}: empty password", file.display()));
+    }
+    let mut enc = String::new();
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(char::from(b));
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let out = format!("rtsp://{user}:{enc}@{}", &rest[at + 1..]);
+    zeroize::Zeroize::zeroize(&mut enc);
+    // The same checks as a URL given whole.
+    parse_camera(&format!("{name}={out}")).map(|(_, u)| u)
+}
+
 /// Reads the services and cameras of `argv` again (SIGHUP).
 fn reread(argv: &[std::ffi::OsString]) -> Result<agent::Offer, String> {
     match parse_args(argv.to_vec()) {
         Ok(Args {
-            cmd: Cmd::Run {
-                services, cameras, ..
-            },
+            cmd:
+                Cmd::Run {
+                    services,
+                    cameras,
+                    camera_password_files,
+                    ..
+                },
             ..
-        }) => offer(services, &cameras),
+        }) => offer(services, &cameras, &camera_password_files),
         Ok(_) => Err("not a run command".into()),
         Err(Parsed::File(e)) => Err(e),
         Err(Parsed::Clap(e)) => Err(e.to_string().trim_end().to_string()),
@@ -220,10 +284,11 @@ fn main() {
         check_config: true,
         cameras,
         services,
+        camera_password_files,
         ..
     } = &args.cmd
     {
-        if let Err(e) = offer(services.clone(), cameras) {
+        if let Err(e) = offer(services.clone(), cameras, camera_password_files) {
             fail(e);
         }
         println!("configuration ok");
@@ -326,12 +391,14 @@ fn run(cmd: Cmd, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
             services,
             tunnel,
             cameras,
+            camera_password_files,
             camera_timeout,
             connect_timeout,
             cpu,
             spin,
         } => {
-            let (map, cameras) = offer(services, &cameras).map_err(anyhow::Error::msg)?;
+            let (map, cameras) =
+                offer(services, &cameras, &camera_password_files).map_err(anyhow::Error::msg)?;
             let id = if Identity::exists(&state_dir) {
                 Identity::load(&state_dir)?
             } else {
