@@ -44,6 +44,8 @@ ensure_video_peers() {
     # prlimit (descriptor-limit tests) and systemd-analyze (unit checks).
     command -v prlimit >/dev/null || need+=(util-linux)
     command -v systemd-analyze >/dev/null || need+=(systemd)
+    # cargo deb's $auto dependencies (scripts/package.sh).
+    command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
     if ! command -v ffprobe >/dev/null ||
         ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
         need+=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 cargo build --release --workspace --bins
 rm -f target/debian/revtun_*.deb
-cargo deb -p revtun-control --no-build
+cargo deb -p revtun-control --no-build --strip
 deb=$(ls target/debian/revtun_*.deb)
 dpkg-deb -c "$deb" | tee target/debian/contents.txt
 for f in usr/bin/revtun-control usr/bin/revtun-dataplane usr/bin/revtun-keytool \
