@@ -32,7 +32,7 @@ wait_for ready "$WORK/camera.out"
 echo "== host: keytool init, control with the RTSP redirector on 127.0.0.1:$RTSP_PORT"
 $BIN/revtun-keytool --state-dir "$WORK/host" init >/dev/null
 $BIN/revtun-control --state-dir "$WORK/host" --listen 127.0.0.1:0 \
-    --rtsp-listen "127.0.0.1:$RTSP_PORT" >"$WORK/control.out" 2>"$WORK/control.log" &
+    --rtsp-listen "127.0.0.1:$RTSP_PORT" --rtp-port 0 --rtcp-port 0 >"$WORK/control.out" 2>"$WORK/control.log" &
 PIDS+=($!)
 wait_for "^listening on" "$WORK/control.out"
 ADDR=$(sed -n 's/^listening on //p' "$WORK/control.out")

@@ -4,10 +4,31 @@
 The Reload column says whether SIGHUP applies a key live: for
 revtun-control every key but those in RESTART_ONLY (control/src/main.rs);
 for revtun-site run the services and cameras.
-Usage: scripts/config-keys.py BINARY [SUBCOMMAND]"""
+Usage: scripts/config-keys.py BINARY [SUBCOMMAND]
+       scripts/config-keys.py --update [BINDIR]   (rewrites docs/config.md's
+       tables from BINDIR's binaries, default target/debug)"""
 import os, re, subprocess, sys
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+if sys.argv[1:2] == ["--update"]:
+    bindir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(root, "target/debug")
+    doc_path = os.path.join(root, "docs/config.md")
+    doc = open(doc_path).read()
+    for heading, cmd in (("## revtun-control", ["revtun-control"]), ("## revtun-site run", ["revtun-site", "run"])):
+        table = subprocess.run([sys.executable, os.path.abspath(__file__), os.path.join(bindir, cmd[0])] + cmd[1:],
+                               capture_output=True, text=True, check=True).stdout
+        i = doc.index(heading)
+        j = doc.index("| Key |", i)
+        k = j
+        for line in doc[j:].split("\n"):
+            if not line.startswith("|"):
+                break
+            k += len(line) + 1
+        doc = doc[:j] + table + doc[k:]
+    open(doc_path, "w").write(doc)
+    sys.exit(0)
+
 name = os.path.basename(sys.argv[1])
 if name == "revtun-control":
     src = open(os.path.join(root, "control/src/main.rs")).read()

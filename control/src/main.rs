@@ -198,6 +198,19 @@ fn launch(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<(Launch, Pa
     for (a, what) in wanted.iter().filter(|(a, _)| a.port() != 0) {
         bindable(*a).with_context(|| format!("cannot listen for {what} on {a}"))?;
     }
+    if let (Some(rtsp), false) = (
+        args.rtsp_listen.or(args.rtsps_listen),
+        args.video.tcp_only_viewers,
+    ) {
+        for (port, what) in [(args.video.rtp_port, "RTP"), (args.video.rtcp_port, "RTCP")] {
+            if port != 0 {
+                let a = SocketAddr::new(rtsp.ip(), port);
+                std::net::UdpSocket::bind(a).with_context(|| {
+                    format!("cannot bind the {what} port for UDP viewers on {a} (--{}-port; --tcp-only-viewers turns UDP off)", what.to_lowercase())
+                })?;
+            }
+        }
+    }
     let mut paths: Paths = Vec::new();
     match (args.rtsps_listen, &args.rtsps_cert, &args.rtsps_key) {
         (None, None, None) => {}
@@ -311,6 +324,9 @@ const RESTART_ONLY: &[&str] = &[
     "dataplane",
     "nice",
     "log-format",
+    "rtp-port",
+    "rtcp-port",
+    "tcp-only-viewers",
 ];
 
 /// The raw values of control's flag `--long` in `m`.

@@ -108,6 +108,25 @@ pub struct VideoArgs {
     /// by the client within it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub rtsp_request_timeout: Duration,
+    /// UDP port RTP goes out from to UDP viewers (`server_port`; 0 picks
+    /// one); opened beside the RTSP listener, on its address.
+    #[arg(long, default_value_t = 8000)]
+    pub rtp_port: u16,
+    /// UDP port of RTCP (sender reports out, receiver reports in).
+    #[arg(long, default_value_t = 8001)]
+    pub rtcp_port: u16,
+    /// Serve RTP inside the RTSP connection only: no UDP sockets, a UDP
+    /// SETUP gets 461 (players then fall back to TCP).
+    #[arg(long)]
+    pub tcp_only_viewers: bool,
+    /// Largest RTP payload in one UDP datagram; larger NAL units are
+    /// split into fragmentation units.
+    #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(200..=65000))]
+    pub rtp_mtu: u16,
+    /// A UDP viewer that sends no RTSP request and no RTCP receiver
+    /// report for this long is dropped.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub rtp_timeout: Duration,
 }
 
 impl VideoArgs {
@@ -127,6 +146,8 @@ impl VideoArgs {
                 per_camera: self.max_viewers_per_camera,
             },
             request_timeout: self.rtsp_request_timeout.max(Duration::from_millis(100)),
+            rtp_mtu: usize::from(self.rtp_mtu),
+            rtp_timeout: self.rtp_timeout.max(Duration::from_secs(1)),
             ..VideoConfig::default()
         }
     }

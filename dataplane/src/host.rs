@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub rtsps: Option<Rtsps>,
     /// Redirector limits.
     pub video: crate::video::host::VideoConfig,
+    /// RTP and RTCP ports for UDP viewers (`None`: TCP only).
+    pub udp_ports: Option<(u16, u16)>,
     /// Metrics (Prometheus text over HTTP) address.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Who may read the metrics.
@@ -149,6 +151,28 @@ pub fn run(
         Arc::new(revtun_proto::viewer::Nonces::new(&key))
     };
     let sessions = crate::video::sessions::Sessions::new(cfg.video.sessions.within(soft));
+    // UDP viewers: one RTP and one RTCP socket for the process, on the
+    // RTSP listener's address.
+    let udp = match (
+        cfg.udp_ports,
+        cfg.rtsp_listen.or(cfg.rtsps.as_ref().map(|r| r.listen)),
+    ) {
+        (Some((rtp, rtcp)), Some(listen)) => {
+            match crate::video::udp::Udp::bind(listen.ip(), rtp, rtcp) {
+                Ok(u) => {
+                    tracing::info!(rtp = u.ports.0, rtcp = u.ports.1, "rtp over udp");
+                    println!("rtp udp ports {}-{}", u.ports.0, u.ports.1);
+                    let _ = std::io::stdout().flush();
+                    Some(u)
+                }
+                Err(e) => {
+                    tracing::error!(rtp, rtcp, error = %e, "cannot bind the RTP/RTCP ports; viewers get RTP over TCP only");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     cfg.nofile = soft;
     if cfg.rtsp_listen.is_some() {
         let l = sessions.limits();
@@ -167,6 +191,7 @@ pub fn run(
         let cfg = cfg.clone();
         let nonces = nonces.clone();
         let sessions = sessions.clone();
+        let udp = udp.clone();
         let mesh_end = mesh[k].take();
         let board = Some(board.clone());
         let placement = if cfg.pin {
@@ -180,7 +205,7 @@ pub fn run(
             // No file I/O on the data plane: glommio's registered buffers
             // (10 MiB by default) would only be resident memory.
             .io_memory(crate::config::GLOMMIO_IO_MEMORY)
-            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board, (nonces, sessions)))
+            .spawn(move || shard(k, shards, fd, cfg, mesh_end, board, (nonces, sessions, udp)))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(h);
     }
@@ -392,9 +417,10 @@ async fn shard(
     cfg: HostConfig,
     mesh: Option<crate::video::mesh::MeshEnd>,
     board: Option<Arc<Board>>,
-    (nonces, sessions): (
+    (nonces, sessions, udp): (
         Arc<revtun_proto::viewer::Nonces>,
         Arc<crate::video::sessions::Sessions>,
+        Option<Arc<crate::video::udp::Udp>>,
     ),
 ) {
     let registry: Registry = Rc::default();
@@ -411,6 +437,7 @@ async fn shard(
             cfg.video.clone(),
             gate.clone(),
             sessions.clone(),
+            udp,
         );
         redirector = Some(r.clone());
         if let Some(end) = mesh {

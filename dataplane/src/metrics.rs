@@ -100,6 +100,21 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Times a consumer overflowed and resumed at a keyframe.",
     ),
     (
+        "revtun_video_udp_viewers",
+        "gauge",
+        "Viewers of the camera on this shard served RTP over UDP.",
+    ),
+    (
+        "revtun_video_udp_packets_total",
+        "counter",
+        "RTP packets sent to UDP viewers of the camera (re-packetised to --rtp-mtu).",
+    ),
+    (
+        "revtun_video_udp_reported_lost_total",
+        "counter",
+        "Packets UDP viewers of the camera reported lost in RTCP receiver reports.",
+    ),
+    (
         "revtun_video_send_latency_us",
         "gauge",
         "Host-added latency on this shard: access unit arrival at the host to its last byte in a viewer's socket, microseconds, quantiles of the last one-second window with frames.",

@@ -375,6 +375,10 @@ pub fn video_lab(
         "warn",
         "--rtsp-listen",
         &rtsp_arg,
+        "--rtp-port",
+        "0",
+        "--rtcp-port",
+        "0",
         "--metrics-listen",
         "127.0.0.1:0",
         // Every viewer of the lab comes from 127.0.0.1: the per-address

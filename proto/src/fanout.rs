@@ -156,6 +156,11 @@ impl<T> ViewerQueue<T> {
         Offer::Queued
     }
 
+    /// The next frame to write, without taking it.
+    pub fn front(&self) -> Option<&T> {
+        self.queue.front().map(|(_, f)| f)
+    }
+
     /// The next frame to write, if any.
     pub fn pop(&mut self, now: Instant) -> Option<T> {
         let (m, f) = self.queue.pop_front()?;

@@ -247,5 +247,198 @@ impl Assembler {
     }
 }
 
+/// One UDP packet of an access unit, re-packetised once and shared by
+/// every UDP viewer: each viewer writes its own 12-byte RTP header (its
+/// sequence number and SSRC, this marker, payload type and timestamp),
+/// then `prefix`, then the `body` bytes straight from the shared buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpPacket {
+    /// Marker bit.
+    pub marker: bool,
+    /// Payload type.
+    pub payload_type: u8,
+    /// Media timestamp.
+    pub timestamp: u32,
+    /// Payload bytes before the body (a fragmentation unit's headers).
+    pub prefix: [u8; 3],
+    /// How many of `prefix` are used.
+    pub prefix_len: u8,
+    /// The rest of the payload, in the caller's buffer.
+    pub body: Range<usize>,
+}
+
+impl UdpPacket {
+    /// The prefix in use.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..usize::from(self.prefix_len)]
+    }
+
+    /// Payload length (prefix and body).
+    pub fn payload_len(&self) -> usize {
+        usize::from(self.prefix_len) + self.body.len()
+    }
+}
+
+/// Splits the RTP packets of one access unit (`packets`, ranges of whole
+/// packets in `buf`, as cameras send them over TCP: up to 64 KiB) into
+/// packets whose payload is at most `mtu` bytes, for UDP: a NAL unit too
+/// large becomes fragmentation units (FU-A for H.264, FU for H.265), an
+/// oversized fragmentation unit is fragmented finer, an oversized
+/// aggregation packet is split into its NAL units. Timestamps are kept;
+/// the marker goes on the last packet made from a marked one. Packets
+/// that do not parse are dropped.
+pub fn packetize(codec: Codec, buf: &[u8], packets: &[Range<usize>], mtu: usize) -> Vec<UdpPacket> {
+    // A fragment carries at least one byte beside its (up to 3) header bytes.
+    let mtu = mtu.max(4);
+    let mut out = Vec::with_capacity(packets.len());
+    for r in packets {
+        let Some(pkt) = buf.get(r.clone()) else {
+            continue;
+        };
+        let Ok(h) = parse(pkt) else { continue };
+        let abs = r.start + h.payload.start..r.start + h.payload.end;
+        let first = out.len();
+        let tpl = UdpPacket {
+            marker: false,
+            payload_type: h.payload_type,
+            timestamp: h.timestamp,
+            prefix: [0; 3],
+            prefix_len: 0,
+            body: abs.clone(),
+        };
+        let p = &buf[abs.clone()];
+        if p.len() <= mtu || p.is_empty() {
+            out.push(tpl.clone());
+        } else {
+            let (nal_hdr, aggregate, fragment) = match codec {
+                Codec::H264 => (1, 24, 28),
+                Codec::H265 => (2, 48, 49),
+            };
+            let nal_type = match codec {
+                Codec::H264 => p[0] & 0x1f,
+                Codec::H265 => (p[0] >> 1) & 0x3f,
+            };
+            if nal_type == aggregate {
+                let mut at = abs.start + nal_hdr;
+                while at + 2 <= abs.end {
+                    let n = usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
+                    let nal = at + 2..(at + 2 + n).min(abs.end);
+                    if !nal.is_empty() {
+                        whole_nal(codec, buf, nal.clone(), mtu, &tpl, &mut out);
+                    }
+                    at = nal.end;
+                }
+            } else if nal_type == fragment && p.len() > nal_hdr {
+                let fu = p[nal_hdr];
+                let typ = match codec {
+                    Codec::H264 => fu & 0x1f,
+                    Codec::H265 => fu & 0x3f,
+                };
+                let head: Vec<u8> = p[..nal_hdr].to_vec();
+                let body = abs.start + nal_hdr + 1..abs.end;
+                let flags = (fu & 0x80 != 0, fu & 0x40 != 0);
+                fragments(&head, typ, body, flags, mtu, &tpl, &mut out);
+            } else {
+                whole_nal(codec, buf, abs.clone(), mtu, &tpl, &mut out);
+            }
+        }
+        if h.marker {
+            if let Some(last) = out.get_mut(first..).and_then(|s| s.last_mut()) {
+                last.marker = true;
+            }
+        }
+    }
+    out
+}
+
+/// One whole NAL unit (`nal` in `buf`, header included): as is if it
+/// fits, else as fragmentation units.
+fn whole_nal(
+    codec: Codec,
+    buf: &[u8],
+    nal: Range<usize>,
+    mtu: usize,
+    tpl: &UdpPacket,
+    out: &mut Vec<UdpPacket>,
+) {
+    if nal.len() <= mtu {
+        out.push(UdpPacket {
+            body: nal,
+            ..tpl.clone()
+        });
+        return;
+    }
+    match codec {
+        Codec::H264 => {
+            let h = buf[nal.start];
+            fragments(
+                &[(h & 0xe0) | 28],
+                h & 0x1f,
+                nal.start + 1..nal.end,
+                (true, true),
+                mtu,
+                tpl,
+                out,
+            );
+        }
+        Codec::H265 if nal.len() > 2 => {
+            let (h0, h1) = (buf[nal.start], buf[nal.start + 1]);
+            let typ = (h0 >> 1) & 0x3f;
+            fragments(
+                &[(h0 & 0x81) | (49 << 1), h1],
+                typ,
+                nal.start + 2..nal.end,
+                (true, true),
+                mtu,
+                tpl,
+                out,
+            );
+        }
+        Codec::H265 => out.push(UdpPacket {
+            body: nal,
+            ..tpl.clone()
+        }),
+    }
+}
+
+/// Fragmentation units of `body` after `head` (the FU indicator, or the
+/// H.265 payload header) and an FU header of type `typ`; the start bit
+/// on the first if `flags.0`, the end bit on the last if `flags.1`.
+fn fragments(
+    head: &[u8],
+    typ: u8,
+    body: Range<usize>,
+    (start, end): (bool, bool),
+    mtu: usize,
+    tpl: &UdpPacket,
+    out: &mut Vec<UdpPacket>,
+) {
+    let room = mtu.saturating_sub(head.len() + 1).max(1);
+    let mut at = body.start;
+    loop {
+        let stop = (at + room).min(body.end);
+        let mut fu = typ;
+        if at == body.start && start {
+            fu |= 0x80;
+        }
+        if stop == body.end && end {
+            fu |= 0x40;
+        }
+        let mut prefix = [0u8; 3];
+        prefix[..head.len()].copy_from_slice(head);
+        prefix[head.len()] = fu;
+        out.push(UdpPacket {
+            prefix,
+            prefix_len: (head.len() + 1) as u8,
+            body: at..stop,
+            ..tpl.clone()
+        });
+        if stop >= body.end {
+            break;
+        }
+        at = stop;
+    }
+}
+
 #[cfg(test)]
 mod tests;

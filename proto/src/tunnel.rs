@@ -496,7 +496,11 @@ impl Tunnel {
     pub fn consumed_at(&mut self, id: StreamId, n: usize, now: Instant) {
         self.clock = self.clock.max(now);
         let now = self.clock;
-        let (rtt, max) = (self.rtt, u64::from(self.cfg.max_stream_window));
+        // A stream's window grows to at most half the tunnel's receive
+        // window in force: a stream that stalls with its window full
+        // always leaves the other half to the other streams.
+        let max = u64::from(self.cfg.max_stream_window).min(self.recv_window / 2);
+        let rtt = self.rtt;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };

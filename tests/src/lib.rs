@@ -268,6 +268,7 @@ impl Host {
             cmd.arg("--state-dir")
                 .arg(&state)
                 .args(["--listen", "127.0.0.1:0"])
+                .args(udp_ports(extra))
                 .args(extra),
         )?;
         let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
@@ -289,6 +290,7 @@ impl Host {
                 .arg("--state-dir")
                 .arg(self.state())
                 .args(["--listen", &self.addr.to_string()])
+                .args(udp_ports(extra))
                 .args(extra),
         )?;
         self.control
@@ -434,6 +436,23 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// For a host with an RTSP listener and no RTP ports given: ports the
+/// kernel picks (the defaults, 8000 and 8001, would be shared by every
+/// test at once).
+pub fn udp_ports(flags: &[&str]) -> Vec<&'static str> {
+    let rtsp = flags
+        .iter()
+        .any(|f| f.starts_with("--rtsp-listen") || f.starts_with("--rtsps-listen"));
+    let given = flags
+        .iter()
+        .any(|f| f.starts_with("--rtp-port") || f.starts_with("--rtcp-port"));
+    if rtsp && !given {
+        vec!["--rtp-port=0", "--rtcp-port=0"]
+    } else {
+        vec![]
+    }
 }
 
 /// A loopback port kept bound (not listening) with `SO_REUSEPORT` for

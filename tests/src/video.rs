@@ -33,12 +33,19 @@ pub fn start_camera(port: u16, pattern: &str, keyint: u32, extra: &[&str]) -> Re
 /// Frames ffprobe decodes from `url` (RTSP over TCP) in `secs`, and its
 /// stderr.
 pub fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {
+    ffprobe_frames_via(url, secs, Some("tcp"))
+}
+
+/// As [`ffprobe_frames`] with `-rtsp_transport TRANSPORT` (`udp`, `tcp`),
+/// or ffprobe's default order (UDP, then TCP) when `None`.
+pub fn ffprobe_frames_via(url: &str, secs: u32, transport: Option<&str>) -> Result<(u64, String)> {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error"]);
+    if let Some(t) = transport {
+        cmd.args(["-rtsp_transport", t]);
+    }
     let o = run(
-        Command::new("ffprobe").args([
-            "-v",
-            "error",
-            "-rtsp_transport",
-            "tcp",
+        cmd.args([
             "-select_streams",
             "v:0",
             "-count_frames",

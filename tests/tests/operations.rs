@@ -207,7 +207,7 @@ fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() ->
         &host_toml,
         format!(
             "state_dir = {state:?}\nlisten = \"127.0.0.1:1\"\nexpose = [\"paris/svc=127.0.0.1:{web}\"]\n\
-             rtsp_listen = \"127.0.0.1:{rtsp}\"\nlog_level = \"info\"\n"
+             rtsp_listen = \"127.0.0.1:{rtsp}\"\nrtp_port = 0\nrtcp_port = 0\nlog_level = \"info\"\n"
         ),
     )?;
     // The command line's --listen overrides the file's (port 1 would fail).
@@ -365,6 +365,11 @@ fn every_data_plane_setting_given_to_control_reaches_the_data_plane() -> Result<
         ("max-rtsp-sessions", "999".into()),
         ("max-rtsp-sessions-per-addr", "33".into()),
         ("max-viewers-per-camera", "444".into()),
+        ("rtp-port", "0".into()),
+        ("rtcp-port", "0".into()),
+        ("tcp-only-viewers", "".into()),
+        ("rtp-mtu", "1200".into()),
+        ("rtp-timeout", "30s".into()),
         ("rtsp-request-timeout", "7s".into()),
         ("metrics-listen", "127.0.0.1:0".into()),
         ("metrics-token-file", p(&token)),

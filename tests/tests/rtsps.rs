@@ -460,6 +460,7 @@ fn control_fails(state: &Path, flags: &[&str]) -> Result<String> {
             .arg("--state-dir")
             .arg(state)
             .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+            .args(["--rtp-port=0", "--rtcp-port=0"])
             .args(flags),
         Duration::from_secs(20),
     )?;

@@ -601,12 +601,17 @@ fn wait_table(v: &Video, n: usize) -> Result<()> {
 /// The decoded frames of a GStreamer viewer of `url` (rtspsrc, TCP): it
 /// exits 0 once 200 frames were decoded.
 fn gst_decodes_200(url: &str) -> Result<bool> {
+    gst_decodes_200_over(url, "tcp")
+}
+
+/// As [`gst_decodes_200`] with rtspsrc's `protocols` (`udp`, `tcp`).
+fn gst_decodes_200_over(url: &str, protocols: &str) -> Result<bool> {
     let o = run(
         Command::new("gst-launch-1.0").args([
             "-q",
             "rtspsrc",
             &format!("location={url}"),
-            "protocols=tcp",
+            &format!("protocols={protocols}"),
             "!",
             "rtph264depay",
             "!",
@@ -901,7 +906,367 @@ fn a_viewer_that_pipelines_requests_and_never_reads_is_cut_with_bounded_memory()
     );
     assert!(cut, "a viewer that never reads was not cut in 20 s");
     assert!(grew < 32 * 1024, "the data plane grew {grew} KiB");
-    // The healthy viewer never noticed.
-    assert!(drain_for(healthy, 2)? > 100_000);
+    // The healthy viewer never noticed: past its backlog, the live
+    // stream (about 150 kbit/s) still flows.
+    let mut healthy = healthy;
+    let backlog = drain_for(&mut healthy, 1)?;
+    let live = drain_for(&mut healthy, 2)?;
+    assert!(
+        backlog > 0 && live > 20_000,
+        "the healthy viewer got {backlog} then {live} bytes"
+    );
+    Ok(())
+}
+
+/// Two UDP sockets on loopback (RTP, RTCP) with short read timeouts.
+fn udp_pair() -> Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let rtcp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    for s in [&rtp, &rtcp] {
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    }
+    Ok((rtp, rtcp))
+}
+
+/// A header's value in an RTSP reply.
+fn header<'a>(reply: &'a str, name: &str) -> Option<&'a str> {
+    reply.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// `key=value` from a `;`-separated header value.
+fn param<'a>(value: &'a str, key: &str) -> Option<&'a str> {
+    value
+        .split([';', ','])
+        .find_map(|p| p.trim().strip_prefix(key)?.strip_prefix('='))
+}
+
+/// DESCRIBE, SETUP with `transport`, PLAY of `url`: the SETUP and PLAY
+/// replies (each must be 200).
+fn setup_and_play(c: &mut RtspClient, url: &str, transport: &str) -> Result<(String, String)> {
+    let d = c.request("DESCRIBE", url, &["Accept: application/sdp"])?;
+    anyhow::ensure!(rtsp_status(&d) == 200, "{d}");
+    let track = format!("{url}/trackID=0");
+    let setup = c.request("SETUP", &track, &[&format!("Transport: {transport}")])?;
+    anyhow::ensure!(rtsp_status(&setup) == 200, "{setup}");
+    let session = header(&setup, "Session").context("no Session")?;
+    let id = session.split(';').next().unwrap_or("").to_string();
+    let play = c.request(
+        "PLAY",
+        url,
+        &[&format!("Session: {id}"), "Range: npt=0.000-"],
+    )?;
+    anyhow::ensure!(rtsp_status(&play) == 200, "{play}");
+    Ok((setup, play))
+}
+
+/// ffprobe and GStreamer with their default or UDP transports get RTP
+/// over UDP and decode; the host's metrics count a UDP viewer.
+#[test]
+fn players_get_rtp_over_udp_with_their_default_transport_order() -> Result<()> {
+    use revtun_tests::video::ffprobe_frames_via;
+    let v = Video::start_with(25, &["--metrics-listen", "127.0.0.1:0"], &["cam1"])?;
+    let metrics = v.host.metrics_addr()?;
+    let url = v.url("s1/cam1");
+    let probe = {
+        let url = url.clone();
+        std::thread::spawn(move || ffprobe_frames_via(&url, 10, None))
+    };
+    // While it plays, the metrics show it as a UDP viewer.
+    let start = Instant::now();
+    let mut seen = 0;
+    while start.elapsed() < Duration::from_secs(9) && seen == 0 {
+        seen = metric_sum(
+            &http_get(&metrics, "/metrics")?,
+            "revtun_video_udp_viewers",
+            &[],
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (frames, err) = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("ffprobe thread"))??;
+    assert!(seen >= 1, "no UDP viewer in the metrics");
+    assert!(frames >= 200, "default transport: {frames} frames; {err}");
+    let m = http_get(&metrics, "/metrics")?;
+    assert!(
+        metric_sum(&m, "revtun_video_udp_packets_total", &[]) >= 200,
+        "{m}"
+    );
+    let (frames, err) = ffprobe_frames_via(&url, 6, Some("udp"))?;
+    assert!(frames >= 100, "-rtsp_transport udp: {frames} frames; {err}");
+    assert!(
+        gst_decodes_200_over(&url, "udp")?,
+        "GStreamer protocols=udp"
+    );
+    Ok(())
+}
+
+/// A raw UDP viewer: the first transport it lists that the host offers is
+/// taken; RTP comes to the address of its RTSP connection only (never to
+/// a `destination=` it names), in datagrams that fit the MTU, with the
+/// SSRC of the SETUP reply; the first packet is the one `RTP-Info` names;
+/// sender reports reach its RTCP port.
+#[test]
+fn a_udp_viewer_gets_rtp_where_it_connected_from_as_rtp_info_says() -> Result<()> {
+    let v = Video::start(25)?;
+    let url = v.url("s1/cam1");
+    let (rtp, rtcp) = udp_pair()?;
+    let (a, b) = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
+    // A third party at the address the client names, on the same port.
+    let elsewhere = std::net::UdpSocket::bind(("127.0.0.9", a))?;
+    elsewhere.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut c = RtspClient::connect(v.rtsp, None)?;
+    let (setup, play) = setup_and_play(
+        &mut c,
+        &url,
+        &format!(
+            "RTP/AVP;unicast;destination=127.0.0.9;client_port={a}-{b},RTP/AVP/TCP;unicast;interleaved=0-1"
+        ),
+    )?;
+    let t = header(&setup, "Transport").context("no Transport")?;
+    assert!(t.starts_with("RTP/AVP;unicast;"), "{t}");
+    assert!(
+        !t.contains("destination") && param(t, "server_port").is_some(),
+        "{t}"
+    );
+    let ssrc = u32::from_str_radix(param(t, "ssrc").context("no ssrc")?, 16)?;
+    assert!(
+        header(&setup, "Session").is_some_and(|s| s.contains(";timeout=")),
+        "{setup}"
+    );
+    let info = header(&play, "RTP-Info").context("no RTP-Info")?;
+    assert_eq!(header(&play, "Range"), Some("npt=now-"), "{play}");
+    let seq: u16 = param(info, "seq").context("no seq")?.parse()?;
+    let rtptime: u32 = param(info, "rtptime").context("no rtptime")?.parse()?;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = None;
+    let mut packets = 0;
+    let mut last_seq = None;
+    while Instant::now() < deadline && packets < 300 {
+        let Ok(n) = rtp.recv(&mut buf) else { continue };
+        let h = revtun_proto::rtp::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(n <= 1400 + 12, "a datagram of {n} bytes");
+        assert_eq!(h.ssrc, ssrc);
+        if first.is_none() {
+            first = Some((h.seq, h.timestamp));
+        }
+        // Sequence numbers count up without gaps on loopback.
+        if let Some(p) = last_seq {
+            assert_eq!(h.seq, u16::wrapping_add(p, 1));
+        }
+        last_seq = Some(h.seq);
+        packets += 1;
+    }
+    assert_eq!(first, Some((seq, rtptime)), "RTP-Info: {info}");
+    assert!(packets >= 100, "{packets} packets");
+    // A sender report within its interval (5 s), then the third party
+    // got nothing.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut sr = None;
+    while Instant::now() < deadline && sr.is_none() {
+        if let Ok(n) = rtcp.recv(&mut buf) {
+            sr = revtun_proto::rtcp::parse(&buf[..n]).and_then(|c| c.senders.first().copied());
+        }
+        let _ = rtp.recv(&mut buf);
+    }
+    let sr = sr.context("no sender report")?;
+    assert_eq!(sr.ssrc, ssrc);
+    assert!(sr.packets > 0 && sr.ntp >> 32 > revtun_proto::rtcp::NTP_UNIX_OFFSET);
+    assert!(
+        elsewhere.recv(&mut buf).is_err(),
+        "RTP went to the named destination"
+    );
+    // Without UDP on offer, the same list gets TCP.
+    Ok(())
+}
+
+/// With `--tcp-only-viewers` a UDP-then-TCP list is answered with TCP;
+/// a TCP viewer gets `RTP-Info` naming its first packet and sender
+/// reports on its RTCP channel.
+#[test]
+fn tcp_viewers_get_rtp_info_and_sender_reports_on_their_rtcp_channel() -> Result<()> {
+    let v = Video::start_with(25, &["--tcp-only-viewers"], &["cam1"])?;
+    let url = v.url("s1/cam1");
+    let mut c = RtspClient::connect(v.rtsp, None)?;
+    let (setup, play) = setup_and_play(
+        &mut c,
+        &url,
+        "RTP/AVP;unicast;client_port=5000-5001,RTP/AVP/TCP;unicast;interleaved=2-3",
+    )?;
+    let t = header(&setup, "Transport").context("no Transport")?;
+    assert!(t.starts_with("RTP/AVP/TCP;unicast;interleaved=2-3"), "{t}");
+    let info = header(&play, "RTP-Info").context("no RTP-Info")?;
+    let seq: u16 = param(info, "seq").context("no seq")?.parse()?;
+    let rtptime: u32 = param(info, "rtptime").context("no rtptime")?.parse()?;
+    let mut first = None;
+    let mut sr = None;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < deadline && sr.is_none() {
+        let n = c.conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "the viewer's connection closed");
+        got.extend_from_slice(&buf[..n]);
+        while let Ok(Some((ch, range, used))) = revtun_proto::rtp::interleaved(&got) {
+            let pkt = got[range].to_vec();
+            got.drain(..used);
+            match ch {
+                2 if first.is_none() => {
+                    let h = revtun_proto::rtp::parse(&pkt).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    first = Some((h.seq, h.timestamp, h.ssrc));
+                }
+                3 => sr = revtun_proto::rtcp::parse(&pkt).and_then(|c| c.senders.first().copied()),
+                _ => {}
+            }
+        }
+    }
+    let (s, ts, ssrc) = first.context("no RTP")?;
+    assert_eq!((s, ts), (seq, rtptime), "RTP-Info: {info}");
+    let sr = sr.context("no sender report on channel 3")?;
+    assert_eq!(sr.ssrc, ssrc, "the report is the camera stream's");
+    // A SETUP offering only UDP: 461.
+    let mut c = RtspClient::connect(v.rtsp, None)?;
+    let d = c.request("DESCRIBE", &url, &[])?;
+    assert_eq!(rtsp_status(&d), 200);
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/trackID=0"),
+        &["Transport: RTP/AVP;unicast;client_port=5000-5001"],
+    )?;
+    assert_eq!(rtsp_status(&r), 461, "{r}");
+    Ok(())
+}
+
+/// A UDP viewer that sends neither RTSP requests nor receiver reports is
+/// dropped after `--rtp-timeout`; one with a tiny receive buffer loses
+/// packets while another viewer of the same camera keeps every one.
+#[test]
+fn silent_udp_viewers_are_dropped_and_a_slow_one_costs_another_nothing() -> Result<()> {
+    let v = Video::start_with(25, &["--rtp-timeout", "2s"], &["cam1"])?;
+    let url = v.url("s1/cam1");
+    // The good viewer keeps itself alive with GET_PARAMETER.
+    let (good, good_rtcp) = udp_pair()?;
+    let mut gc = RtspClient::connect(v.rtsp, None)?;
+    let ports = |s: &std::net::UdpSocket, r: &std::net::UdpSocket| -> Result<String> {
+        Ok(format!(
+            "RTP/AVP;unicast;client_port={}-{}",
+            s.local_addr()?.port(),
+            r.local_addr()?.port()
+        ))
+    };
+    let (setup, _) = setup_and_play(&mut gc, &url, &ports(&good, &good_rtcp)?)?;
+    let session = header(&setup, "Session")
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    // The slow one: a tiny buffer, not read for a while (kept alive).
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    slow.set_recv_buffer_size(1024)?;
+    slow.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let slow: std::net::UdpSocket = slow.into();
+    slow.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let slow_rtcp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut sc = RtspClient::connect(v.rtsp, None)?;
+    let (setup, _) = setup_and_play(&mut sc, &url, &ports(&slow, &slow_rtcp)?)?;
+    let slow_session = header(&setup, "Session")
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    // The silent one: no requests, no reports.
+    let (quiet, quiet_rtcp) = udp_pair()?;
+    let mut qc = RtspClient::connect(v.rtsp, None)?;
+    setup_and_play(&mut qc, &url, &ports(&quiet, &quiet_rtcp)?)?;
+    let mut buf = [0u8; 2048];
+    let mut last = None;
+    let mut good_packets = 0;
+    let start = Instant::now();
+    let mut asked = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        if asked.elapsed() > Duration::from_secs(1) {
+            for (c, id) in [(&mut gc, &session), (&mut sc, &slow_session)] {
+                let r = c.request("GET_PARAMETER", &url, &[&format!("Session: {id}")])?;
+                assert_eq!(rtsp_status(&r), 200);
+            }
+            asked = Instant::now();
+        }
+        let Ok(n) = good.recv(&mut buf) else { continue };
+        let h = revtun_proto::rtp::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(p) = last {
+            assert_eq!(
+                h.seq,
+                u16::wrapping_add(p, 1),
+                "the good viewer lost a packet"
+            );
+        }
+        last = Some(h.seq);
+        good_packets += 1;
+    }
+    assert!(good_packets >= 100, "{good_packets}");
+    // The slow viewer's kernel buffer overflowed: what it held, then a
+    // jump to the packets sent now.
+    let mut seqs = Vec::new();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Ok(n) = slow.recv(&mut buf) {
+            if let Ok(h) = revtun_proto::rtp::parse(&buf[..n]) {
+                seqs.push(h.seq);
+            }
+        }
+    }
+    let gaps = seqs
+        .windows(2)
+        .filter(|w| w[1] != w[0].wrapping_add(1))
+        .count();
+    assert!(
+        seqs.len() > 2 && gaps > 0,
+        "the slow viewer lost nothing: {seqs:?}"
+    );
+    // Silent for over 2 s: the host closed its RTSP connection and sends
+    // it nothing more.
+    qc.conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let n = qc.conn.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the silent viewer was not dropped");
+    while quiet.recv(&mut buf).is_ok() {}
+    assert!(quiet.recv(&mut buf).is_err(), "packets after the drop");
+    Ok(())
+}
+
+/// UDP viewers pass the same gate as TCP ones: no credentials, 401 and
+/// nothing sent; with them, ffprobe decodes over UDP.
+#[test]
+fn udp_viewers_need_credentials_like_tcp_ones() -> Result<()> {
+    use revtun_tests::video::ffprobe_frames_via;
+    let v = secure_video()?;
+    let out = viewer_cmd(&v, &["add", "udpv", "--allow", "s1/cam1"])?;
+    let password = last_line(&out);
+    wait_table(&v, 1)?;
+    let url = v.url("s1/cam1");
+    let (rtp, rtcp) = udp_pair()?;
+    let mut c = RtspClient::connect(v.rtsp, None)?;
+    let r = c.request(
+        "SETUP",
+        &format!("{url}/trackID=0"),
+        &[&format!(
+            "Transport: RTP/AVP;unicast;client_port={}-{}",
+            rtp.local_addr()?.port(),
+            rtcp.local_addr()?.port()
+        )],
+    )?;
+    assert_eq!(rtsp_status(&r), 401, "{r}");
+    let mut buf = [0u8; 2048];
+    assert!(rtp.recv(&mut buf).is_err());
+    let authed = format!("rtsp://udpv:{password}@127.0.0.1:{}/s1/cam1", v.rtsp);
+    let (frames, err) = ffprobe_frames_via(&authed, 4, Some("udp"))?;
+    assert!(frames >= 50, "{frames}: {err}");
+    let (frames, _) = ffprobe_frames_via(&v.url("s1/cam2"), 2, Some("udp"))?;
+    assert_eq!(frames, 0);
     Ok(())
 }

@@ -83,6 +83,8 @@ fn main() {
         rtsp_listen: args.rtsp_listen,
         rtsps,
         video: args.video.config(),
+        udp_ports: (!args.video.tcp_only_viewers)
+            .then_some((args.video.rtp_port, args.video.rtcp_port)),
         metrics_listen: args.metrics_listen,
         metrics_access,
         argv,

@@ -27,6 +27,9 @@ pub struct Frame {
     pub keyframe: bool,
     /// When it arrived at the host (on its origin shard).
     pub arrived: Instant,
+    /// Its packets for UDP viewers, made once by the first UDP viewer
+    /// that sends it (on any shard) and shared by all.
+    pub udp: std::sync::OnceLock<Vec<revtun_proto::rtp::UdpPacket>>,
 }
 
 impl Frame {
@@ -61,6 +64,8 @@ pub struct Viewer {
     pub cut: Cell<bool>,
     /// Another shard's mirror of this feed, not an RTSP viewer.
     pub remote: bool,
+    /// Served over UDP (for metrics).
+    pub udp: Cell<bool>,
 }
 
 /// Counters of one feed (exported as metrics).
@@ -76,6 +81,10 @@ pub struct FeedCounters {
     pub viewers_cut: u64,
     /// Per-viewer totals of viewers that left.
     pub departed: ViewerStats,
+    /// RTP packets sent to UDP viewers.
+    pub udp_packets: u64,
+    /// Packets UDP viewers reported lost (RTCP receiver reports).
+    pub udp_lost: u64,
 }
 
 /// Bits per second over the last whole second.
@@ -106,6 +115,8 @@ pub struct Feed {
     rate: Cell<Rate>,
     /// Counters.
     pub counters: RefCell<FeedCounters>,
+    /// The video codec (from the SDP), for UDP viewers' packetising.
+    pub codec: Cell<Option<revtun_proto::rtp::Codec>>,
 }
 
 impl Feed {
@@ -127,6 +138,7 @@ impl Feed {
                 last_bps: 0,
             }),
             counters: RefCell::default(),
+            codec: Cell::new(None),
         })
     }
 
@@ -135,8 +147,10 @@ impl Feed {
         self.closed.borrow().is_some()
     }
 
-    /// Records the camera's SDP.
+    /// Records the camera's SDP (and its video codec, for UDP viewers).
     pub fn set_sdp(&self, sdp: String) {
+        self.codec
+            .set(revtun_proto::video::video_track(&sdp).map(|t| t.codec));
         *self.sdp.borrow_mut() = Some(sdp);
         self.ready.notify();
     }
@@ -195,6 +209,7 @@ impl Feed {
             drained: Signal::default(),
             cut: Cell::new(false),
             remote,
+            udp: Cell::new(false),
         });
         // The cached frames' age counts from now: they enter this queue
         // now, however old the group is.

@@ -22,6 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpListener;
 use revtun_proto::handoff::shard_for;
 use revtun_proto::rtsp::{self, Method};
+use revtun_proto::transport::Wanted;
 use revtun_proto::video::{self, FLAG_KEY};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -55,6 +56,11 @@ pub struct VideoConfig {
     pub sessions: super::sessions::SessionLimits,
     /// Deadline of each request and reply before PLAY.
     pub request_timeout: Duration,
+    /// Largest RTP payload of a UDP datagram (re-packetised to fit).
+    pub rtp_mtu: usize,
+    /// A UDP viewer with neither an RTSP request nor an RTCP receiver
+    /// report for this long is dropped.
+    pub rtp_timeout: Duration,
 }
 
 impl Default for VideoConfig {
@@ -76,6 +82,8 @@ impl Default for VideoConfig {
                 per_camera: 2_000,
             },
             request_timeout: Duration::from_secs(10),
+            rtp_mtu: 1400,
+            rtp_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -102,6 +110,8 @@ pub struct Redirector {
     gate: Rc<super::auth::Gate>,
     /// Connection caps (shared by every shard).
     sessions: Arc<super::sessions::Sessions>,
+    /// RTP over UDP, when its sockets are bound.
+    udp: Option<Arc<super::udp::Udp>>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -134,6 +144,7 @@ impl Redirector {
         cfg: VideoConfig,
         gate: Rc<super::auth::Gate>,
         sessions: Arc<super::sessions::Sessions>,
+        udp: Option<Arc<super::udp::Udp>>,
     ) -> Rc<Self> {
         Rc::new(Redirector {
             shard,
@@ -149,6 +160,7 @@ impl Redirector {
             latency: Rc::default(),
             gate,
             sessions,
+            udp,
         })
     }
 
@@ -269,7 +281,14 @@ impl Redirector {
                 ("revtun_video_bitrate_bps", l.clone(), f.bps()),
                 ("revtun_video_frames_sent_total", l.clone(), t.sent),
                 ("revtun_video_frames_dropped_total", l.clone(), t.dropped),
-                ("revtun_video_resyncs_total", l, t.resyncs),
+                ("revtun_video_resyncs_total", l.clone(), t.resyncs),
+                (
+                    "revtun_video_udp_viewers",
+                    l.clone(),
+                    f.viewers.borrow().iter().filter(|v| v.udp.get()).count() as u64,
+                ),
+                ("revtun_video_udp_packets_total", l.clone(), c.udp_packets),
+                ("revtun_video_udp_reported_lost_total", l, c.udp_lost),
             ]);
         }
         out
@@ -525,6 +544,7 @@ impl Redirector {
                             keyframe: unit.flags & FLAG_KEY != 0,
                             msg,
                             packets: unit.packets,
+                            udp: std::sync::OnceLock::new(),
                         }));
                     }
                     video::KIND_GONE => {
@@ -566,6 +586,13 @@ impl Redirector {
         let session_id = format!("{:016x}", rand_u64());
         let mut setup: Option<(Rc<Feed>, u8)> = None;
         let mut viewer: Option<Rc<Viewer>> = None;
+        // What SETUP chose, for which track URL; our SSRC (UDP viewers).
+        let mut chosen: Option<Wanted> = None;
+        let mut track_url = String::new();
+        let ssrc = rand_u64() as u32;
+        let last_request = Rc::new(Cell::new(Instant::now()));
+        let timeout_secs = self.cfg().rtp_timeout.as_secs().max(1);
+        let session_header = format!("{session_id};timeout={timeout_secs}");
         loop {
             // Interleaved RTCP from the viewer is skipped.
             while buf.first() == Some(&b'$') {
@@ -620,9 +647,10 @@ impl Redirector {
                 }
             };
             buf.drain(..used);
+            last_request.set(Instant::now());
             let cseq = req.cseq().map(str::to_string);
             let path = req.path();
-            let sess: &[(&str, &str)] = &[("Session", &session_id)];
+            let sess: &[(&str, &str)] = &[("Session", &session_header)];
             // Credentials first: nothing below runs (no feed opens, no
             // site pulls a camera) for a request that does not pass.
             let denied = match self.gate.check(&req, peer_ip, tls, &mut conn_auth).await {
@@ -692,19 +720,21 @@ impl Redirector {
                     _ => rtsp::response(404, cseq.as_deref(), &[], b""),
                 },
                 Method::Setup => {
-                    let transport = req.header("Transport").unwrap_or("");
-                    match (rtsp::interleaved_channels(transport), &setup) {
+                    let offered = revtun_proto::transport::Offered {
+                        udp: self.udp.is_some(),
+                        multicast: false,
+                    };
+                    let wanted =
+                        revtun_proto::transport::choose(req.header("Transport").unwrap_or(""), offered);
+                    match (wanted, &setup) {
                         (None, _) => rtsp::response(461, cseq.as_deref(), &[], b""),
-                        (Some(_), None) => match path.as_slice() {
+                        (Some(w), None) => match path.as_slice() {
                             [site, cam, ..] => match self.describe(site, cam).await {
                                 Ok((feed, _)) => {
                                     setup = Some((feed, 0));
-                                    self.setup_reply(
-                                        &mut setup,
-                                        transport,
-                                        cseq.as_deref(),
-                                        &session_id,
-                                    )
+                                    chosen = Some(w);
+                                    track_url = req.uri.clone();
+                                    self.setup_reply(&mut setup, w, ssrc, cseq.as_deref(), &session_header)
                                 }
                                 Err((status, _)) => {
                                     rtsp::response(status, cseq.as_deref(), &[], b"")
@@ -712,8 +742,10 @@ impl Redirector {
                             },
                             _ => rtsp::response(404, cseq.as_deref(), &[], b""),
                         },
-                        (Some(_), Some(_)) => {
-                            self.setup_reply(&mut setup, transport, cseq.as_deref(), &session_id)
+                        (Some(w), Some(_)) => {
+                            chosen = Some(w);
+                            track_url = req.uri.clone();
+                            self.setup_reply(&mut setup, w, ssrc, cseq.as_deref(), &session_header)
                         }
                     }
                 }
@@ -740,18 +772,72 @@ impl Redirector {
                         );
                         viewer = Some(v.clone());
                         self.gate.watch(&who, &feed.site, &feed.cam, &v);
-                        let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
+                        let how = chosen.unwrap_or(Wanted::Tcp {
+                            channels: (*channel, channel.saturating_add(1)),
+                        });
+                        let udp_seq = rand_u64() as u16;
+                        // RTP-Info names the first packet this viewer gets:
+                        // the cached keyframe's, or the next one's (waited
+                        // for briefly).
+                        let first = first_packet(&v, READY_FOR_PLAY).await;
+                        let mut info = format!("url={track_url}");
+                        if let Some((seq, ts)) = first {
+                            let seq = if matches!(how, Wanted::Udp { .. }) { udp_seq } else { seq };
+                            info.push_str(&format!(";seq={seq};rtptime={ts}"));
+                        }
+                        let reply = rtsp::response(
+                            200,
+                            cseq.as_deref(),
+                            &[
+                                ("Session", &session_header),
+                                ("Range", "npt=now-"),
+                                ("RTP-Info", &info),
+                            ],
+                            b"",
+                        );
                         if write_timed(&conn, &reply, limit).await.is_err() {
                             break;
                         }
-                        glommio::spawn_local(writer(
-                            conn.clone(),
-                            v,
-                            *channel,
-                            self.cfg().viewer_stuck,
-                            self.latency.clone(),
-                        ))
-                        .detach();
+                        let cfg = self.cfg();
+                        match (how, &self.udp, feed.codec.get()) {
+                            (Wanted::Udp { client_ports }, Some(udp), Some(codec)) => {
+                                v.udp.set(true);
+                                let d = super::writer::UdpViewer {
+                                    udp: udp.clone(),
+                                    rtp: std::net::SocketAddr::new(peer_ip, client_ports.0),
+                                    rtcp: std::net::SocketAddr::new(peer_ip, client_ports.1),
+                                    ssrc,
+                                    seq: udp_seq,
+                                    codec,
+                                    mtu: cfg.rtp_mtu,
+                                    timeout: cfg.rtp_timeout,
+                                    last_request: last_request.clone(),
+                                };
+                                glommio::spawn_local(super::writer::udp_writer(
+                                    conn.clone(),
+                                    v,
+                                    d,
+                                    feed.clone(),
+                                    cfg.viewer_stuck,
+                                    self.latency.clone(),
+                                ))
+                                .detach();
+                            }
+                            (Wanted::Tcp { channels }, _, _) => {
+                                glommio::spawn_local(writer(
+                                    conn.clone(),
+                                    v,
+                                    channels,
+                                    cfg.viewer_stuck,
+                                    self.latency.clone(),
+                                ))
+                                .detach();
+                            }
+                            _ => {
+                                tracing::warn!(site = %feed.site, camera = %feed.cam, "play over a transport this feed cannot serve");
+                                break;
+                            }
+                        }
                         continue;
                     }
                     Some(_) => rtsp::response(200, cseq.as_deref(), sess, b""),
@@ -799,16 +885,25 @@ impl Redirector {
     fn setup_reply(
         &self,
         setup: &mut Option<(Rc<Feed>, u8)>,
-        transport: &str,
+        w: Wanted,
+        ssrc: u32,
         cseq: Option<&str>,
-        sid: &str,
+        session: &str,
     ) -> Vec<u8> {
-        let (a, b) = rtsp::interleaved_channels(transport).unwrap_or((0, 1));
-        if let Some((_, ch)) = setup.as_mut() {
-            *ch = a;
-        }
-        let t = format!("RTP/AVP/TCP;unicast;interleaved={a}-{b}");
-        rtsp::response(200, cseq, &[("Transport", &t), ("Session", sid)], b"")
+        let t = match (w, &self.udp) {
+            (Wanted::Udp { client_ports }, Some(udp)) => {
+                revtun_proto::transport::reply_udp(client_ports, udp.ports, ssrc)
+            }
+            (Wanted::Tcp { channels }, _) => {
+                if let Some((_, ch)) = setup.as_mut() {
+                    *ch = channels.0;
+                }
+                revtun_proto::transport::reply_tcp(channels, ssrc)
+            }
+            // Not offered, so not chosen.
+            _ => return rtsp::response(461, cseq, &[], b""),
+        };
+        rtsp::response(200, cseq, &[("Transport", &t), ("Session", session)], b"")
     }
 
     async fn describe(
@@ -848,6 +943,32 @@ impl Redirector {
 fn peer_ip(c: &glommio::net::TcpStream) -> std::net::IpAddr {
     c.peer_addr()
         .map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip())
+}
+
+/// How long PLAY waits for a first frame to name in `RTP-Info`.
+const READY_FOR_PLAY: Duration = Duration::from_secs(2);
+
+/// The sequence number and RTP time of the first packet `v` will get,
+/// waiting up to `limit` for a frame.
+async fn first_packet(v: &Rc<Viewer>, limit: Duration) -> Option<(u16, u32)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let wake = v.sig.wait();
+        let first = v.queue.borrow().front().and_then(|f| {
+            let r = f.packets.first()?;
+            let h = revtun_proto::rtp::parse(f.msg.get(r.clone())?).ok()?;
+            Some((h.seq, h.timestamp))
+        });
+        let left = deadline.saturating_duration_since(Instant::now());
+        if first.is_some() || left.is_zero() {
+            return first;
+        }
+        let _ = glommio::timer::timeout(left, async {
+            wake.await;
+            Ok(())
+        })
+        .await;
+    }
 }
 
 /// Replies queued for a playing viewer before its requests are no longer

@@ -8,5 +8,6 @@ pub mod host;
 pub mod mesh;
 pub mod sessions;
 pub mod site;
+pub mod udp;
 pub mod wire;
 pub mod writer;

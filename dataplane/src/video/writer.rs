@@ -10,35 +10,104 @@ use std::time::{Duration, Instant};
 
 pub use super::wire::write_all;
 
+/// Sends the replies queued for `v` on its RTSP connection. A viewer that
+/// takes no replies is stuck like one that takes no media: it is marked
+/// gone (and cut, on the deadline).
+async fn flush_replies(conn: &Wire, v: &Viewer, stuck: Duration) {
+    let replies = std::mem::take(&mut *v.replies.borrow_mut());
+    if replies.is_empty() {
+        return;
+    }
+    v.drained.notify();
+    let sent = glommio::timer::timeout(stuck, async {
+        write_all(conn, &replies)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    })
+    .await;
+    if let Err(e) = sent {
+        v.cut.set(matches!(e, glommio::GlommioError::TimedOut(_)));
+        v.gone.set(true);
+    }
+}
+
+/// How often a viewer gets an RTCP sender report.
+pub const SR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// RTP clock of the video payloads relayed (H.264, H.265).
+pub const VIDEO_CLOCK: u64 = 90_000;
+
+/// What the sender reports of one viewer need: the last frame sent (its
+/// RTP time and arrival, to map wall-clock time to RTP time) and the
+/// counts sent so far.
+#[derive(Debug, Default)]
+pub struct Reports {
+    last: Option<(u32, Instant)>,
+    sent_at: Option<Instant>,
+    /// RTP packets sent.
+    pub packets: u32,
+    /// Payload octets sent.
+    pub octets: u32,
+}
+
+impl Reports {
+    /// Notes a frame of RTP time `ts` that arrived at `arrived`.
+    pub fn sent(&mut self, ts: u32, arrived: Instant, packets: usize, octets: usize) {
+        self.last = Some((ts, arrived));
+        self.packets = self.packets.wrapping_add(packets as u32);
+        self.octets = self.octets.wrapping_add(octets as u32);
+    }
+
+    /// A sender report of `ssrc` if one is due at `now`.
+    pub fn due(&mut self, ssrc: u32, now: Instant) -> Option<Vec<u8>> {
+        let (ts, arrived) = self.last?;
+        if self
+            .sent_at
+            .is_some_and(|t| now.duration_since(t) < SR_INTERVAL)
+        {
+            return None;
+        }
+        self.sent_at = Some(now);
+        let since = now.saturating_duration_since(arrived);
+        let rtp = ts.wrapping_add((since.as_micros() as u64 * VIDEO_CLOCK / 1_000_000) as u32);
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(revtun_proto::rtcp::sender_report(
+            ssrc,
+            revtun_proto::rtcp::ntp(wall),
+            rtp,
+            self.packets,
+            self.octets,
+            "revtun",
+        ))
+    }
+}
+
+/// The RTP timestamp and SSRC of a frame (from its first packet).
+fn frame_rtp(frame: &super::feed::Frame) -> Option<(u32, u32)> {
+    let r = frame.packets.first()?;
+    let h = revtun_proto::rtp::parse(frame.msg.get(r.clone())?).ok()?;
+    Some((h.timestamp, h.ssrc))
+}
+
 /// Writes queued access units to one viewer: per packet a 4-byte `$`
 /// header of this viewer and the packet straight from the shared buffer,
-/// a whole access unit per `sendmsg` where the socket takes it.
+/// a whole access unit per `sendmsg` where the socket takes it; every
+/// [`SR_INTERVAL`] an RTCP sender report on the RTCP channel.
 pub async fn writer(
     conn: Rc<Wire>,
     v: Rc<Viewer>,
-    channel: u8,
+    (channel, rtcp_channel): (u8, u8),
     stuck: Duration,
     latency: Rc<SendLatency>,
 ) {
+    let mut reports = Reports::default();
+    let mut camera_ssrc = 0u32;
     let close = |conn: &Wire| conn.close();
     loop {
         let wake = v.sig.wait();
-        let replies = std::mem::take(&mut *v.replies.borrow_mut());
-        if !replies.is_empty() {
-            v.drained.notify();
-            // A viewer that takes no replies is stuck like one that takes
-            // no media.
-            let sent = glommio::timer::timeout(stuck, async {
-                write_all(&conn, &replies)
-                    .await
-                    .map_err(glommio::GlommioError::IoError)
-            })
-            .await;
-            if let Err(e) = sent {
-                v.cut.set(matches!(e, glommio::GlommioError::TimedOut(_)));
-                v.gone.set(true);
-            }
-        }
+        flush_replies(&conn, &v, stuck).await;
         if v.gone.get() {
             // The feed ended (camera gone, site offline) or the viewer
             // left: close the connection so the player sees the end.
@@ -71,7 +140,17 @@ pub async fn writer(
                 [b'$', channel, (len >> 8) as u8, len as u8]
             })
             .collect();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len() + 2);
+        // The report describes what was sent before this frame.
+        let sr = reports.due(camera_ssrc, Instant::now());
+        let sr_head = sr.as_ref().map(|p| {
+            let len = p.len() as u16;
+            [b'$', rtcp_channel, (len >> 8) as u8, len as u8]
+        });
+        if let (Some(h), Some(p)) = (&sr_head, &sr) {
+            parts.push(h);
+            parts.push(p);
+        }
         for (h, r) in headers.iter().zip(&frame.packets) {
             parts.push(h);
             parts.push(&frame.msg[r.clone()]);
@@ -93,6 +172,15 @@ pub async fn writer(
             Ok(()) => {
                 latency.record(frame.arrived);
                 v.queue.borrow_mut().progressed(Instant::now());
+                if let Some((ts, ssrc)) = frame_rtp(&frame) {
+                    camera_ssrc = ssrc;
+                    let octets: usize = frame
+                        .packets
+                        .iter()
+                        .map(|r| r.len().saturating_sub(12))
+                        .sum();
+                    reports.sent(ts, frame.arrived, frame.packets.len(), octets);
+                }
             }
             Err(e) => {
                 let stuck = matches!(e, glommio::GlommioError::TimedOut(_));
@@ -112,4 +200,145 @@ pub async fn writer(
             }
         }
     }
+}
+
+/// Where and how one UDP viewer is served.
+#[derive(Debug)]
+pub struct UdpViewer {
+    /// The process's RTP and RTCP sockets.
+    pub udp: std::sync::Arc<super::udp::Udp>,
+    /// The viewer's RTP address (its RTSP connection's IP, its port).
+    pub rtp: std::net::SocketAddr,
+    /// Its RTCP address.
+    pub rtcp: std::net::SocketAddr,
+    /// Our SSRC towards it (told in SETUP).
+    pub ssrc: u32,
+    /// The next sequence number (the first one is told in RTP-Info).
+    pub seq: u16,
+    /// The camera's codec, for packetising.
+    pub codec: revtun_proto::rtp::Codec,
+    /// Largest RTP payload per datagram.
+    pub mtu: usize,
+    /// Dropped after this long with neither an RTSP request nor a report.
+    pub timeout: Duration,
+    /// When its RTSP connection last brought a request.
+    pub last_request: Rc<std::cell::Cell<Instant>>,
+}
+
+/// Writes queued access units to one UDP viewer: each packetised once
+/// for every UDP viewer ([`super::feed::Frame::udp`]); per packet this
+/// viewer's 12-byte RTP header (its sequence numbers, its SSRC) and the
+/// payload straight from the shared buffer, [`super::udp::BATCH`] packets
+/// per `sendmmsg`. Replies still go on the RTSP connection; sender
+/// reports go to its RTCP port every [`SR_INTERVAL`].
+pub async fn udp_writer(
+    conn: Rc<Wire>,
+    v: Rc<Viewer>,
+    mut d: UdpViewer,
+    feed: Rc<super::feed::Feed>,
+    stuck: Duration,
+    latency: Rc<SendLatency>,
+) {
+    d.udp.register(d.rtcp);
+    let mut reports = Reports::default();
+    let mut lost = 0u32;
+    let why = loop {
+        let wake = v.sig.wait();
+        flush_replies(&conn, &v, stuck).await;
+        if v.gone.get() {
+            break "left";
+        }
+        let now = Instant::now();
+        let report = d.udp.report(d.rtcp);
+        if report.lost > lost {
+            feed.counters.borrow_mut().udp_lost += u64::from(report.lost - lost);
+            lost = report.lost;
+        }
+        let alive = report
+            .seen
+            .map_or(d.last_request.get(), |t| t.max(d.last_request.get()));
+        if now.saturating_duration_since(alive) > d.timeout {
+            break "silent: no RTSP request and no receiver report within the timeout";
+        }
+        if let Some(sr) = reports.due(d.ssrc, now) {
+            d.udp.send_rtcp(&sr, d.rtcp);
+        }
+        let next = v.queue.borrow_mut().pop(now);
+        let Some(frame) = next else {
+            let _ = glommio::timer::timeout(stuck.min(Duration::from_secs(1)), async {
+                wake.await;
+                Ok(())
+            })
+            .await;
+            continue;
+        };
+        let pkts = frame.udp.get_or_init(|| {
+            revtun_proto::rtp::packetize(d.codec, &frame.msg, &frame.packets, d.mtu)
+        });
+        let headers: Vec<[u8; 12]> = pkts
+            .iter()
+            .map(|p| {
+                let mut h = [0u8; 12];
+                h[0] = 0x80;
+                h[1] = (u8::from(p.marker) << 7) | (p.payload_type & 0x7f);
+                h[2..4].copy_from_slice(&d.seq.to_be_bytes());
+                h[4..8].copy_from_slice(&p.timestamp.to_be_bytes());
+                h[8..12].copy_from_slice(&d.ssrc.to_be_bytes());
+                d.seq = d.seq.wrapping_add(1);
+                h
+            })
+            .collect();
+        let msgs: Vec<[std::io::IoSlice<'_>; 3]> = pkts
+            .iter()
+            .zip(&headers)
+            .map(|(p, h)| {
+                [
+                    std::io::IoSlice::new(h),
+                    std::io::IoSlice::new(p.prefix()),
+                    std::io::IoSlice::new(&frame.msg[p.body.clone()]),
+                ]
+            })
+            .collect();
+        // The socket is the host's, shared by every UDP viewer: when it is
+        // full, wait for room, up to the stuck limit.
+        let started = Instant::now();
+        let mut at = 0;
+        let mut failed = None;
+        while at < msgs.len() {
+            let end = (at + super::udp::BATCH).min(msgs.len());
+            match d.udp.send_rtp(&msgs[at..end], d.rtp) {
+                Ok(0) if started.elapsed() < stuck => {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(0) => {
+                    failed = Some("the host's RTP socket stayed full");
+                    break;
+                }
+                Ok(n) => at += n,
+                // ICMP port unreachable from an earlier datagram (the
+                // viewer's port closed), or worse: the viewer is gone.
+                Err(e) => {
+                    tracing::debug!(error = %e, to = %d.rtp, "udp send failed");
+                    failed = Some("sending to it failed");
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            break why;
+        }
+        latency.record(frame.arrived);
+        v.queue.borrow_mut().progressed(Instant::now());
+        let octets: usize = pkts.iter().map(|p| p.payload_len()).sum();
+        if let Some(p) = pkts.first() {
+            reports.sent(p.timestamp, frame.arrived, pkts.len(), octets);
+        }
+        feed.counters.borrow_mut().udp_packets += pkts.len() as u64;
+    };
+    d.udp.unregister(d.rtcp);
+    let stats = v.queue.borrow().stats;
+    tracing::info!(to = %d.rtp, sent = stats.sent, dropped = stats.dropped, lost, %why, "udp viewer ended");
+    v.gone.set(true);
+    v.drained.notify();
+    conn.close();
 }

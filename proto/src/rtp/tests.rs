@@ -106,3 +106,129 @@ fn assembler_groups_by_marker_and_timestamp() {
     assert_eq!(units[2].timestamp, 300);
     assert!(units[2].discontinuity, "sequence 5 was lost");
 }
+
+/// The NAL units the UDP packets carry, reassembled as a receiver does.
+fn reassemble(codec: Codec, buf: &[u8], pkts: &[UdpPacket]) -> Vec<Vec<u8>> {
+    let mut nals = Vec::new();
+    let mut cur: Option<Vec<u8>> = None;
+    for p in pkts {
+        let mut payload = p.prefix().to_vec();
+        payload.extend_from_slice(&buf[p.body.clone()]);
+        let (hdr, frag) = match codec {
+            Codec::H264 => (1, 28),
+            Codec::H265 => (2, 49),
+        };
+        let t = match codec {
+            Codec::H264 => payload[0] & 0x1f,
+            Codec::H265 => (payload[0] >> 1) & 0x3f,
+        };
+        if t == frag {
+            let fu = payload[hdr];
+            if fu & 0x80 != 0 {
+                let mut h = match codec {
+                    Codec::H264 => vec![(payload[0] & 0xe0) | (fu & 0x1f)],
+                    Codec::H265 => vec![(payload[0] & 0x81) | ((fu & 0x3f) << 1), payload[1]],
+                };
+                h.extend_from_slice(&payload[hdr + 1..]);
+                cur = Some(h);
+            } else if let Some(c) = cur.as_mut() {
+                c.extend_from_slice(&payload[hdr + 1..]);
+            }
+            if fu & 0x40 != 0 {
+                nals.extend(cur.take());
+            }
+        } else {
+            nals.push(payload);
+        }
+    }
+    nals
+}
+
+#[test]
+fn large_nal_units_are_fragmented_to_the_mtu_and_reassemble() {
+    for codec in [Codec::H264, Codec::H265] {
+        let big: Vec<u8> = match codec {
+            Codec::H264 => [0x65u8]
+                .into_iter()
+                .chain((0..5000).map(|i| i as u8))
+                .collect(),
+            Codec::H265 => [0x26u8, 0x01]
+                .into_iter()
+                .chain((0..5000).map(|i| (i * 7) as u8))
+                .collect(),
+        };
+        let small: Vec<u8> = match codec {
+            Codec::H264 => vec![0x67, 1, 2, 3],
+            Codec::H265 => vec![0x40, 0x01, 9, 9],
+        };
+        let mut buf = Vec::new();
+        let a = rtp(1, 90, false, &small);
+        let b = rtp(2, 90, true, &big);
+        buf.extend_from_slice(&a);
+        buf.extend_from_slice(&b);
+        let ranges = vec![0..a.len(), a.len()..a.len() + b.len()];
+        let pkts = packetize(codec, &buf, &ranges, 1400);
+        assert!(pkts.len() >= 5, "{codec:?}: {}", pkts.len());
+        assert!(pkts
+            .iter()
+            .all(|p| p.payload_len() <= 1400 && p.timestamp == 90));
+        assert_eq!(pkts.iter().filter(|p| p.marker).count(), 1);
+        assert!(pkts.last().is_some_and(|p| p.marker));
+        assert_eq!(
+            reassemble(codec, &buf, &pkts),
+            vec![small.clone(), big.clone()],
+            "{codec:?}"
+        );
+        // An oversized fragmentation unit is fragmented finer, the same NAL.
+        let finer = packetize(codec, &buf, &ranges, 1400);
+        let mut coarse_buf = Vec::new();
+        let mut coarse_ranges = Vec::new();
+        for (i, p) in packetize(codec, &buf, &ranges, 3000).iter().enumerate() {
+            let mut payload = p.prefix().to_vec();
+            payload.extend_from_slice(&buf[p.body.clone()]);
+            let pkt = rtp(i as u16, 90, p.marker, &payload);
+            coarse_ranges.push(coarse_buf.len()..coarse_buf.len() + pkt.len());
+            coarse_buf.extend_from_slice(&pkt);
+        }
+        let refined = packetize(codec, &coarse_buf, &coarse_ranges, 1400);
+        assert!(refined.iter().all(|p| p.payload_len() <= 1400));
+        assert_eq!(
+            reassemble(codec, &coarse_buf, &refined),
+            reassemble(codec, &buf, &finer)
+        );
+    }
+}
+
+#[test]
+fn an_oversized_aggregate_is_split_into_its_nal_units() {
+    let n1: Vec<u8> = [0x67u8]
+        .into_iter()
+        .chain(std::iter::repeat_n(1, 900))
+        .collect();
+    let n2: Vec<u8> = [0x65u8]
+        .into_iter()
+        .chain(std::iter::repeat_n(2, 2000))
+        .collect();
+    let mut stap = vec![24u8];
+    for n in [&n1, &n2] {
+        stap.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        stap.extend_from_slice(n);
+    }
+    let pkt = rtp(5, 1, true, &stap);
+    let whole = std::iter::once(0..pkt.len()).collect::<Vec<_>>();
+    let pkts = packetize(Codec::H264, &pkt, &whole, 1400);
+    assert!(pkts.iter().all(|p| p.payload_len() <= 1400));
+    assert_eq!(reassemble(Codec::H264, &pkt, &pkts), vec![n1, n2]);
+    // Small packets pass as they are; garbage is dropped.
+    let small = rtp(6, 1, false, &[0x41, 1, 2]);
+    let mut buf = small.clone();
+    buf.extend_from_slice(&[0u8; 3]);
+    let out = packetize(
+        Codec::H264,
+        &buf,
+        &[0..small.len(), small.len()..buf.len()],
+        1400,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(&buf[out[0].body.clone()], &[0x41, 1, 2]);
+}

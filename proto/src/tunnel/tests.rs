@@ -529,6 +529,49 @@ fn windows_grow_to_fill_a_long_path_and_no_further() {
     assert!(p.site.t.windows().window <= 64_000);
 }
 
+/// With a largest stream window as large as the tunnel's, a stream that
+/// stalls still holds at most half the tunnel window, and another stream
+/// keeps flowing.
+#[test]
+fn a_stalled_stream_never_holds_more_than_half_the_tunnel_window() {
+    let c = Config {
+        stream_window: 1_000,
+        tunnel_window: 4_000,
+        max_stream_window: 64_000,
+        max_tunnel_window: 8_000,
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let mut p = Pair::new(c.clone(), c, 100_000);
+    let id = p.host.t.open("svc").expect("open");
+    let data = vec![5u8; 1 << 20];
+    for _ in 0..40 {
+        p.host.t.handle_timeout(p.now).expect("alive");
+        p.site.t.handle_timeout(p.now).expect("alive");
+        send(&mut p.host, id, &data);
+        p.now += Duration::from_millis(50);
+        Pair::flush(&mut p.host, &mut p.site, p.now, 100_000).expect("deliver");
+        p.now += Duration::from_millis(50);
+        Pair::flush(&mut p.site, &mut p.host, p.now, 100_000).expect("credit");
+    }
+    p.site.stalled.insert(id);
+    for _ in 0..10 {
+        send(&mut p.host, id, &data);
+        p.now += Duration::from_millis(50);
+        p.settle().expect("settle");
+    }
+    let window = p.site.t.windows().window;
+    assert!(
+        p.site.held[&id] as u64 <= window / 2,
+        "held {} of {window}",
+        p.site.held[&id]
+    );
+    let other = p.host.t.open("svc").expect("open");
+    let got = send(&mut p.host, other, &data[..500]);
+    assert_eq!(got, 500, "the other stream is blocked");
+}
+
 #[test]
 fn our_own_opens_are_capped_per_second() {
     let c = Config {
