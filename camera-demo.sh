@@ -53,16 +53,21 @@ echo "without credentials: ${ANON:-no error?}"
 echo "$ANON" | grep -q 401 || { echo "camera-demo: FAILED: an anonymous viewer was not refused" >&2; exit 1; }
 URL="rtsp://guard:$PASSWORD@127.0.0.1:$RTSP_PORT/lobby/door"
 SHOWN="rtsp://guard:***@127.0.0.1:$RTSP_PORT/lobby/door"
-echo "== viewer at the host: ffprobe $SHOWN (5 s)"
-FRAMES=$(ffprobe -v error -rtsp_transport tcp -select_streams v:0 -count_frames -read_intervals %+5 \
+echo "== viewer at the host: ffprobe $SHOWN, its default transport (RTP over UDP), 5 s"
+FRAMES=$(ffprobe -v error -select_streams v:0 -count_frames -read_intervals %+5 \
     -show_entries stream=codec_name,width,height,nb_read_frames -of compact=p=0 "$URL")
-echo "decoded through the tunnel: $FRAMES"
+echo "decoded through the tunnel, over UDP from the host: $FRAMES"
 echo "$FRAMES" | grep -q "nb_read_frames=[1-9]" || { echo "camera-demo: FAILED: no frames" >&2; exit 1; }
+echo "== the same over TCP (RTP inside the RTSP connection), 3 s"
+FRAMES=$(ffprobe -v error -rtsp_transport tcp -select_streams v:0 -count_frames -read_intervals %+3 \
+    -show_entries stream=nb_read_frames -of compact=p=0 "$URL")
+echo "over TCP: $FRAMES"
+echo "$FRAMES" | grep -q "nb_read_frames=[1-9]" || { echo "camera-demo: FAILED: no frames over TCP" >&2; exit 1; }
 echo "camera pulls by the site: $(grep -c 'client connected' "$WORK/camera.out")"
 
 if [ "$KEEP" = 1 ]; then
     echo
-    echo "Watch it:  ffplay -rtsp_transport tcp '$URL'"
+    echo "Watch it:  ffplay '$URL'    (add -rtsp_transport tcp for TCP)"
     echo "A URL for a web front end, valid 10 minutes:"
     $BIN/revtun-keytool --state-dir "$WORK/host" viewer token --allow lobby/door --ttl 10m \
         --url "rtsp://127.0.0.1:$RTSP_PORT" | tail -n 1

@@ -44,6 +44,8 @@ ensure_video_peers() {
     # prlimit (descriptor-limit tests) and systemd-analyze (unit checks).
     command -v prlimit >/dev/null || need+=(util-linux)
     command -v systemd-analyze >/dev/null || need+=(systemd)
+    # ip: network namespaces for the multicast tests.
+    command -v ip >/dev/null || need+=(iproute2)
     # cargo deb's $auto dependencies (scripts/package.sh).
     command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
     if ! command -v ffprobe >/dev/null ||

@@ -327,6 +327,9 @@ const RESTART_ONLY: &[&str] = &[
     "rtp-port",
     "rtcp-port",
     "tcp-only-viewers",
+    "multicast-range",
+    "multicast-ttl",
+    "multicast-port",
 ];
 
 /// The raw values of control's flag `--long` in `m`.

@@ -127,6 +127,22 @@ pub struct VideoArgs {
     /// report for this long is dropped.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub rtp_timeout: Duration,
+    /// Serve multicast viewers (`RTP/AVP;multicast`) from this IPv4 range,
+    /// e.g. 239.255.0.0/24: one group per camera per shard, sent once
+    /// whatever the number of viewers, released when the last one leaves.
+    #[arg(long, value_name = "CIDR", value_parser = parse_multicast_range)]
+    pub multicast_range: Option<String>,
+    /// TTL of multicast packets (1: the local network only).
+    #[arg(long, default_value_t = 1)]
+    pub multicast_ttl: u8,
+    /// Destination UDP port of multicast RTP (RTCP: the next one), which
+    /// multicast viewers bind; not the host's own --rtp-port.
+    #[arg(long, default_value_t = 8002, value_parser = clap::value_parser!(u16).range(1..65535))]
+    pub multicast_port: u16,
+}
+
+fn parse_multicast_range(s: &str) -> Result<String, String> {
+    revtun_proto::transport::parse_multicast_range(s).map(|_| s.to_string())
 }
 
 impl VideoArgs {

@@ -42,6 +42,8 @@ pub struct HostConfig {
     pub video: crate::video::host::VideoConfig,
     /// RTP and RTCP ports for UDP viewers (`None`: TCP only).
     pub udp_ports: Option<(u16, u16)>,
+    /// Multicast groups (first, count), TTL and destination port, if enabled.
+    pub multicast: Option<(std::net::Ipv4Addr, u32, u8, u16)>,
     /// Metrics (Prometheus text over HTTP) address.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Who may read the metrics.
@@ -158,7 +160,14 @@ pub fn run(
         cfg.rtsp_listen.or(cfg.rtsps.as_ref().map(|r| r.listen)),
     ) {
         (Some((rtp, rtcp)), Some(listen)) => {
-            match crate::video::udp::Udp::bind(listen.ip(), rtp, rtcp) {
+            match crate::video::udp::Udp::bind(
+                listen.ip(),
+                rtp,
+                rtcp,
+                cfg.multicast.map(|(first, n, ttl, port)| {
+                    crate::video::udp::Multicast::new(first, n, ttl, port)
+                }),
+            ) {
                 Ok(u) => {
                     tracing::info!(rtp = u.ports.0, rtcp = u.ports.1, "rtp over udp");
                     println!("rtp udp ports {}-{}", u.ports.0, u.ports.1);

@@ -115,6 +115,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Packets UDP viewers of the camera reported lost in RTCP receiver reports.",
     ),
     (
+        "revtun_video_multicast_members",
+        "gauge",
+        "Viewers of the camera on this shard in its multicast group.",
+    ),
+    (
+        "revtun_video_multicast_packets_total",
+        "counter",
+        "RTP packets sent to the camera's multicast group on this shard (once per packet, whatever the members).",
+    ),
+    (
         "revtun_video_send_latency_us",
         "gauge",
         "Host-added latency on this shard: access unit arrival at the host to its last byte in a viewer's socket, microseconds, quantiles of the last one-second window with frames.",

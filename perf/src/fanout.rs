@@ -131,8 +131,29 @@ fn stream(mut c: TcpStream) -> Result<()> {
     Ok(())
 }
 
+/// How the lab's viewers take the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// RTP inside the RTSP connection.
+    Tcp,
+    /// RTP over UDP unicast.
+    Udp,
+}
+
+impl Transport {
+    /// The name in reports and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
 struct Viewer {
     sock: TcpStream,
+    /// The RTP socket of a UDP viewer (its RTCP socket beside it).
+    udp: Option<(std::net::UdpSocket, std::net::UdpSocket)>,
     /// Fixed receive buffer: bytes `..filled` are unparsed.
     buf: Vec<u8>,
     filled: usize,
@@ -186,7 +207,27 @@ fn rtsp_call(
     }
 }
 
+/// Receive buffer asked for each UDP viewer socket (root may exceed
+/// `rmem_max`).
+const UDP_RCVBUF: usize = 4 << 20;
+
+fn udp_socket() -> Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    // SO_RCVBUFFORCE when allowed (root), else what rmem_max gives.
+    if nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &UDP_RCVBUF)
+        .is_err()
+    {
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(UDP_RCVBUF);
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 fn open_viewer(port: u16, path: &str, login: &Login) -> Result<Viewer> {
+    open_viewer_over(port, path, login, Transport::Tcp)
+}
+
+fn open_viewer_over(port: u16, path: &str, login: &Login, how: Transport) -> Result<Viewer> {
     let url = format!("rtsp://127.0.0.1:{port}/{path}");
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
@@ -206,14 +247,22 @@ fn open_viewer(port: u16, path: &str, login: &Login) -> Result<Viewer> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         auth = Some(rtsp_auth::Authenticator::new(creds, challenge));
     }
-    let calls = [
-        ("DESCRIBE", url.clone(), ""),
-        (
-            "SETUP",
-            format!("{url}/track0"),
-            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+    let udp = match how {
+        Transport::Udp => Some((udp_socket()?, udp_socket()?)),
+        Transport::Tcp => None,
+    };
+    let transport = match &udp {
+        Some((rtp, rtcp)) => format!(
+            "Transport: RTP/AVP;unicast;client_port={}-{}\r\n",
+            rtp.local_addr()?.port(),
+            rtcp.local_addr()?.port()
         ),
-        ("PLAY", url.clone(), ""),
+        None => "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n".to_string(),
+    };
+    let calls = [
+        ("DESCRIBE", url.clone(), String::new()),
+        ("SETUP", format!("{url}/track0"), transport),
+        ("PLAY", url.clone(), String::new()),
     ];
     let mut buf = Vec::new();
     for (i, (m, u, extra)) in calls.iter().enumerate() {
@@ -232,6 +281,7 @@ fn open_viewer(port: u16, path: &str, login: &Login) -> Result<Viewer> {
     buf.resize(VIEWER_BUF.max(filled), 0);
     Ok(Viewer {
         sock: s,
+        udp,
         buf,
         filled,
         frames: 0,
@@ -247,6 +297,19 @@ const VIEWER_BUF: usize = 128 * 1024;
 /// parses as it goes (no copy in the load generator beyond moving a
 /// partial packet to the front); records frames, drops and latencies.
 fn drain(v: &mut Viewer, lat: &mut Histogram<u64>, record: bool) -> Result<bool> {
+    if let Some((rtp, _)) = &v.udp {
+        loop {
+            match rtp.recv(&mut v.buf) {
+                Ok(n) => {
+                    let (buf, frames, drops, last) =
+                        (&v.buf[..n], &mut v.frames, &mut v.drops, &mut v.last_seq);
+                    count_packet(buf, (frames, drops, last), lat, record);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     loop {
         match v.sock.read(&mut v.buf[v.filled..]) {
             Ok(0) => return Ok(false),
@@ -258,32 +321,50 @@ fn drain(v: &mut Viewer, lat: &mut Histogram<u64>, record: bool) -> Result<bool>
         while let Ok(Some((_, range, used))) = revtun_proto::rtp::interleaved(&v.buf[at..v.filled])
         {
             let pkt = &v.buf[at + range.start..at + range.end];
-            if pkt.len() >= 22 {
-                let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
-                if let Some(prev) = v.last_seq {
-                    let gap = seq.wrapping_sub(prev).wrapping_sub(1);
-                    if gap != 0 && gap < 0x8000 && record {
-                        v.drops += u64::from(gap);
-                    }
-                }
-                v.last_seq = Some(seq);
-                if pkt[13] & 0x80 != 0 {
-                    // First packet of a frame: stamped by the camera.
-                    let sent = u64::from_be_bytes([
-                        pkt[14], pkt[15], pkt[16], pkt[17], pkt[18], pkt[19], pkt[20], pkt[21],
-                    ]);
-                    if record {
-                        v.frames += 1;
-                        let _ = lat.record(now_ns().saturating_sub(sent).max(1));
-                    }
-                }
-            }
+            count_packet(
+                pkt,
+                (&mut v.frames, &mut v.drops, &mut v.last_seq),
+                lat,
+                record,
+            );
             at += used;
         }
         v.buf.copy_within(at..v.filled, 0);
         v.filled -= at;
         if v.filled == v.buf.len() {
             bail!("a viewer got an interleaved packet larger than its buffer");
+        }
+    }
+}
+
+/// Counts one RTP packet of the synthetic camera: sequence gaps as drops,
+/// and for a frame's first packet (stamped with the camera's send time)
+/// one frame and its latency.
+fn count_packet(
+    pkt: &[u8],
+    (frames, drops, last_seq): (&mut u64, &mut u64, &mut Option<u16>),
+    lat: &mut Histogram<u64>,
+    record: bool,
+) {
+    if pkt.len() < 22 {
+        return;
+    }
+    let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+    if let Some(prev) = *last_seq {
+        let gap = seq.wrapping_sub(prev).wrapping_sub(1);
+        if gap != 0 && gap < 0x8000 && record {
+            *drops += u64::from(gap);
+        }
+    }
+    *last_seq = Some(seq);
+    if pkt[13] & 0x80 != 0 {
+        // First packet of a frame: stamped by the camera.
+        let sent = u64::from_be_bytes([
+            pkt[14], pkt[15], pkt[16], pkt[17], pkt[18], pkt[19], pkt[20], pkt[21],
+        ]);
+        if record {
+            *frames += 1;
+            let _ = lat.record(now_ns().saturating_sub(sent).max(1));
         }
     }
 }
@@ -302,8 +383,20 @@ pub fn round(
     n: usize,
     dur: Duration,
 ) -> Result<(u64, u64, Histogram<u64>)> {
+    round_over(port, path, login, n, dur, Transport::Tcp)
+}
+
+/// [`round`] with viewers taking the stream over `how`.
+pub fn round_over(
+    port: u16,
+    path: &str,
+    login: &Login,
+    n: usize,
+    dur: Duration,
+    how: Transport,
+) -> Result<(u64, u64, Histogram<u64>)> {
     let viewers: Vec<Viewer> = (0..n)
-        .map(|_| open_viewer(port, path, login))
+        .map(|_| open_viewer_over(port, path, login, how))
         .collect::<Result<_>>()?;
     let warm = Instant::now() + Duration::from_secs(1);
     let end = warm + dur;
@@ -337,7 +430,11 @@ fn watch(
     use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (i, v) in viewers.iter().enumerate() {
-        ep.add(&v.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN, i as u64);
+        match &v.udp {
+            Some((rtp, _)) => ep.add(rtp, ev)?,
+            None => ep.add(&v.sock, ev)?,
+        }
     }
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut events = vec![EpollEvent::empty(); 256];
@@ -441,33 +538,41 @@ pub fn video_lab(
     Ok((host, agent, rtsp, login))
 }
 
-/// Runs the scenario.
-pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Value> {
-    let shards_arg = shards.map(|n| n.to_string());
-    let mut host_flags = Vec::new();
-    if let Some(n) = &shards_arg {
-        host_flags.extend(["--shards", n.as_str()]);
-    }
-    // `host` keeps control running until the scenario returns.
-    let (host, agent, rtsp, login) = video_lab("lab", &host_flags, &[])?;
+/// CPU seconds (user + system) process `pid` used so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th of them, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // USER_HZ: 100 on every Linux this runs on.
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// The rounds of one transport: N steps up until a viewer that keeps up
+/// loses frames; (rows, most viewers that all kept up).
+fn rounds(
+    (host, rtsp, login): (&Host, u16, &Login),
+    steps: &[usize],
+    dur: Duration,
+    how: Transport,
+) -> Result<(Vec<Value>, usize)> {
     let metrics = host.metrics_addr()?;
-    let steps: &[usize] = if !viewers.is_empty() {
-        viewers
-    } else if quick {
-        &[10]
-    } else {
-        &[10, 100, 250, 500, 1000, 1500]
-    };
-    let dur = if quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(5)
-    };
+    let pid = host.dataplane_pid().unwrap_or(0);
     let mut rows = Vec::new();
     let mut best = 0;
     for &n in steps {
-        let (min_frames, drops, lat) =
-            round(rtsp, "lab/cam", &login, n, dur).with_context(|| format!("{n} viewers"))?;
+        let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+        let (min_frames, drops, lat) = round_over(rtsp, "lab/cam", login, n, dur, how)
+            .with_context(|| format!("{n} viewers over {}", how.as_str()))?;
+        let (cpu, wall) = (cpu_seconds(pid) - cpu0, t0.elapsed().as_secs_f64());
         let expected = FPS * dur.as_secs();
         let kept_up = drops == 0 && min_frames + 2 >= expected;
         // The host's own view: arrival at the host to the viewer's socket,
@@ -483,6 +588,7 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
                 / 1000.0
         };
         rows.push(json!({
+            "transport": how.as_str(),
             "host_send_p50_ms": host_q("0.5"),
             "host_send_p99_ms": host_q("0.99"),
             "viewers": n,
@@ -492,19 +598,69 @@ pub fn run(quick: bool, viewers: &[usize], shards: Option<usize>) -> Result<Valu
             "latency_p50_ms": lat.value_at_quantile(0.5) as f64 / 1e6,
             "latency_p99_ms": lat.value_at_quantile(0.99) as f64 / 1e6,
             "all_kept_up": kept_up,
+            "host_cpu_share": cpu / wall,
+            "host_cpu_us_per_viewer_s": cpu * 1e6 / (n as f64 * wall),
         }));
         if !kept_up {
             break;
         }
         best = n;
     }
+    Ok((rows, best))
+}
+
+/// Runs the scenario over each transport of `transports` (default TCP
+/// and UDP), the same camera and host for all, in one run.
+pub fn run(
+    quick: bool,
+    viewers: &[usize],
+    shards: Option<usize>,
+    transports: &[Transport],
+) -> Result<Value> {
+    let shards_arg = shards.map(|n| n.to_string());
+    let mut host_flags = Vec::new();
+    if let Some(n) = &shards_arg {
+        host_flags.extend(["--shards", n.as_str()]);
+    }
+    // `host` keeps control running until the scenario returns.
+    let (host, agent, rtsp, login) = video_lab("lab", &host_flags, &[])?;
+    let steps: &[usize] = if !viewers.is_empty() {
+        viewers
+    } else if quick {
+        &[10]
+    } else {
+        &[10, 100, 250, 500, 1000, 1500]
+    };
+    let dur = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    let transports: &[Transport] = if transports.is_empty() {
+        &[Transport::Tcp, Transport::Udp]
+    } else {
+        transports
+    };
+    let mut by_transport = serde_json::Map::new();
+    let mut first: Option<(Vec<Value>, usize)> = None;
+    for &how in transports {
+        let (rows, best) = rounds((&host, rtsp, &login), steps, dur, how)?;
+        by_transport.insert(
+            how.as_str().into(),
+            json!({ "max_viewers_all_keeping_up": best, "rounds": rows }),
+        );
+        first.get_or_insert((rows, best));
+    }
     drop(agent);
+    let (rows, best) = first.unwrap_or_default();
     Ok(json!({
-        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on two epoll threads; latency = camera send to viewer receive; host_send = arrival at the host to the last byte in the viewer's socket (the host's own histogram, worst shard, the round's last second)",
+        "what": "synthetic 8 Mbit/s H.264-shaped camera at the site, one tunnel crossing, N raw RTSP viewers at the host on two epoll threads, over each transport (RTP inside RTSP/TCP, RTP over UDP); latency = camera send to viewer receive; host_send = arrival at the host to the last byte in the viewer's socket (the host's own histogram, worst shard, the round's last second); host_cpu = the data plane's CPU time over the round",
         "stream_mbit_s": BITRATE / 1_000_000,
         "host_shards": shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         "max_viewers_all_keeping_up": best,
         "rounds": rows,
+        "transports": by_transport,
+        "not_built": ["multicast"],
         "targets": { "viewers": 1000, "p99_ms": 5.0 },
     }))
 }

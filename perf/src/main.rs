@@ -49,9 +49,21 @@ struct Args {
     /// fanout: host data-plane shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
+    /// fanout: viewers' transports, tcp and/or udp (default both, in one run).
+    #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
+    transport: Vec<fanout::Transport>,
     /// storm: site agents (processes) to run (default 1000; 20 with --quick).
     #[arg(long)]
     sites: Option<usize>,
+}
+
+fn parse_transport(s: &str) -> Result<fanout::Transport, String> {
+    match s {
+        "tcp" => Ok(fanout::Transport::Tcp),
+        "udp" => Ok(fanout::Transport::Udp),
+        "multicast" => Err("multicast viewers are not built yet".into()),
+        _ => Err(format!("{s:?}: tcp or udp")),
+    }
 }
 
 /// Host flags of scenarios that simulate many sites from one address
@@ -121,7 +133,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "connect" => tunnel::connect_time(args.quick)?,
             "idle" => idle::run(args.quick)?,
             "handshake" => handshake::run(args.quick)?,
-            "fanout" => fanout::run(args.quick, &args.viewers, args.shards)?,
+            "fanout" => fanout::run(args.quick, &args.viewers, args.shards, &args.transport)?,
             "storm" => storm::run(args.quick, args.sites)?,
             "faults" => faults::run(args.quick)?,
             _ => unreachable!("names are checked above"),

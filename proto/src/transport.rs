@@ -116,9 +116,57 @@ pub fn reply_multicast(group: std::net::Ipv4Addr, ports: (u16, u16), ttl: u8, ss
     )
 }
 
+/// Parses `--multicast-range`: an IPv4 CIDR inside 224.0.0.0/4 of at
+/// least one address beyond the network's (`239.255.0.0/24`): (first
+/// address, count). The network address itself is never handed out.
+pub fn parse_multicast_range(s: &str) -> Result<(std::net::Ipv4Addr, u32), String> {
+    let (ip, bits) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS/BITS (e.g. 239.255.0.0/24)"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let bits: u32 = bits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{bits:?} is not a prefix length"))?;
+    if !(4..=31).contains(&bits) {
+        return Err(format!("/{bits}: the prefix length must be 4 to 31"));
+    }
+    if !ip.is_multicast() {
+        return Err(format!("{ip} is not a multicast address (224.0.0.0/4)"));
+    }
+    let mask = u32::MAX << (32 - bits);
+    let net = u32::from(ip) & mask;
+    let size = 1u32 << (32 - bits);
+    Ok((std::net::Ipv4Addr::from(net + 1), size - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multicast_ranges() {
+        assert_eq!(
+            parse_multicast_range("239.255.0.0/24"),
+            Ok((std::net::Ipv4Addr::new(239, 255, 0, 1), 255))
+        );
+        assert_eq!(
+            parse_multicast_range("239.1.2.77/30"),
+            Ok((std::net::Ipv4Addr::new(239, 1, 2, 77), 3))
+        );
+        for bad in [
+            "10.0.0.0/24",
+            "239.0.0.0",
+            "239.0.0.0/32",
+            "239.0.0.0/2",
+            "x/24",
+        ] {
+            assert!(parse_multicast_range(bad).is_err(), "{bad}");
+        }
+    }
 
     const BOTH: Offered = Offered {
         udp: true,

@@ -438,6 +438,43 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A network namespace this test made, with its loopback up and able to
+/// carry multicast (224.0.0.0/4 routed to `lo`), which the calling thread
+/// has entered: every process it starts from then on, and every socket
+/// it opens, lives there. Deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates and enters a new namespace.
+    pub fn enter_new() -> Result<Netns> {
+        let name = format!("revtun-test-{}-{}", std::process::id(), unique());
+        let ip = |args: &[&str]| -> Result<()> {
+            let o = run(Command::new("ip").args(args), Duration::from_secs(10))?;
+            anyhow::ensure!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+            Ok(())
+        };
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "multicast", "on"])?;
+        ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", "lo"])?;
+        let f = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// For a host with an RTSP listener and no RTP ports given: ports the
 /// kernel picks (the defaults, 8000 and 8001, would be shared by every
 /// test at once).

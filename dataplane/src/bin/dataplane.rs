@@ -85,6 +85,15 @@ fn main() {
         video: args.video.config(),
         udp_ports: (!args.video.tcp_only_viewers)
             .then_some((args.video.rtp_port, args.video.rtcp_port)),
+        multicast: args.video.multicast_range.as_deref().and_then(|r| {
+            let (first, n) = revtun_proto::transport::parse_multicast_range(r).ok()?;
+            Some((
+                first,
+                n,
+                args.video.multicast_ttl,
+                args.video.multicast_port,
+            ))
+        }),
         metrics_listen: args.metrics_listen,
         metrics_access,
         argv,

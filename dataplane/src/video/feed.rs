@@ -85,6 +85,8 @@ pub struct FeedCounters {
     pub udp_packets: u64,
     /// Packets UDP viewers reported lost (RTCP receiver reports).
     pub udp_lost: u64,
+    /// RTP packets sent to multicast groups (once per packet per group).
+    pub multicast_packets: u64,
 }
 
 /// Bits per second over the last whole second.
@@ -190,6 +192,22 @@ impl Feed {
         } else {
             r.last_bps
         }
+    }
+
+    /// A viewer attached to no feed: a multicast member, whose media goes
+    /// to its group (its queue stays empty; it carries the replies and the
+    /// "gone" signal of one RTSP session).
+    pub fn detached(max_bytes: usize, max_age: Duration) -> Rc<Viewer> {
+        Rc::new(Viewer {
+            queue: RefCell::new(ViewerQueue::new(max_bytes, max_age, Instant::now())),
+            sig: Rc::new(Signal::default()),
+            gone: Cell::new(false),
+            replies: RefCell::default(),
+            drained: Signal::default(),
+            cut: Cell::new(false),
+            remote: false,
+            udp: Cell::new(false),
+        })
     }
 
     /// Adds a consumer that starts at the cached keyframe at once.

@@ -91,6 +91,80 @@ impl Default for VideoConfig {
 type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
 type Refusal = (u16, String);
 
+/// One camera's multicast group on one shard: its address, and the one
+/// sender (a consumer of the feed) that serves every member. Held by its
+/// members' sessions; when the last one ends, the sender stops and the
+/// address goes back to the range.
+#[derive(Debug)]
+pub struct Group {
+    ip: std::net::Ipv4Addr,
+    udp: Arc<super::udp::Udp>,
+    ssrc: u32,
+    sender: RefCell<Option<Rc<Viewer>>>,
+    site: String,
+    cam: String,
+}
+
+impl Group {
+    /// Starts the group's sender on `feed` if it is not running yet.
+    fn start(
+        &self,
+        feed: &Rc<Feed>,
+        codec: revtun_proto::rtp::Codec,
+        cfg: &VideoConfig,
+        latency: Rc<super::feed::SendLatency>,
+    ) {
+        if self.sender.borrow().as_ref().is_some_and(|v| !v.gone.get()) {
+            return;
+        }
+        let v = feed.attach(
+            Rc::new(Signal::default()),
+            cfg.viewer_max_bytes,
+            cfg.viewer_max_age,
+            true,
+        );
+        let (rtp, rtcp) = self
+            .udp
+            .multicast
+            .as_ref()
+            .map_or(self.udp.ports, |m| m.ports);
+        let d = super::writer::UdpViewer {
+            udp: self.udp.clone(),
+            rtp: std::net::SocketAddr::new(self.ip.into(), rtp),
+            rtcp: std::net::SocketAddr::new(self.ip.into(), rtcp),
+            ssrc: self.ssrc,
+            seq: rand_u64() as u16,
+            codec,
+            mtu: cfg.rtp_mtu,
+            timeout: None,
+            last_request: Rc::new(Cell::new(Instant::now())),
+        };
+        glommio::spawn_local(super::writer::udp_writer(
+            None,
+            v.clone(),
+            d,
+            feed.clone(),
+            cfg.viewer_stuck,
+            latency,
+        ))
+        .detach();
+        *self.sender.borrow_mut() = Some(v);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(v) = self.sender.borrow_mut().take() {
+            v.gone.set(true);
+            v.sig.notify();
+        }
+        if let Some(m) = &self.udp.multicast {
+            m.give_back(self.ip);
+        }
+        tracing::info!(site = %self.site, camera = %self.cam, group = %self.ip, "multicast group closed");
+    }
+}
+
 /// The redirector of one shard.
 pub struct Redirector {
     shard: usize,
@@ -112,6 +186,8 @@ pub struct Redirector {
     sessions: Arc<super::sessions::Sessions>,
     /// RTP over UDP, when its sockets are bound.
     udp: Option<Arc<super::udp::Udp>>,
+    /// This shard's multicast groups, by camera.
+    groups: RefCell<HashMap<(String, String), std::rc::Weak<Group>>>,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -161,6 +237,7 @@ impl Redirector {
             gate,
             sessions,
             udp,
+            groups: RefCell::default(),
         })
     }
 
@@ -288,7 +365,24 @@ impl Redirector {
                     f.viewers.borrow().iter().filter(|v| v.udp.get()).count() as u64,
                 ),
                 ("revtun_video_udp_packets_total", l.clone(), c.udp_packets),
-                ("revtun_video_udp_reported_lost_total", l, c.udp_lost),
+                (
+                    "revtun_video_udp_reported_lost_total",
+                    l.clone(),
+                    c.udp_lost,
+                ),
+                (
+                    "revtun_video_multicast_members",
+                    l.clone(),
+                    self.groups
+                        .borrow()
+                        .get(&(site.clone(), cam.clone()))
+                        .map_or(0, |w| w.strong_count() as u64),
+                ),
+                (
+                    "revtun_video_multicast_packets_total",
+                    l,
+                    c.multicast_packets,
+                ),
             ]);
         }
         out
@@ -402,7 +496,15 @@ impl Redirector {
         self.admit(site)?;
         let pipe = tunnel
             .open_pipe(&format!("{}{cam}", super::site::CAMERA_PREFIX))
-            .map_err(|e| (404, format!("camera {cam} of site {site}: {e}")))?;
+            .map_err(|e| {
+                // 404 only for a camera the site does not have; a known
+                // one that cannot be opened now is unavailable.
+                let status = match e {
+                    crate::tunnel::StreamError::UnknownService(_) => 404,
+                    _ => 503,
+                };
+                (status, format!("camera {cam} of site {site}: {e}"))
+            })?;
         let feed = Feed::new(site, cam, self.cfg().cache_bytes, self.cfg().cache_frames);
         self.feeds.borrow_mut().insert(key.clone(), feed.clone());
         let me = self.clone();
@@ -505,7 +607,7 @@ impl Redirector {
                     .await;
             let chunk = match recv {
                 Ok(Some(c)) => Some(c),
-                Ok(None) => return (404, "the site ended the stream".into()),
+                Ok(None) => return (503, "the site ended the stream".into()),
                 Err(_) => None,
             };
             if let Some(c) = chunk {
@@ -547,9 +649,11 @@ impl Redirector {
                             udp: std::sync::OnceLock::new(),
                         }));
                     }
+                    // The site has the camera but cannot pull it (down,
+                    // refusing, unsupported transport): unavailable.
                     video::KIND_GONE => {
                         return (
-                            404,
+                            503,
                             format!("camera gone: {}", String::from_utf8_lossy(&msg[5..])),
                         );
                     }
@@ -593,6 +697,9 @@ impl Redirector {
         let last_request = Rc::new(Cell::new(Instant::now()));
         let timeout_secs = self.cfg().rtp_timeout.as_secs().max(1);
         let session_header = format!("{session_id};timeout={timeout_secs}");
+        // The multicast group this session joined at SETUP (it leaves it
+        // when the session ends; the group ends with its last member).
+        let mut group: Option<Rc<Group>> = None;
         loop {
             // Interleaved RTCP from the viewer is skipped.
             while buf.first() == Some(&b'$') {
@@ -722,7 +829,7 @@ impl Redirector {
                 Method::Setup => {
                     let offered = revtun_proto::transport::Offered {
                         udp: self.udp.is_some(),
-                        multicast: false,
+                        multicast: self.udp.as_ref().is_some_and(|u| u.multicast.is_some()),
                     };
                     let wanted =
                         revtun_proto::transport::choose(req.header("Transport").unwrap_or(""), offered);
@@ -734,7 +841,7 @@ impl Redirector {
                                     setup = Some((feed, 0));
                                     chosen = Some(w);
                                     track_url = req.uri.clone();
-                                    self.setup_reply(&mut setup, w, ssrc, cseq.as_deref(), &session_header)
+                                    self.setup_reply(&mut setup, (w, &mut group), ssrc, cseq.as_deref(), &session_header)
                                 }
                                 Err((status, _)) => {
                                     rtsp::response(status, cseq.as_deref(), &[], b"")
@@ -745,7 +852,7 @@ impl Redirector {
                         (Some(w), Some(_)) => {
                             chosen = Some(w);
                             track_url = req.uri.clone();
-                            self.setup_reply(&mut setup, w, ssrc, cseq.as_deref(), &session_header)
+                            self.setup_reply(&mut setup, (w, &mut group), ssrc, cseq.as_deref(), &session_header)
                         }
                     }
                 }
@@ -764,12 +871,18 @@ impl Redirector {
                             let _ = write_timed(&conn, &reply, limit).await;
                             break;
                         }
-                        let v = feed.attach(
-                            Rc::new(Signal::default()),
-                            self.cfg().viewer_max_bytes,
-                            self.cfg().viewer_max_age,
-                            false,
-                        );
+                        let v = if matches!(chosen, Some(Wanted::Multicast)) {
+                            // RTP-Info below names the group's next packet:
+                            // its sender is this feed's consumer, not us.
+                            Feed::detached(self.cfg().viewer_max_bytes, self.cfg().viewer_max_age)
+                        } else {
+                            feed.attach(
+                                Rc::new(Signal::default()),
+                                self.cfg().viewer_max_bytes,
+                                self.cfg().viewer_max_age,
+                                false,
+                            )
+                        };
                         viewer = Some(v.clone());
                         self.gate.watch(&who, &feed.site, &feed.cam, &v);
                         let how = chosen.unwrap_or(Wanted::Tcp {
@@ -779,7 +892,11 @@ impl Redirector {
                         // RTP-Info names the first packet this viewer gets:
                         // the cached keyframe's, or the next one's (waited
                         // for briefly).
-                        let first = first_packet(&v, READY_FOR_PLAY).await;
+                        let first = if matches!(how, Wanted::Multicast) {
+                            None
+                        } else {
+                            first_packet(&v, READY_FOR_PLAY).await
+                        };
                         let mut info = format!("url={track_url}");
                         if let Some((seq, ts)) = first {
                             let seq = if matches!(how, Wanted::Udp { .. }) { udp_seq } else { seq };
@@ -810,16 +927,29 @@ impl Redirector {
                                     seq: udp_seq,
                                     codec,
                                     mtu: cfg.rtp_mtu,
-                                    timeout: cfg.rtp_timeout,
+                                    timeout: Some(cfg.rtp_timeout),
                                     last_request: last_request.clone(),
                                 };
                                 glommio::spawn_local(super::writer::udp_writer(
-                                    conn.clone(),
+                                    Some(conn.clone()),
                                     v,
                                     d,
                                     feed.clone(),
                                     cfg.viewer_stuck,
                                     self.latency.clone(),
+                                ))
+                                .detach();
+                            }
+                            (Wanted::Multicast, Some(_), Some(codec)) => {
+                                // This session is a member: its media is
+                                // the group's, sent once for all members.
+                                let Some(g) = group.as_ref() else { break };
+                                g.start(feed, codec, &cfg, self.latency.clone());
+                                v.udp.set(true);
+                                glommio::spawn_local(super::writer::member_writer(
+                                    conn.clone(),
+                                    v,
+                                    cfg.viewer_stuck,
                                 ))
                                 .detach();
                             }
@@ -885,7 +1015,7 @@ impl Redirector {
     fn setup_reply(
         &self,
         setup: &mut Option<(Rc<Feed>, u8)>,
-        w: Wanted,
+        (w, group): (Wanted, &mut Option<Rc<Group>>),
         ssrc: u32,
         cseq: Option<&str>,
         session: &str,
@@ -893,6 +1023,22 @@ impl Redirector {
         let t = match (w, &self.udp) {
             (Wanted::Udp { client_ports }, Some(udp)) => {
                 revtun_proto::transport::reply_udp(client_ports, udp.ports, ssrc)
+            }
+            (Wanted::Multicast, Some(udp)) => {
+                let Some((feed, _)) = setup.as_ref() else {
+                    return rtsp::response(455, cseq, &[], b"");
+                };
+                let Some(g) = self.group(&feed.site, &feed.cam, udp) else {
+                    tracing::warn!(site = %feed.site, camera = %feed.cam, "no multicast group left in --multicast-range");
+                    return rtsp::response(453, cseq, &[], b"");
+                };
+                let (ttl, ports) = udp
+                    .multicast
+                    .as_ref()
+                    .map_or((1, udp.ports), |m| (m.ttl, m.ports));
+                let t = revtun_proto::transport::reply_multicast(g.ip, ports, ttl, g.ssrc);
+                *group = Some(g);
+                t
             }
             (Wanted::Tcp { channels }, _) => {
                 if let Some((_, ch)) = setup.as_mut() {
@@ -904,6 +1050,34 @@ impl Redirector {
             _ => return rtsp::response(461, cseq, &[], b""),
         };
         rtsp::response(200, cseq, &[("Transport", &t), ("Session", session)], b"")
+    }
+
+    /// This shard's multicast group of `site`/`cam`: the live one, or a new
+    /// one from the range (`None` when the range is used up).
+    fn group(&self, site: &str, cam: &str, udp: &Arc<super::udp::Udp>) -> Option<Rc<Group>> {
+        let key = (site.to_string(), cam.to_string());
+        if let Some(g) = self
+            .groups
+            .borrow()
+            .get(&key)
+            .and_then(std::rc::Weak::upgrade)
+        {
+            return Some(g);
+        }
+        let ip = udp.multicast.as_ref()?.take()?;
+        tracing::info!(%site, camera = %cam, group = %ip, "multicast group opened");
+        let g = Rc::new(Group {
+            ip,
+            udp: udp.clone(),
+            ssrc: rand_u64() as u32,
+            sender: RefCell::new(None),
+            site: site.to_string(),
+            cam: cam.to_string(),
+        });
+        let mut groups = self.groups.borrow_mut();
+        groups.retain(|_, w| w.strong_count() > 0);
+        groups.insert(key, Rc::downgrade(&g));
+        Some(g)
     }
 
     async fn describe(

@@ -33,6 +33,51 @@ pub struct Report {
     pub lost: u32,
 }
 
+/// Multicast groups handed out from `--multicast-range`: one per camera
+/// per shard, back to the pool when its last viewer leaves.
+#[derive(Debug)]
+pub struct Multicast {
+    first: u32,
+    count: u32,
+    /// TTL of multicast packets.
+    pub ttl: u8,
+    /// Destination ports (RTP, RTCP) of every group.
+    pub ports: (u16, u16),
+    used: Mutex<std::collections::HashSet<u32>>,
+}
+
+impl Multicast {
+    /// Groups `first`, `first + 1` ... (`count` of them), sent with `ttl`
+    /// to `port` (RTP) and `port + 1` (RTCP).
+    pub fn new(first: std::net::Ipv4Addr, count: u32, ttl: u8, port: u16) -> Multicast {
+        Multicast {
+            first: u32::from(first),
+            count,
+            ttl,
+            ports: (port, port.saturating_add(1)),
+            used: Mutex::default(),
+        }
+    }
+
+    /// A free group, if any is left.
+    pub fn take(&self) -> Option<std::net::Ipv4Addr> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let g = (0..self.count)
+            .map(|i| self.first + i)
+            .find(|g| !used.contains(g))?;
+        used.insert(g);
+        Some(std::net::Ipv4Addr::from(g))
+    }
+
+    /// Gives `group` back.
+    pub fn give_back(&self, group: std::net::Ipv4Addr) {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&u32::from(group));
+    }
+}
+
 /// The RTP and RTCP sockets.
 #[derive(Debug)]
 pub struct Udp {
@@ -41,6 +86,8 @@ pub struct Udp {
     /// Local ports (RTP, RTCP), told to viewers as `server_port`.
     pub ports: (u16, u16),
     reports: Mutex<HashMap<SocketAddr, Report>>,
+    /// Multicast, when `--multicast-range` is given.
+    pub multicast: Option<Multicast>,
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
@@ -51,16 +98,35 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
 }
 
 impl Udp {
-    /// Binds both sockets on `ip` and starts the RTCP reader thread.
-    pub fn bind(ip: IpAddr, rtp_port: u16, rtcp_port: u16) -> std::io::Result<Arc<Udp>> {
+    /// Binds both sockets on `ip` and starts the RTCP reader thread;
+    /// with `multicast`, multicast packets leave with its TTL (through the
+    /// interface of `ip` when it is not the wildcard).
+    pub fn bind(
+        ip: IpAddr,
+        rtp_port: u16,
+        rtcp_port: u16,
+        multicast: Option<Multicast>,
+    ) -> std::io::Result<Arc<Udp>> {
         let rtp = bind(ip, rtp_port)?;
         let rtcp = bind(ip, rtcp_port)?;
+        if let Some(m) = &multicast {
+            for s in [&rtp, &rtcp] {
+                s.set_multicast_ttl_v4(u32::from(m.ttl))?;
+                s.set_multicast_loop_v4(true)?;
+                if let IpAddr::V4(v4) = ip {
+                    if !v4.is_unspecified() {
+                        socket2::SockRef::from(s).set_multicast_if_v4(&v4)?;
+                    }
+                }
+            }
+        }
         let ports = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
         let udp = Arc::new(Udp {
             rtp,
             rtcp,
             ports,
             reports: Mutex::default(),
+            multicast,
         });
         let reader = udp.clone();
         std::thread::Builder::new()

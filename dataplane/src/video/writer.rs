@@ -219,10 +219,27 @@ pub struct UdpViewer {
     pub codec: revtun_proto::rtp::Codec,
     /// Largest RTP payload per datagram.
     pub mtu: usize,
-    /// Dropped after this long with neither an RTSP request nor a report.
-    pub timeout: Duration,
+    /// Dropped after this long with neither an RTSP request nor a report
+    /// (`None`: a multicast group, which lives while it has members).
+    pub timeout: Option<Duration>,
     /// When its RTSP connection last brought a request.
     pub last_request: Rc<std::cell::Cell<Instant>>,
+}
+
+/// Sends the replies of a multicast member on its RTSP connection (its
+/// media goes to the group, [`udp_writer`]) and closes the connection
+/// once the member is gone (TEARDOWN, permission removed).
+pub async fn member_writer(conn: Rc<Wire>, v: Rc<Viewer>, stuck: Duration) {
+    loop {
+        let wake = v.sig.wait();
+        flush_replies(&conn, &v, stuck).await;
+        if v.gone.get() {
+            v.drained.notify();
+            conn.close();
+            return;
+        }
+        wake.await;
+    }
 }
 
 /// Writes queued access units to one UDP viewer: each packetised once
@@ -231,34 +248,45 @@ pub struct UdpViewer {
 /// payload straight from the shared buffer, [`super::udp::BATCH`] packets
 /// per `sendmmsg`. Replies still go on the RTSP connection; sender
 /// reports go to its RTCP port every [`SR_INTERVAL`].
+///
+/// A multicast group is one such "viewer" with no RTSP connection of its
+/// own (`conn` is `None`): its packets go once to the group, whatever
+/// the number of members.
 pub async fn udp_writer(
-    conn: Rc<Wire>,
+    conn: Option<Rc<Wire>>,
     v: Rc<Viewer>,
     mut d: UdpViewer,
     feed: Rc<super::feed::Feed>,
     stuck: Duration,
     latency: Rc<SendLatency>,
 ) {
-    d.udp.register(d.rtcp);
+    let unicast = d.timeout.is_some();
+    if unicast {
+        d.udp.register(d.rtcp);
+    }
     let mut reports = Reports::default();
     let mut lost = 0u32;
     let why = loop {
         let wake = v.sig.wait();
-        flush_replies(&conn, &v, stuck).await;
+        if let Some(conn) = &conn {
+            flush_replies(conn, &v, stuck).await;
+        }
         if v.gone.get() {
             break "left";
         }
         let now = Instant::now();
-        let report = d.udp.report(d.rtcp);
-        if report.lost > lost {
-            feed.counters.borrow_mut().udp_lost += u64::from(report.lost - lost);
-            lost = report.lost;
-        }
-        let alive = report
-            .seen
-            .map_or(d.last_request.get(), |t| t.max(d.last_request.get()));
-        if now.saturating_duration_since(alive) > d.timeout {
-            break "silent: no RTSP request and no receiver report within the timeout";
+        if let Some(timeout) = d.timeout {
+            let report = d.udp.report(d.rtcp);
+            if report.lost > lost {
+                feed.counters.borrow_mut().udp_lost += u64::from(report.lost - lost);
+                lost = report.lost;
+            }
+            let alive = report
+                .seen
+                .map_or(d.last_request.get(), |t| t.max(d.last_request.get()));
+            if now.saturating_duration_since(alive) > timeout {
+                break "silent: no RTSP request and no receiver report within the timeout";
+            }
         }
         if let Some(sr) = reports.due(d.ssrc, now) {
             d.udp.send_rtcp(&sr, d.rtcp);
@@ -333,12 +361,21 @@ pub async fn udp_writer(
         if let Some(p) = pkts.first() {
             reports.sent(p.timestamp, frame.arrived, pkts.len(), octets);
         }
-        feed.counters.borrow_mut().udp_packets += pkts.len() as u64;
+        let mut c = feed.counters.borrow_mut();
+        if unicast {
+            c.udp_packets += pkts.len() as u64;
+        } else {
+            c.multicast_packets += pkts.len() as u64;
+        }
     };
-    d.udp.unregister(d.rtcp);
+    if unicast {
+        d.udp.unregister(d.rtcp);
+    }
     let stats = v.queue.borrow().stats;
     tracing::info!(to = %d.rtp, sent = stats.sent, dropped = stats.dropped, lost, %why, "udp viewer ended");
     v.gone.set(true);
     v.drained.notify();
-    conn.close();
+    if let Some(conn) = conn {
+        conn.close();
+    }
 }
