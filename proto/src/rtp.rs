@@ -247,6 +247,77 @@ impl Assembler {
     }
 }
 
+/// Puts RTP packets received over UDP back in sequence order before they
+/// are grouped into access units: a packet that arrives early waits for
+/// the ones before it; a gap no later packet fills within [`Reorder::HOLD`]
+/// packets (or at [`Reorder::flush`], when nothing arrived for a while)
+/// is given up as loss (the assembler marks the unit discontinuous); late
+/// and duplicate packets are dropped. Bounded: at most `HOLD` packets wait.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    expected: Option<u16>,
+    held: Vec<(u16, Vec<u8>)>,
+}
+
+impl Reorder {
+    /// Most packets held waiting for a gap to fill.
+    pub const HOLD: usize = 32;
+
+    /// Takes packet `seq`; returns the packets now in order.
+    pub fn push(&mut self, seq: u16, pkt: Vec<u8>) -> Vec<Vec<u8>> {
+        let Some(e) = self.expected else {
+            self.expected = Some(seq.wrapping_add(1));
+            return vec![pkt];
+        };
+        let ahead = seq.wrapping_sub(e);
+        if ahead >= 0x8000 || self.held.iter().any(|(s, _)| *s == seq) {
+            return Vec::new();
+        }
+        self.held.push((seq, pkt));
+        let mut out = self.ready();
+        while self.held.len() > Self::HOLD {
+            self.skip_gap();
+            out.extend(self.ready());
+        }
+        out
+    }
+
+    /// Gives up every gap: all held packets, in order.
+    pub fn flush(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !self.held.is_empty() {
+            self.skip_gap();
+            out.extend(self.ready());
+        }
+        out
+    }
+
+    /// Packets waiting.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn ready(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(e) = self.expected {
+            let Some(i) = self.held.iter().position(|(s, _)| *s == e) else {
+                break;
+            };
+            out.push(self.held.swap_remove(i).1);
+            self.expected = Some(e.wrapping_add(1));
+        }
+        out
+    }
+
+    fn skip_gap(&mut self) {
+        if let Some(e) = self.expected {
+            if let Some(d) = self.held.iter().map(|(s, _)| s.wrapping_sub(e)).min() {
+                self.expected = Some(e.wrapping_add(d));
+            }
+        }
+    }
+}
+
 /// One UDP packet of an access unit, re-packetised once and shared by
 /// every UDP viewer: each viewer writes its own 12-byte RTP header (its
 /// sequence number and SSRC, this marker, payload type and timestamp),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A camera stand-in: GStreamer's RTSP server on 127.0.0.1, TCP only.
+"""A camera stand-in: GStreamer's RTSP server on 127.0.0.1, TCP only (or,
+with --udp-only, UDP only: a SETUP for TCP gets 461).
 
-Usage: camera.py PORT [PATTERN] [KEYINT] [--auth basic|digest --user U --password P].
+Usage: camera.py PORT [PATTERN] [KEYINT] [--auth basic|digest --user U --password P] [--udp-only].
 Serves rtsp://127.0.0.1:PORT/test (H.264, 640x360, 25 fps, a keyframe every
 KEYINT frames, default 25). Prints 'ready' when serving and 'client
 connected' for every RTSP client, so tests can count how many times the
@@ -25,6 +26,7 @@ parser.add_argument("keyint", nargs="?", type=int, default=25)
 parser.add_argument("--auth", choices=["basic", "digest"])
 parser.add_argument("--user", default="user")
 parser.add_argument("--password", default="secret")
+parser.add_argument("--udp-only", action="store_true", help="refuse RTP over TCP (461), as many encoders do")
 args = parser.parse_args()
 port, pattern, keyint = args.port, args.pattern, args.keyint
 Gst.init(None)
@@ -38,7 +40,7 @@ factory.set_launch(
     "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
 )
 factory.set_shared(True)
-factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
+factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP if args.udp_only else GstRtsp.RTSPLowerTrans.TCP)
 if args.auth:
     # The user's token carries a role; the factory lets that role see
     # (access) and start (construct) the stream. Anyone else gets 401.

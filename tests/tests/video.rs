@@ -1367,3 +1367,18 @@ fn multicast_viewers_share_one_group_and_one_send() -> Result<()> {
         .wait_log("multicast group closed", Duration::from_secs(10))?;
     Ok(())
 }
+
+/// A camera that streams only over UDP (GStreamer's RTSP server set to
+/// UDP, as many encoders are: RTP over TCP gets 461) is pulled by the
+/// site over UDP on its network and decodes at the host.
+#[test]
+fn a_camera_that_only_streams_over_udp_is_pulled_over_udp() -> Result<()> {
+    let v = Video::start_cam(25, &["--udp-only"], |port| {
+        format!("rtsp://127.0.0.1:{port}/test")
+    })?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 6)?;
+    assert!(frames >= 100, "{frames} frames through a UDP camera: {err}");
+    v.agent
+        .wait_log("pulling it over UDP", Duration::from_secs(5))?;
+    Ok(())
+}

@@ -262,13 +262,34 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
         .map(str::to_string)
         .unwrap_or_else(|| url.to_string());
     let setup_url = video::resolve(&base, track.control.as_deref());
-    let setup = cam
+    // RTP over the RTSP connection first; a camera that refuses it (461)
+    // is pulled over UDP on the site's network instead (the tunnel still
+    // carries TCP).
+    let mut udp = None;
+    let setup = match cam
         .request(
             "SETUP",
             &setup_url,
             &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
         )
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.ends_with(" with 461") => {
+            let socks = UdpPull::bind(cam.sock.peer_addr().map_err(|e| e.to_string())?.ip())?;
+            let t = format!(
+                "RTP/AVP;unicast;client_port={}-{}",
+                socks.ports.0, socks.ports.1
+            );
+            tracing::info!(camera = %name, "the camera refuses RTP over TCP (461): pulling it over UDP");
+            let r = cam
+                .request("SETUP", &setup_url, &[("Transport", &t)])
+                .await?;
+            udp = Some(socks);
+            r
+        }
+        Err(e) => return Err(e),
+    };
     let session = setup.header("Session").ok_or("no Session in SETUP reply")?;
     cam.session = Some(
         session
@@ -284,12 +305,10 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
     video::header(video::KIND_SDP, sdp.len(), &mut msg);
     msg.extend_from_slice(sdp.as_bytes());
     pipe.send(&msg).await.map_err(|e| e.to_string())?;
-    let mut asm = Assembler::new(track.codec);
-    let mut seq = 0u32;
-    // Packets of the unit being assembled, by arrival index (the camera
-    // input buffer moves on, so each packet is kept until its unit leaves).
-    let mut held: std::collections::BTreeMap<usize, Vec<u8>> = std::collections::BTreeMap::new();
-    let mut next_idx = 0usize;
+    let mut packer = Packer::new(track.codec);
+    if let Some(socks) = udp {
+        return socks.pull(&mut cam, &base, &mut packer, pipe).await;
+    }
     loop {
         // Everything after PLAY is interleaved data (or a stray response).
         loop {
@@ -309,39 +328,164 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
                 break;
             };
             if channel == 0 {
-                let pkt = &cam.buf[range.clone()];
-                let idx = next_idx;
-                next_idx += 1;
-                held.insert(idx, pkt.to_vec());
-                let units = asm.push(pkt, idx..idx + 1).map_err(|e| e.to_string())?;
-                if held.len() > asm.max_packets + 1 {
-                    return Err("camera sent an access unit beyond the packet limit".into());
-                }
-                for unit in units {
-                    let mut flags = 0;
-                    if unit.keyframe {
-                        flags |= FLAG_KEY;
-                    }
-                    if unit.params {
-                        flags |= FLAG_PARAMS;
-                    }
-                    if unit.discontinuity {
-                        flags |= FLAG_DISCONTINUITY;
-                    }
-                    let taken: Vec<Vec<u8>> = unit
-                        .packets
-                        .iter()
-                        .filter_map(|r| held.remove(&r.start))
-                        .collect();
-                    let packets: Vec<&[u8]> = taken.iter().map(Vec::as_slice).collect();
-                    msg.clear();
-                    video::encode_unit(flags, unit.timestamp, seq, &packets, &mut msg);
-                    seq = seq.wrapping_add(1);
-                    pipe.send(&msg).await.map_err(|e| e.to_string())?;
-                }
+                let pkt = cam.buf[range].to_vec();
+                packer.push(pkt, pipe).await?;
             }
             cam.buf.drain(..used);
         }
         cam.fill().await?;
+    }
+}
+
+/// Groups a camera's RTP packets into access units and sends each as one
+/// feed message.
+struct Packer {
+    asm: Assembler,
+    seq: u32,
+    /// Packets of the unit being assembled, by arrival index (the camera
+    /// input buffer moves on, so each packet is kept until its unit leaves).
+    held: std::collections::BTreeMap<usize, Vec<u8>>,
+    next_idx: usize,
+    msg: Vec<u8>,
+}
+
+impl Packer {
+    fn new(codec: rtp::Codec) -> Packer {
+        Packer {
+            asm: Assembler::new(codec),
+            seq: 0,
+            held: std::collections::BTreeMap::new(),
+            next_idx: 0,
+            msg: Vec::new(),
+        }
+    }
+
+    /// Takes one RTP packet; sends the access units it completes.
+    async fn push(&mut self, pkt: Vec<u8>, pipe: &Pipe) -> Result<(), String> {
+        let idx = self.next_idx;
+        self.next_idx += 1;
+        let units = self
+            .asm
+            .push(&pkt, idx..idx + 1)
+            .map_err(|e| e.to_string())?;
+        self.held.insert(idx, pkt);
+        if self.held.len() > self.asm.max_packets + 1 {
+            return Err("camera sent an access unit beyond the packet limit".into());
+        }
+        for unit in units {
+            let mut flags = 0;
+            if unit.keyframe {
+                flags |= FLAG_KEY;
+            }
+            if unit.params {
+                flags |= FLAG_PARAMS;
+            }
+            if unit.discontinuity {
+                flags |= FLAG_DISCONTINUITY;
+            }
+            let taken: Vec<Vec<u8>> = unit
+                .packets
+                .iter()
+                .filter_map(|r| self.held.remove(&r.start))
+                .collect();
+            let packets: Vec<&[u8]> = taken.iter().map(Vec::as_slice).collect();
+            self.msg.clear();
+            video::encode_unit(flags, unit.timestamp, self.seq, &packets, &mut self.msg);
+            self.seq = self.seq.wrapping_add(1);
+            pipe.send(&self.msg).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// How often a camera pulled over UDP is sent OPTIONS on its RTSP
+/// connection, so its session does not time out.
+const UDP_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Nothing arrived for this long: packets waiting for a gap are sent on.
+const REORDER_WAIT: Duration = Duration::from_millis(50);
+
+/// The site's UDP sockets for a camera that streams only over UDP: RTP and
+/// RTCP, on the site's network; datagrams from any address but the
+/// camera's are dropped.
+struct UdpPull {
+    rtp: glommio::net::UdpSocket,
+    _rtcp: glommio::net::UdpSocket,
+    camera: std::net::IpAddr,
+    ports: (u16, u16),
+}
+
+impl UdpPull {
+    fn bind(camera: std::net::IpAddr) -> Result<UdpPull, String> {
+        let any: std::net::SocketAddr = if camera.is_ipv4() {
+            "0.0.0.0:0".parse().map_err(|_| "address".to_string())?
+        } else {
+            "[::]:0".parse().map_err(|_| "address".to_string())?
+        };
+        let bind = || {
+            glommio::net::UdpSocket::bind(any)
+                .map_err(|e| format!("cannot bind a UDP port for the camera: {e}"))
+        };
+        let (rtp, rtcp) = (bind()?, bind()?);
+        let port = |s: &glommio::net::UdpSocket| {
+            s.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+        };
+        let ports = (port(&rtp)?, port(&rtcp)?);
+        Ok(UdpPull {
+            rtp,
+            _rtcp: rtcp,
+            camera,
+            ports,
+        })
+    }
+
+    /// Receives the camera's RTP until it goes silent for the camera
+    /// timeout or the pipe closes: reordered, grouped, sent on.
+    async fn pull(
+        self,
+        cam: &mut Camera,
+        base: &str,
+        packer: &mut Packer,
+        pipe: &Pipe,
+    ) -> Result<(), String> {
+        let mut reorder = revtun_proto::rtp::Reorder::default();
+        let mut buf = vec![0u8; 65536];
+        let mut last_packet = std::time::Instant::now();
+        let mut last_keepalive = std::time::Instant::now();
+        loop {
+            if last_keepalive.elapsed() >= UDP_KEEPALIVE {
+                cam.request("OPTIONS", base, &[]).await?;
+                last_keepalive = std::time::Instant::now();
+            }
+            let got = glommio::timer::timeout(REORDER_WAIT, async {
+                self.rtp.recv_from(&mut buf).await.map_err(|e| {
+                    glommio::GlommioError::IoError(std::io::Error::other(e.to_string()))
+                })
+            })
+            .await;
+            let ready = match got {
+                Ok((n, from)) if from.ip() == self.camera => {
+                    last_packet = std::time::Instant::now();
+                    match rtp::parse(&buf[..n]) {
+                        Ok(h) => reorder.push(h.seq, buf[..n].to_vec()),
+                        Err(_) => Vec::new(),
+                    }
+                }
+                // Someone else's datagram: dropped.
+                Ok(_) => Vec::new(),
+                Err(glommio::GlommioError::TimedOut(_)) => {
+                    if last_packet.elapsed() > cam.timeout {
+                        return Err(format!(
+                            "camera {} sent nothing over UDP for {:?}",
+                            cam.name, cam.timeout
+                        ));
+                    }
+                    reorder.flush()
+                }
+                Err(e) => return Err(format!("camera UDP: {e}")),
+            };
+            for pkt in ready {
+                packer.push(pkt, pipe).await?;
+            }
+        }
     }
 }

@@ -232,3 +232,29 @@ fn an_oversized_aggregate_is_split_into_its_nal_units() {
     assert_eq!(out.len(), 1);
     assert_eq!(&buf[out[0].body.clone()], &[0x41, 1, 2]);
 }
+
+#[test]
+fn udp_packets_are_put_back_in_order_within_a_bound() {
+    let p = |s: u16| vec![s as u8];
+    let mut r = Reorder::default();
+    assert_eq!(r.push(65534, p(65534)), vec![p(65534)]);
+    // 0 and 1 early, 65535 fills the gap across the wrap.
+    assert!(r.push(0, p(0)).is_empty());
+    assert!(r.push(1, p(1)).is_empty());
+    assert_eq!(r.push(65535, p(65535)), vec![p(65535), p(0), p(1)]);
+    // Late and duplicate packets are dropped.
+    assert!(r.push(1, p(1)).is_empty());
+    assert!(r.push(65000, p(7)).is_empty());
+    // A gap nothing fills: given up once more than HOLD packets wait.
+    let mut out = Vec::new();
+    for s in 3..(3 + Reorder::HOLD as u16 + 1) {
+        out.extend(r.push(s, p(s)));
+    }
+    assert_eq!(out.first(), Some(&p(3)), "the gap at 2 was given up");
+    assert!(r.held() <= Reorder::HOLD);
+    // Flush hands over what waits, in order.
+    assert!(r.push(100, p(100)).is_empty());
+    assert!(r.push(99, p(99)).is_empty());
+    assert_eq!(r.flush(), vec![p(99), p(100)]);
+    assert_eq!(r.held(), 0);
+}
