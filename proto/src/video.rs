@@ -210,6 +210,29 @@ pub fn video_only_sdp(sdp: &str) -> Option<String> {
     Some(out)
 }
 
+/// The tracks of an SDP that are not relayed (every media section but
+/// the one [`video_track`] chose), each as its `m=` line and first
+/// `a=rtpmap` encoding (`m=audio 0 RTP/AVP 97 (MPEG4-GENERIC/48000/2)`),
+/// so the site can name them.
+pub fn unrelayed_tracks(sdp: &str) -> Vec<String> {
+    let (_, media) = sections(sdp);
+    let kept = chosen(&media).map(|(sec, _)| sec.as_ptr());
+    media
+        .iter()
+        .filter(|sec| Some(sec.as_ptr()) != kept)
+        .map(|sec| {
+            let m = sec.first().copied().unwrap_or("m=?");
+            let enc = sec
+                .iter()
+                .find_map(|l| l.strip_prefix("a=rtpmap:")?.split_whitespace().nth(1));
+            match enc {
+                Some(e) => format!("{m} ({e})"),
+                None => m.to_string(),
+            }
+        })
+        .collect()
+}
+
 /// Resolves a track control attribute against the session's base URL.
 pub fn resolve(base: &str, control: Option<&str>) -> String {
     match control {
@@ -248,6 +271,12 @@ mod tests {
         );
         assert_eq!(video_only_sdp("v=0\r\nm=audio 0 RTP/AVP 0\r\n"), None);
         assert_eq!(video_only_sdp(""), None);
+        // The tracks left out are named.
+        assert_eq!(
+            unrelayed_tracks(sdp),
+            vec!["m=audio 0 RTP/AVP 0", "m=video 0 RTP/AVP 26 (JPEG/90000)"]
+        );
+        assert!(unrelayed_tracks(abs).is_empty());
     }
 
     use super::*;

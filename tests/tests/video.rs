@@ -1382,3 +1382,21 @@ fn a_camera_that_only_streams_over_udp_is_pulled_over_udp() -> Result<()> {
         .wait_log("pulling it over UDP", Duration::from_secs(5))?;
     Ok(())
 }
+
+/// A camera with video and audio: the video is relayed and decodes; the
+/// audio track, which is not relayed, is named in the site's log.
+#[test]
+fn a_track_that_is_not_relayed_is_named_in_the_log() -> Result<()> {
+    let v = Video::start_cam(25, &["--audio"], |port| {
+        format!("rtsp://127.0.0.1:{port}/test")
+    })?;
+    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 4)?;
+    assert!(frames >= 50, "{frames}: {err}");
+    v.agent.wait_log("not relayed", Duration::from_secs(5))?;
+    let log = v.agent.log();
+    assert!(
+        log.contains("m=audio") && log.to_ascii_uppercase().contains("OPUS"),
+        "{log}"
+    );
+    Ok(())
+}

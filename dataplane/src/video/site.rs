@@ -257,6 +257,9 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
         .await?;
     let sdp = String::from_utf8(desc.body.clone()).map_err(|_| "SDP is not UTF-8".to_string())?;
     let track = video::video_track(&sdp).ok_or("the camera offers no H.264 or H.265 video")?;
+    for t in video::unrelayed_tracks(&sdp) {
+        tracing::warn!(camera = %name, track = %t, "this track of the camera is not relayed (only its H.264/H.265 video is)");
+    }
     let base = desc
         .header("Content-Base")
         .map(str::to_string)
