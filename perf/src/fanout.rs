@@ -318,15 +318,19 @@ fn drain(v: &mut Viewer, lat: &mut Histogram<u64>, record: bool) -> Result<bool>
             Err(e) => return Err(e.into()),
         }
         let mut at = 0;
-        while let Ok(Some((_, range, used))) = revtun_proto::rtp::interleaved(&v.buf[at..v.filled])
+        while let Ok(Some((channel, range, used))) =
+            revtun_proto::rtp::interleaved(&v.buf[at..v.filled])
         {
-            let pkt = &v.buf[at + range.start..at + range.end];
-            count_packet(
-                pkt,
-                (&mut v.frames, &mut v.drops, &mut v.last_seq),
-                lat,
-                record,
-            );
+            // Channel 1 carries the host's RTCP sender reports.
+            if channel == 0 {
+                let pkt = &v.buf[at + range.start..at + range.end];
+                count_packet(
+                    pkt,
+                    (&mut v.frames, &mut v.drops, &mut v.last_seq),
+                    lat,
+                    record,
+                );
+            }
             at += used;
         }
         v.buf.copy_within(at..v.filled, 0);

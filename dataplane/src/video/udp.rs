@@ -88,6 +88,24 @@ pub struct Udp {
     reports: Mutex<HashMap<SocketAddr, Report>>,
     /// Multicast, when `--multicast-range` is given.
     pub multicast: Option<Multicast>,
+    /// UDP segmentation offload works here (cleared at its first refusal).
+    gso: std::sync::atomic::AtomicBool,
+}
+
+/// Most datagrams one GSO send may make.
+pub const GSO_SEGMENTS: usize = 64;
+/// Most bytes one GSO send may carry (a UDP datagram's limit).
+pub const GSO_BYTES: usize = 65_000;
+
+/// What one send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// These many datagrams left.
+    Datagrams(usize),
+    /// The socket is full: nothing left.
+    Full,
+    /// Segmentation offload is not available: send them one by one.
+    NoGso,
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
@@ -127,6 +145,7 @@ impl Udp {
             ports,
             reports: Mutex::default(),
             multicast,
+            gso: std::sync::atomic::AtomicBool::new(true),
         });
         let reader = udp.clone();
         std::thread::Builder::new()
@@ -173,6 +192,47 @@ impl Udp {
         ) {
             Ok(r) => Ok(r.count()),
             Err(nix::errno::Errno::EAGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends `segments` datagrams of `size` bytes each (the last may be
+    /// shorter) to `to` in one call, the kernel cutting the buffer
+    /// `iov` into them (UDP GSO, `UDP_SEGMENT`): one trip through the
+    /// stack for a whole access unit instead of one per datagram.
+    pub fn send_segmented(
+        &self,
+        iov: &[IoSlice<'_>],
+        size: u16,
+        segments: usize,
+        to: SocketAddr,
+    ) -> std::io::Result<Sent> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+        use std::sync::atomic::Ordering;
+        if !self.gso.load(Ordering::Relaxed) {
+            return Ok(Sent::NoGso);
+        }
+        let addr = SockaddrStorage::from(to);
+        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+        match sendmsg(
+            self.rtp.as_raw_fd(),
+            iov,
+            &cmsg,
+            MsgFlags::MSG_DONTWAIT,
+            Some(&addr),
+        ) {
+            Ok(_) => Ok(Sent::Datagrams(segments)),
+            Err(nix::errno::Errno::EAGAIN) => Ok(Sent::Full),
+            Err(
+                e @ (nix::errno::Errno::EIO
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOPROTOOPT
+                | nix::errno::Errno::EOPNOTSUPP),
+            ) => {
+                tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
+                self.gso.store(false, Ordering::Relaxed);
+                Ok(Sent::NoGso)
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -332,9 +332,45 @@ pub async fn udp_writer(
         let started = Instant::now();
         let mut at = 0;
         let mut failed = None;
+        let size = |i: usize| 12 + pkts[i].payload_len();
         while at < msgs.len() {
-            let end = (at + super::udp::BATCH).min(msgs.len());
-            match d.udp.send_rtp(&msgs[at..end], d.rtp) {
+            // A run of datagrams of one size (the last may be shorter)
+            // goes in one segmented send where the kernel offers it.
+            let mut end = at + 1;
+            let mut bytes = size(at);
+            while end < msgs.len()
+                && end - at < super::udp::GSO_SEGMENTS
+                && bytes + size(end) <= super::udp::GSO_BYTES
+                && size(end) <= size(at)
+                && size(end - 1) == size(at)
+            {
+                bytes += size(end);
+                end += 1;
+            }
+            let sent = if end - at > 1 {
+                let iov: Vec<std::io::IoSlice<'_>> = msgs[at..end]
+                    .iter()
+                    .flat_map(|m| m.iter().copied())
+                    .collect();
+                d.udp
+                    .send_segmented(&iov, size(at) as u16, end - at, d.rtp)
+                    .map(|s| match s {
+                        super::udp::Sent::Datagrams(n) => Some(n),
+                        super::udp::Sent::Full => Some(0),
+                        super::udp::Sent::NoGso => None,
+                    })
+            } else {
+                Ok(None)
+            };
+            let sent = match sent {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => {
+                    let end = (at + super::udp::BATCH).min(msgs.len());
+                    d.udp.send_rtp(&msgs[at..end], d.rtp)
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(0) if started.elapsed() < stuck => {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
