@@ -683,17 +683,22 @@ pub fn download(b: &Bench, len: u64, seed: u64) -> Result<(u64, String)> {
     let mut s = b.connect()?;
     writeln!(s, "SOURCE {len} {seed}")?;
     let mut h = service::Hasher::default();
+    let total = read_hashing(&mut s, &mut h)?;
+    Ok((total, h.hex()))
+}
+
+/// Reads `s` to its end into `h`; the bytes read.
+pub fn read_hashing(s: &mut impl Read, h: &mut service::Hasher) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
         let n = s.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(total);
         }
         h.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((total, h.hex()))
 }
 
 /// `GET path` over HTTP/1.1 on loopback; the response body.

@@ -188,16 +188,72 @@ fn the_example_files_check_and_bad_keys_are_named_with_their_line() -> Result<()
     Ok(())
 }
 
+/// A host state directory `dir/host`, initialised.
+fn init_state(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let state = dir.join("host");
+    let o = revtun_tests::keytool(&state, &["init"])?;
+    anyhow::ensure!(o.status.success(), "init: {}", revtun_tests::stderr(&o));
+    Ok(state)
+}
+
+/// `revtun-control --config FILE` plus `extra` flags; its tunnel address.
+fn control_from_file(
+    file: &std::path::Path,
+    extra: &[&str],
+) -> Result<(revtun_tests::Proc, String)> {
+    let control = revtun_tests::Proc::spawn(
+        std::process::Command::new(revtun_tests::bin("revtun-control"))
+            .arg("--config")
+            .arg(file)
+            .args(extra),
+    )?;
+    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
+    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    Ok((control, addr))
+}
+
+/// A keyfile for site `paris` dialling `addr`, at `dir/paris.keyfile`.
+fn paris_keyfile(
+    state: &std::path::Path,
+    addr: &str,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let kf = dir.join("paris.keyfile");
+    let o = revtun_tests::keytool(
+        state,
+        &[
+            "issue",
+            "--site",
+            "paris",
+            "--endpoint",
+            addr,
+            "--out",
+            &kf.to_string_lossy(),
+        ],
+    )?;
+    anyhow::ensure!(o.status.success(), "issue: {}", revtun_tests::stderr(&o));
+    Ok(kf)
+}
+
+/// `revtun-site run --config FILE`, once its tunnel is up.
+fn site_from_file(file: &std::path::Path) -> Result<revtun_tests::Proc> {
+    let agent = revtun_tests::Proc::spawn(
+        std::process::Command::new(revtun_tests::bin("revtun-site"))
+            .args(["run", "--config"])
+            .arg(file),
+    )?;
+    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    Ok(agent)
+}
+
 /// A host and a site configured by TOML files only (an expose, a service,
 /// a camera) carry a transfer and a viewer; a flag overrides its key.
 #[test]
 fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() -> Result<()> {
     use revtun_tests::video::{ffprobe_frames, start_camera};
-    use revtun_tests::{bin, free_port, keytool, Proc};
+    use revtun_tests::{free_port, keytool};
     let dir = tempfile::tempdir()?;
-    let state = dir.path().join("host");
-    let o = keytool(&state, &["init"])?;
-    anyhow::ensure!(o.status.success(), "init");
+    let state = init_state(dir.path())?;
     let target = revtun_tests::service::start()?;
     let cam_port = free_port()?;
     let _camera = start_camera(cam_port, "ball", 25, &[])?;
@@ -211,29 +267,9 @@ fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() ->
         ),
     )?;
     // The command line's --listen overrides the file's (port 1 would fail).
-    let control = Proc::spawn(
-        std::process::Command::new(bin("revtun-control"))
-            .arg("--config")
-            .arg(&host_toml)
-            .args(["--listen", "127.0.0.1:0"]),
-    )?;
-    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
-    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    let (control, addr) = control_from_file(&host_toml, &["--listen", "127.0.0.1:0"])?;
     control.wait_stdout("rtsp listening on", Duration::from_secs(10))?;
-    let kf = dir.path().join("paris.keyfile");
-    let o = keytool(
-        &state,
-        &[
-            "issue",
-            "--site",
-            "paris",
-            "--endpoint",
-            &addr,
-            "--out",
-            &kf.to_string_lossy(),
-        ],
-    )?;
-    anyhow::ensure!(o.status.success(), "issue: {}", revtun_tests::stderr(&o));
+    let kf = paris_keyfile(&state, &addr, dir.path())?;
     let site_toml = dir.path().join("site.toml");
     std::fs::write(
         &site_toml,
@@ -243,12 +279,7 @@ fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() ->
             dir.path().join("site")
         ),
     )?;
-    let agent = Proc::spawn(
-        std::process::Command::new(bin("revtun-site"))
-            .args(["run", "--config"])
-            .arg(&site_toml),
-    )?;
-    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    let _agent = site_from_file(&site_toml)?;
     // The transfer through the file-configured expose port.
     let sent = revtun_tests::sink_roundtrip_over(
         std::net::TcpStream::connect(("127.0.0.1", web))?,
@@ -592,12 +623,10 @@ fn hup(pid: u32) -> Result<()> {
 /// and the running settings stay; a restart-only change is named.
 #[test]
 fn a_reload_adds_and_removes_service_ports_while_a_transfer_goes_on() -> Result<()> {
-    use revtun_tests::{bin, free_port, keytool, service, Proc};
+    use revtun_tests::{free_port, service};
     use std::io::{Read, Write};
     let dir = tempfile::tempdir()?;
-    let state = dir.path().join("host");
-    let o = keytool(&state, &["init"])?;
-    anyhow::ensure!(o.status.success(), "init");
+    let state = init_state(dir.path())?;
     let target = service::start()?;
     let (keep, gone, added) = (free_port()?, free_port()?, free_port()?);
     let host_toml = dir.path().join("host.toml");
@@ -612,28 +641,9 @@ fn a_reload_adds_and_removes_service_ports_while_a_transfer_goes_on() -> Result<
     let e_gone = format!("paris/svc=127.0.0.1:{gone}");
     let e_added = format!("paris/svc2=127.0.0.1:{added}");
     std::fs::write(&host_toml, host_file(&[e_keep.clone(), e_gone.clone()], ""))?;
-    let control = Proc::spawn(
-        std::process::Command::new(bin("revtun-control"))
-            .arg("--config")
-            .arg(&host_toml),
-    )?;
-    let line = control.wait_stdout_prefix("listening on ", Duration::from_secs(20))?;
-    let addr = line.trim_start_matches("listening on ").trim().to_string();
+    let (control, addr) = control_from_file(&host_toml, &[])?;
     control.wait_stdout(&format!("on 127.0.0.1:{gone}"), Duration::from_secs(10))?;
-    let kf = dir.path().join("paris.keyfile");
-    let o = keytool(
-        &state,
-        &[
-            "issue",
-            "--site",
-            "paris",
-            "--endpoint",
-            &addr,
-            "--out",
-            &kf.to_string_lossy(),
-        ],
-    )?;
-    anyhow::ensure!(o.status.success(), "issue: {}", revtun_tests::stderr(&o));
+    let kf = paris_keyfile(&state, &addr, dir.path())?;
     let site_toml = dir.path().join("site.toml");
     let site_file = |services: &str| {
         format!(
@@ -642,12 +652,7 @@ fn a_reload_adds_and_removes_service_ports_while_a_transfer_goes_on() -> Result<
         )
     };
     std::fs::write(&site_toml, site_file(&format!("\"svc={target}\"")))?;
-    let agent = Proc::spawn(
-        std::process::Command::new(bin("revtun-site"))
-            .args(["run", "--config"])
-            .arg(&site_toml),
-    )?;
-    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    let agent = site_from_file(&site_toml)?;
     let roundtrip = |port: u16| -> Result<String> {
         revtun_tests::sink_roundtrip_over(
             std::net::TcpStream::connect(("127.0.0.1", port))?,
@@ -736,14 +741,7 @@ fn a_reload_adds_and_removes_service_ports_while_a_transfer_goes_on() -> Result<
     );
 
     // The transfer resumes and arrives whole, on the first tunnel.
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
+    total += revtun_tests::read_hashing(&mut s, &mut h)?;
     assert_eq!(total, LEN);
     assert_eq!(h.hex(), service::expected(LEN, 7));
     assert_eq!(agent.count_stdout("tunnel up"), 1, "the tunnel was dropped");
@@ -844,7 +842,7 @@ fn status_lists_the_connected_site_with_moving_byte_counters() -> Result<()> {
 #[test]
 fn a_camera_password_file_keeps_the_password_out_of_argv_and_settings() -> Result<()> {
     use revtun_tests::video::{ffprobe_frames, start_camera};
-    use revtun_tests::{bin, free_port, Host, Proc};
+    use revtun_tests::{free_port, Host};
     use std::os::unix::fs::PermissionsExt;
     const PW: &str = "p4ss:w/rd@x";
     let cam_port = free_port()?;
@@ -881,12 +879,7 @@ fn a_camera_password_file_keeps_the_password_out_of_argv_and_settings() -> Resul
     std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600))?;
     let (code, out) = check("revtun-site", &["run"], &site_toml)?;
     assert_eq!(code, 0, "{out}");
-    let agent = Proc::spawn(
-        std::process::Command::new(bin("revtun-site"))
-            .args(["run", "--config"])
-            .arg(&site_toml),
-    )?;
-    agent.wait_stdout("tunnel up", Duration::from_secs(15))?;
+    let agent = site_from_file(&site_toml)?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
     let (frames, err) = ffprobe_frames(&format!("rtsp://127.0.0.1:{rtsp}/s1/door"), 4)?;
