@@ -350,6 +350,26 @@ impl UdpPacket {
     }
 }
 
+/// The RTP packets of `packets` as UDP packets unchanged (audio: its
+/// packets fit a datagram as the camera made them). Packets that do not
+/// parse are dropped.
+pub fn as_is(buf: &[u8], packets: &[Range<usize>]) -> Vec<UdpPacket> {
+    packets
+        .iter()
+        .filter_map(|r| {
+            let h = parse(buf.get(r.clone())?).ok()?;
+            Some(UdpPacket {
+                marker: h.marker,
+                payload_type: h.payload_type,
+                timestamp: h.timestamp,
+                prefix: [0; 3],
+                prefix_len: 0,
+                body: r.start + h.payload.start..r.start + h.payload.end,
+            })
+        })
+        .collect()
+}
+
 /// Splits the RTP packets of one access unit (`packets`, ranges of whole
 /// packets in `buf`, as cameras send them over TCP: up to 64 KiB) into
 /// packets whose payload is at most `mtu` bytes, for UDP: a NAL unit too

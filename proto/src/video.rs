@@ -28,6 +28,8 @@ pub const FLAG_KEY: u8 = 1;
 pub const FLAG_PARAMS: u8 = 2;
 /// Loss before or inside the unit.
 pub const FLAG_DISCONTINUITY: u8 = 4;
+/// The unit is one packet of the camera's audio track, not video.
+pub const FLAG_AUDIO: u8 = 8;
 
 /// Appends a message header for a body of `body_len` bytes.
 pub fn header(kind: u8, body_len: usize, out: &mut Vec<u8>) {
@@ -184,28 +186,79 @@ pub fn video_track(sdp: &str) -> Option<VideoTrack> {
     Some(VideoTrack { codec, control })
 }
 
-/// The SDP viewers get: the session lines and only the media section the
-/// redirectors relay (the first H.264/H.265 video track), so players do
-/// not set up audio or other tracks that never arrive. `None` when the
-/// SDP has no such track.
+/// The first audio section (AAC, Opus, G.711 ... as the camera sends
+/// it, static payload types too): relayed beside the video, packet by
+/// packet.
+fn chosen_audio<'a>(media: &'a [Vec<&'a str>]) -> Option<&'a [&'a str]> {
+    media
+        .iter()
+        .find(|sec| sec.first().is_some_and(|m| m.starts_with("m=audio")))
+        .map(Vec::as_slice)
+}
+
+/// The camera's audio track the redirectors relay, if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioTrack {
+    /// The track's control attribute, if any.
+    pub control: Option<String>,
+    /// Its encoding from `a=rtpmap` (`MPEG4-GENERIC/48000/2`).
+    pub encoding: String,
+}
+
+/// Finds the audio track relayed beside the video.
+pub fn audio_track(sdp: &str) -> Option<AudioTrack> {
+    let (_, media) = sections(sdp);
+    let sec = chosen_audio(&media)?;
+    let control = sec
+        .iter()
+        .find_map(|l| l.strip_prefix("a=control:"))
+        .map(str::to_string);
+    let encoding = sec
+        .iter()
+        .find_map(|l| l.strip_prefix("a=rtpmap:")?.split_whitespace().nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let pt = sec
+                .first()
+                .and_then(|m| m.split_whitespace().nth(3))
+                .unwrap_or("?");
+            format!("payload type {pt}")
+        });
+    Some(AudioTrack { control, encoding })
+}
+
+/// The SDP viewers get: the session lines and only the media sections
+/// the redirectors relay (the first H.264/H.265 video track as `track0`,
+/// and the first audio track, if any, as `track1`), so players do not set
+/// up tracks that never arrive. `None` when the SDP has no video track.
 pub fn video_only_sdp(sdp: &str) -> Option<String> {
     let (session, media) = sections(sdp);
     let (sec, _) = chosen(&media)?;
+    let audio = chosen_audio(&media).unwrap_or(&[]);
     let mut out = String::new();
     // The site's control URLs (absolute ones name the camera's own
-    // address) become relative to the host's URL.
-    let lines = session
-        .iter()
-        .map(|l| (l, "*"))
-        .chain(sec.iter().map(|l| (l, "track0")));
-    for (line, control) in lines {
-        if line.starts_with("a=control:") {
-            out.push_str("a=control:");
-            out.push_str(control);
-        } else {
-            out.push_str(line);
+    // address) become relative to the host's URL; a relayed track
+    // without one gets one, so players can set each up.
+    let mut part = |lines: &[&str], control: &str, add: bool| {
+        let mut had = false;
+        for line in lines {
+            if line.starts_with("a=control:") {
+                out.push_str("a=control:");
+                out.push_str(control);
+                had = true;
+            } else {
+                out.push_str(line);
+            }
+            out.push_str("\r\n");
         }
-        out.push_str("\r\n");
+        if add && !had {
+            out.push_str(&format!("a=control:{control}\r\n"));
+        }
+    };
+    part(&session, "*", false);
+    part(sec, "track0", true);
+    if !audio.is_empty() {
+        part(audio, "track1", true);
     }
     Some(out)
 }
@@ -217,9 +270,10 @@ pub fn video_only_sdp(sdp: &str) -> Option<String> {
 pub fn unrelayed_tracks(sdp: &str) -> Vec<String> {
     let (_, media) = sections(sdp);
     let kept = chosen(&media).map(|(sec, _)| sec.as_ptr());
+    let audio = chosen_audio(&media).map(<[&str]>::as_ptr);
     media
         .iter()
-        .filter(|sec| Some(sec.as_ptr()) != kept)
+        .filter(|sec| Some(sec.as_ptr()) != kept && Some(sec.as_ptr()) != audio)
         .map(|sec| {
             let m = sec.first().copied().unwrap_or("m=?");
             let enc = sec
@@ -258,7 +312,15 @@ mod tests {
         assert_eq!(
             out,
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\na=control:*\r\n\
-             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n"
+             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n\
+             m=audio 0 RTP/AVP 0\r\na=control:track1\r\n"
+        );
+        assert_eq!(
+            audio_track(sdp),
+            Some(AudioTrack {
+                control: Some("track1".into()),
+                encoding: "payload type 0".into()
+            })
         );
         // An absolute control URL (the camera's address) becomes relative;
         // control characters never pass.
@@ -274,7 +336,7 @@ mod tests {
         // The tracks left out are named.
         assert_eq!(
             unrelayed_tracks(sdp),
-            vec!["m=audio 0 RTP/AVP 0", "m=video 0 RTP/AVP 26 (JPEG/90000)"]
+            vec!["m=video 0 RTP/AVP 26 (JPEG/90000)"]
         );
         assert!(unrelayed_tracks(abs).is_empty());
     }
@@ -328,6 +390,10 @@ mod tests {
             Codec::H265,
             "the section's first H.26x rtpmap"
         );
-        assert!(!shown.contains("m=audio"));
+        // The audio section is relayed too, as track1.
+        assert!(
+            shown.contains("m=audio 0 RTP/AVP 0\r\na=control:track1"),
+            "{shown}"
+        );
     }
 }

@@ -27,7 +27,7 @@ parser.add_argument("--auth", choices=["basic", "digest"])
 parser.add_argument("--user", default="user")
 parser.add_argument("--password", default="secret")
 parser.add_argument("--udp-only", action="store_true", help="refuse RTP over TCP (461), as many encoders do")
-parser.add_argument("--audio", action="store_true", help="add an Opus audio track")
+parser.add_argument("--audio", choices=["opus", "aac"], help="add an audio track")
 args = parser.parse_args()
 port, pattern, keyint = args.port, args.pattern, args.keyint
 Gst.init(None)
@@ -39,7 +39,11 @@ factory.set_launch(
     f"( videotestsrc is-live=true pattern={pattern} ! video/x-raw,width=640,height=360,framerate=25/1 "
     f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={keyint} bitrate=1000 "
     "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 "
-    + ("audiotestsrc is-live=true ! opusenc ! rtpopuspay name=pay1 pt=97 " if args.audio else "")
+    + {
+        None: "",
+        "opus": "audiotestsrc is-live=true ! opusenc ! rtpopuspay name=pay1 pt=97 ",
+        "aac": "audiotestsrc is-live=true ! audioconvert ! avenc_aac ! rtpmp4gpay name=pay1 pt=97 ",
+    }[args.audio]
     + ")"
 )
 factory.set_shared(True)

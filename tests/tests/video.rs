@@ -1370,33 +1370,67 @@ fn multicast_viewers_share_one_group_and_one_send() -> Result<()> {
 
 /// A camera that streams only over UDP (GStreamer's RTSP server set to
 /// UDP, as many encoders are: RTP over TCP gets 461) is pulled by the
-/// site over UDP on its network and decodes at the host.
+/// site over UDP on its network and decodes at the host; its audio track,
+/// which is not relayed, is named in the log.
 #[test]
 fn a_camera_that_only_streams_over_udp_is_pulled_over_udp() -> Result<()> {
-    let v = Video::start_cam(25, &["--udp-only"], |port| {
+    let v = Video::start_cam(25, &["--udp-only", "--audio", "opus"], |port| {
         format!("rtsp://127.0.0.1:{port}/test")
     })?;
     let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 6)?;
     assert!(frames >= 100, "{frames} frames through a UDP camera: {err}");
     v.agent
         .wait_log("pulling it over UDP", Duration::from_secs(5))?;
+    // Its audio is not relayed (video only from UDP cameras), and the log
+    // says so.
+    v.agent.wait_log(
+        "audio of a camera pulled over UDP is not relayed",
+        Duration::from_secs(5),
+    )?;
     Ok(())
 }
 
-/// A camera with video and audio: the video is relayed and decodes; the
-/// audio track, which is not relayed, is named in the site's log.
+/// A camera with H.264 and AAC: a viewer gets both tracks and decodes
+/// both, over TCP and over UDP.
 #[test]
-fn a_track_that_is_not_relayed_is_named_in_the_log() -> Result<()> {
-    let v = Video::start_cam(25, &["--audio"], |port| {
+fn a_camera_with_video_and_audio_gives_viewers_both_tracks() -> Result<()> {
+    let v = Video::start_cam(25, &["--audio", "aac"], |port| {
         format!("rtsp://127.0.0.1:{port}/test")
     })?;
-    let (frames, err) = ffprobe_frames(&v.url("s1/cam1"), 4)?;
-    assert!(frames >= 50, "{frames}: {err}");
-    v.agent.wait_log("not relayed", Duration::from_secs(5))?;
-    let log = v.agent.log();
-    assert!(
-        log.contains("m=audio") && log.to_ascii_uppercase().contains("OPUS"),
-        "{log}"
-    );
+    for transport in ["tcp", "udp"] {
+        let o = run(
+            Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-rtsp_transport",
+                transport,
+                "-count_frames",
+                "-read_intervals",
+                "%+4",
+                "-show_entries",
+                "stream=codec_type,codec_name,nb_read_frames",
+                "-of",
+                "csv=p=0",
+                &v.url("s1/cam1"),
+            ]),
+            Duration::from_secs(40),
+        )?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let frames = |kind: &str| -> u64 {
+            out.lines()
+                .find(|l| l.contains(kind))
+                .and_then(|l| l.rsplit(',').next()?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            out.contains("h264") && out.contains("aac"),
+            "{transport}: {out} {}",
+            stderr(&o)
+        );
+        assert!(frames("video") >= 50, "{transport}: video {out}");
+        assert!(frames("audio") >= 50, "{transport}: audio {out}");
+    }
+    v.agent
+        .wait_log("relaying the camera's audio", Duration::from_secs(5))?;
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct Frame {
     pub packets: Vec<Range<usize>>,
     /// Starts a decodable picture.
     pub keyframe: bool,
+    /// One packet of the camera's audio track (not video).
+    pub audio: bool,
     /// When it arrived at the host (on its origin shard).
     pub arrived: Instant,
     /// Its packets for UDP viewers, made once by the first UDP viewer

@@ -138,6 +138,7 @@ impl Group {
             mtu: cfg.rtp_mtu,
             timeout: None,
             last_request: Rc::new(Cell::new(Instant::now())),
+            audio: None,
         };
         glommio::spawn_local(super::writer::udp_writer(
             None,
@@ -641,9 +642,11 @@ impl Redirector {
                             Ok(u) => u,
                             Err(e) => return (502, format!("bad feed: {e}")),
                         };
+                        let audio = unit.flags & video::FLAG_AUDIO != 0;
                         feed.deliver(Arc::new(Frame {
                             arrived: Instant::now(),
-                            keyframe: unit.flags & FLAG_KEY != 0,
+                            keyframe: unit.flags & FLAG_KEY != 0 && !audio,
+                            audio,
                             msg,
                             packets: unit.packets,
                             udp: std::sync::OnceLock::new(),
@@ -700,6 +703,9 @@ impl Redirector {
         // The multicast group this session joined at SETUP (it leaves it
         // when the session ends; the group ends with its last member).
         let mut group: Option<Rc<Group>> = None;
+        // The audio track (`track1`), if the viewer set it up.
+        let mut audio_setup: Option<(Wanted, String)> = None;
+        let audio_ssrc = rand_u64() as u32;
         loop {
             // Interleaved RTCP from the viewer is skipped.
             while buf.first() == Some(&b'$') {
@@ -826,6 +832,34 @@ impl Redirector {
                     },
                     _ => rtsp::response(404, cseq.as_deref(), &[], b""),
                 },
+                // The audio track: beside the video, over TCP or UDP
+                // unicast (not multicast).
+                Method::Setup if setup.is_some() && req.uri.trim_end_matches('/').ends_with("/track1") => {
+                    let offered = revtun_proto::transport::Offered {
+                        udp: self.udp.is_some(),
+                        multicast: false,
+                    };
+                    let t = match (revtun_proto::transport::choose(req.header("Transport").unwrap_or(""), offered), &self.udp) {
+                        (Some(w @ Wanted::Udp { client_ports }), Some(udp)) => {
+                            audio_setup = Some((w, req.uri.clone()));
+                            Some(revtun_proto::transport::reply_udp(client_ports, udp.ports, audio_ssrc))
+                        }
+                        (Some(w @ Wanted::Tcp { channels }), _) => {
+                            audio_setup = Some((w, req.uri.clone()));
+                            Some(revtun_proto::transport::reply_tcp(channels, audio_ssrc))
+                        }
+                        _ => None,
+                    };
+                    match t {
+                        Some(t) => rtsp::response(
+                            200,
+                            cseq.as_deref(),
+                            &[("Transport", &t), ("Session", &session_header)],
+                            b"",
+                        ),
+                        None => rtsp::response(461, cseq.as_deref(), &[], b""),
+                    }
+                }
                 Method::Setup => {
                     let offered = revtun_proto::transport::Offered {
                         udp: self.udp.is_some(),
@@ -902,6 +936,9 @@ impl Redirector {
                             let seq = if matches!(how, Wanted::Udp { .. }) { udp_seq } else { seq };
                             info.push_str(&format!(";seq={seq};rtptime={ts}"));
                         }
+                        if let Some((_, url)) = &audio_setup {
+                            info.push_str(&format!(",url={url}"));
+                        }
                         let reply = rtsp::response(
                             200,
                             cseq.as_deref(),
@@ -929,6 +966,14 @@ impl Redirector {
                                     mtu: cfg.rtp_mtu,
                                     timeout: Some(cfg.rtp_timeout),
                                     last_request: last_request.clone(),
+                                    audio: match &audio_setup {
+                                        Some((Wanted::Udp { client_ports }, _)) => Some((
+                                            std::net::SocketAddr::new(peer_ip, client_ports.0),
+                                            audio_ssrc,
+                                            rand_u64() as u16,
+                                        )),
+                                        _ => None,
+                                    },
                                 };
                                 glommio::spawn_local(super::writer::udp_writer(
                                     Some(conn.clone()),
@@ -954,10 +999,14 @@ impl Redirector {
                                 .detach();
                             }
                             (Wanted::Tcp { channels }, _, _) => {
+                                let audio = match &audio_setup {
+                                    Some((Wanted::Tcp { channels }, _)) => Some(*channels),
+                                    _ => None,
+                                };
                                 glommio::spawn_local(writer(
                                     conn.clone(),
                                     v,
-                                    channels,
+                                    (channels, audio),
                                     cfg.viewer_stuck,
                                     self.latency.clone(),
                                 ))

@@ -302,6 +302,30 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
             .trim()
             .to_string(),
     );
+    // The audio track, beside the video on channels 2-3 (cameras pulled
+    // over UDP send video only through the tunnel).
+    if let Some(audio) = video::audio_track(&sdp) {
+        if udp.is_some() {
+            tracing::warn!(camera = %name, encoding = %audio.encoding, "the audio of a camera pulled over UDP is not relayed");
+        } else {
+            let audio_url = video::resolve(&base, audio.control.as_deref());
+            match cam
+                .request(
+                    "SETUP",
+                    &audio_url,
+                    &[("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")],
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(camera = %name, encoding = %audio.encoding, "relaying the camera's audio")
+                }
+                Err(e) => {
+                    tracing::warn!(camera = %name, error = %e, "the camera's audio track is not relayed")
+                }
+            }
+        }
+    }
     cam.request("PLAY", &base, &[("Range", "npt=0.000-")])
         .await?;
     let mut msg = Vec::new();
@@ -333,6 +357,9 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
             if channel == 0 {
                 let pkt = cam.buf[range].to_vec();
                 packer.push(pkt, pipe).await?;
+            } else if channel == 2 {
+                let pkt = cam.buf[range].to_vec();
+                packer.audio(&pkt, pipe).await?;
             }
             cam.buf.drain(..used);
         }
@@ -361,6 +388,23 @@ impl Packer {
             next_idx: 0,
             msg: Vec::new(),
         }
+    }
+
+    /// Sends one audio packet as it is, as one unit.
+    async fn audio(&mut self, pkt: &[u8], pipe: &Pipe) -> Result<(), String> {
+        let Ok(h) = rtp::parse(pkt) else {
+            return Ok(());
+        };
+        self.msg.clear();
+        video::encode_unit(
+            video::FLAG_AUDIO,
+            h.timestamp,
+            self.seq,
+            &[pkt],
+            &mut self.msg,
+        );
+        self.seq = self.seq.wrapping_add(1);
+        pipe.send(&self.msg).await.map_err(|e| e.to_string())
     }
 
     /// Takes one RTP packet; sends the access units it completes.

@@ -95,10 +95,13 @@ fn frame_rtp(frame: &super::feed::Frame) -> Option<(u32, u32)> {
 /// header of this viewer and the packet straight from the shared buffer,
 /// a whole access unit per `sendmsg` where the socket takes it; every
 /// [`SR_INTERVAL`] an RTCP sender report on the RTCP channel.
+///
+/// Audio packets go on the audio track's channel when the viewer set it
+/// up (and are skipped when it did not).
 pub async fn writer(
     conn: Rc<Wire>,
     v: Rc<Viewer>,
-    (channel, rtcp_channel): (u8, u8),
+    ((channel, rtcp_channel), audio): ((u8, u8), Option<(u8, u8)>),
     stuck: Duration,
     latency: Rc<SendLatency>,
 ) {
@@ -131,6 +134,11 @@ pub async fn writer(
             }
             continue;
         };
+        let channel = match (frame.audio, audio) {
+            (false, _) => channel,
+            (true, Some((a, _))) => a,
+            (true, None) => continue,
+        };
         // This viewer's `$` headers; the packets come from the shared buffer.
         let headers: Vec<[u8; 4]> = frame
             .packets
@@ -141,8 +149,12 @@ pub async fn writer(
             })
             .collect();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len() + 2);
-        // The report describes what was sent before this frame.
-        let sr = reports.due(camera_ssrc, Instant::now());
+        // The report describes what was sent before this frame (video).
+        let sr = if frame.audio {
+            None
+        } else {
+            reports.due(camera_ssrc, Instant::now())
+        };
         let sr_head = sr.as_ref().map(|p| {
             let len = p.len() as u16;
             [b'$', rtcp_channel, (len >> 8) as u8, len as u8]
@@ -172,7 +184,7 @@ pub async fn writer(
             Ok(()) => {
                 latency.record(frame.arrived);
                 v.queue.borrow_mut().progressed(Instant::now());
-                if let Some((ts, ssrc)) = frame_rtp(&frame) {
+                if let Some((ts, ssrc)) = frame_rtp(&frame).filter(|_| !frame.audio) {
                     camera_ssrc = ssrc;
                     let octets: usize = frame
                         .packets
@@ -224,6 +236,9 @@ pub struct UdpViewer {
     pub timeout: Option<Duration>,
     /// When its RTSP connection last brought a request.
     pub last_request: Rc<std::cell::Cell<Instant>>,
+    /// Its audio track, if it set one up: RTP address, SSRC, next
+    /// sequence number.
+    pub audio: Option<(std::net::SocketAddr, u32, u16)>,
 }
 
 /// Sends the replies of a multicast member on its RTSP connection (its
@@ -301,18 +316,28 @@ pub async fn udp_writer(
             continue;
         };
         let pkts = frame.udp.get_or_init(|| {
-            revtun_proto::rtp::packetize(d.codec, &frame.msg, &frame.packets, d.mtu)
+            if frame.audio {
+                revtun_proto::rtp::as_is(&frame.msg, &frame.packets)
+            } else {
+                revtun_proto::rtp::packetize(d.codec, &frame.msg, &frame.packets, d.mtu)
+            }
         });
+        // Audio has its own destination, SSRC and sequence numbers.
+        let (to, ssrc, seq) = match (frame.audio, d.audio.as_mut()) {
+            (false, _) => (d.rtp, d.ssrc, &mut d.seq),
+            (true, Some((to, ssrc, seq))) => (*to, *ssrc, seq),
+            (true, None) => continue,
+        };
         let headers: Vec<[u8; 12]> = pkts
             .iter()
             .map(|p| {
                 let mut h = [0u8; 12];
                 h[0] = 0x80;
                 h[1] = (u8::from(p.marker) << 7) | (p.payload_type & 0x7f);
-                h[2..4].copy_from_slice(&d.seq.to_be_bytes());
+                h[2..4].copy_from_slice(&seq.to_be_bytes());
                 h[4..8].copy_from_slice(&p.timestamp.to_be_bytes());
-                h[8..12].copy_from_slice(&d.ssrc.to_be_bytes());
-                d.seq = d.seq.wrapping_add(1);
+                h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                *seq = seq.wrapping_add(1);
                 h
             })
             .collect();
@@ -353,7 +378,7 @@ pub async fn udp_writer(
                     .flat_map(|m| m.iter().copied())
                     .collect();
                 d.udp
-                    .send_segmented(&iov, size(at) as u16, end - at, d.rtp)
+                    .send_segmented(&iov, size(at) as u16, end - at, to)
                     .map(|s| match s {
                         super::udp::Sent::Datagrams(n) => Some(n),
                         super::udp::Sent::Full => Some(0),
@@ -366,7 +391,7 @@ pub async fn udp_writer(
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => {
                     let end = (at + super::udp::BATCH).min(msgs.len());
-                    d.udp.send_rtp(&msgs[at..end], d.rtp)
+                    d.udp.send_rtp(&msgs[at..end], to)
                 }
                 Err(e) => Err(e),
             };
@@ -394,7 +419,7 @@ pub async fn udp_writer(
         latency.record(frame.arrived);
         v.queue.borrow_mut().progressed(Instant::now());
         let octets: usize = pkts.iter().map(|p| p.payload_len()).sum();
-        if let Some(p) = pkts.first() {
+        if let Some(p) = pkts.first().filter(|_| !frame.audio) {
             reports.sent(p.timestamp, frame.arrived, pkts.len(), octets);
         }
         let mut c = feed.counters.borrow_mut();
