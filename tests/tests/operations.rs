@@ -280,6 +280,8 @@ fn a_host_and_a_site_configured_by_files_only_carry_a_transfer_and_a_viewer() ->
         ),
     )?;
     let _agent = site_from_file(&site_toml)?;
+    // The site's "tunnel up" can come before the host took the tunnel.
+    control.wait_log("tunnel started", Duration::from_secs(10))?;
     // The transfer through the file-configured expose port.
     let sent = revtun_tests::sink_roundtrip_over(
         std::net::TcpStream::connect(("127.0.0.1", web))?,
@@ -882,6 +884,7 @@ fn a_camera_password_file_keeps_the_password_out_of_argv_and_settings() -> Resul
     let agent = site_from_file(&site_toml)?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    host.control.wait_log("tunnel started", Duration::from_secs(10))?;
     let (frames, err) = ffprobe_frames(&format!("rtsp://127.0.0.1:{rtsp}/s1/door"), 4)?;
     assert!(frames >= 50, "{frames} frames: {err}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid()))?;

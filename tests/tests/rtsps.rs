@@ -160,6 +160,8 @@ impl Video {
             &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
         ]))?;
         agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
+        host.control
+            .wait_log("tunnel started", Duration::from_secs(10))?;
         let rtsp = listening_port(&host, "rtsp")?;
         let rtsps = listening_port(&host, "rtsps")?;
         Ok(Video {

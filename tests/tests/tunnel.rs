@@ -97,6 +97,8 @@ fn a_refusing_target_fails_only_its_stream() -> Result<()> {
         ]),
     )?;
     agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
+    host.control
+        .wait_log("tunnel started", Duration::from_secs(10))?;
     // A long transfer on svc runs while dead is tried repeatedly.
     let long = std::thread::spawn(move || -> Result<String> {
         let mut s = TcpStream::connect(format!("127.0.0.1:{p1}"))?;

@@ -543,6 +543,8 @@ fn a_camera_that_accepts_and_never_answers_is_given_up_and_served_once_it_answer
     agent.wait_stdout("tunnel up", Duration::from_secs(10))?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
+    host.control
+        .wait_log("tunnel started", Duration::from_secs(10))?;
     let url = format!("rtsp://127.0.0.1:{rtsp}/s1/cam1");
     // The viewer gets a clear refusal, not a hang; the site says why.
     let (frames, err) = ffprobe_frames(&url, 2)?;
