@@ -884,7 +884,8 @@ fn a_camera_password_file_keeps_the_password_out_of_argv_and_settings() -> Resul
     let agent = site_from_file(&site_toml)?;
     host.control
         .wait_stdout("rtsp listening on", Duration::from_secs(10))?;
-    host.control.wait_log("tunnel started", Duration::from_secs(10))?;
+    host.control
+        .wait_log("tunnel started", Duration::from_secs(10))?;
     let (frames, err) = ffprobe_frames(&format!("rtsp://127.0.0.1:{rtsp}/s1/door"), 4)?;
     assert!(frames >= 50, "{frames} frames: {err}");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid()))?;
