@@ -49,7 +49,8 @@ struct Args {
     /// fanout: host data-plane shards (default: one per CPU).
     #[arg(long)]
     shards: Option<usize>,
-    /// fanout: viewers' transports, tcp and/or udp (default both, in one run).
+    /// fanout: viewers' transports, tcp, udp and/or multicast (default tcp
+    /// and udp, in one run; multicast runs the lab in a network namespace).
     #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
     transport: Vec<fanout::Transport>,
     /// storm: site agents (processes) to run (default 1000; 20 with --quick).
@@ -61,7 +62,7 @@ fn parse_transport(s: &str) -> Result<fanout::Transport, String> {
     match s {
         "tcp" => Ok(fanout::Transport::Tcp),
         "udp" => Ok(fanout::Transport::Udp),
-        "multicast" => Err("multicast viewers are not built yet".into()),
+        "multicast" => Ok(fanout::Transport::Multicast),
         _ => Err(format!("{s:?}: tcp or udp")),
     }
 }
