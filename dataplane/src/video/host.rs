@@ -389,7 +389,8 @@ impl Redirector {
         out
     }
 
-    /// Cameras streaming (origin feeds) and viewers on this shard, by site.
+    /// Cameras streaming (origin feeds) and viewers (multicast members
+    /// included) on this shard, by site.
     pub fn video_status(&self) -> Vec<crate::status::VideoStatus> {
         let mut by_site: HashMap<String, (u64, u64)> = HashMap::new();
         for ((site, _), f) in self.feeds.borrow().iter() {
@@ -398,6 +399,10 @@ impl Redirector {
                 e.0 += 1;
             }
             e.1 += f.viewer_count() as u64;
+        }
+        // Multicast members watch through their group's one sender.
+        for ((site, _), g) in self.groups.borrow().iter() {
+            by_site.entry(site.clone()).or_default().1 += g.strong_count() as u64;
         }
         by_site
             .into_iter()
