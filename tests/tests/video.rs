@@ -1436,3 +1436,66 @@ fn a_camera_with_video_and_audio_gives_viewers_both_tracks() -> Result<()> {
         .wait_log("relaying the camera's audio", Duration::from_secs(5))?;
     Ok(())
 }
+
+/// Multicast members pass the same gate as every viewer: no credentials,
+/// 401; a camera not allowed, 403; allowed, the group; and removing the
+/// viewer ends its membership (its session closes and, as the last
+/// member, the group with it).
+#[test]
+fn multicast_members_need_credentials_and_lose_the_group_with_their_permission() -> Result<()> {
+    let _ns = revtun_tests::Netns::enter_new()?;
+    let v = Video::start_full(
+        25,
+        &["--shards", "1", "--multicast-range", "239.255.9.0/29"],
+        &[],
+        &["cam1", "cam2"],
+        |port| format!("rtsp://127.0.0.1:{port}/test"),
+    )?;
+    let out = viewer_cmd(&v, &["add", "mcv", "--allow", "s1/cam1"])?;
+    let password = last_line(&out);
+    // One shard here.
+    v.host
+        .control
+        .wait_log("viewer table updated viewers=1", Duration::from_secs(10))?;
+    let setup = |c: &mut RtspClient, cam: &str| -> Result<String> {
+        let url = v.url(&format!("s1/{cam}"));
+        let d = c.request("DESCRIBE", &url, &[])?;
+        if rtsp_status(&d) != 200 {
+            return Ok(d);
+        }
+        c.request(
+            "SETUP",
+            &format!("{url}/track0"),
+            &["Transport: RTP/AVP;multicast"],
+        )
+    };
+    let mut anon = RtspClient::connect(v.rtsp, None)?;
+    assert_eq!(rtsp_status(&setup(&mut anon, "cam1")?), 401);
+    let mut other = RtspClient::connect(v.rtsp, Some(("mcv", &password)))?;
+    assert_eq!(rtsp_status(&setup(&mut other, "cam2")?), 403);
+    let mut c = RtspClient::connect(v.rtsp, Some(("mcv", &password)))?;
+    let url = v.url("s1/cam1");
+    let (reply, _) = setup_and_play(&mut c, &url, "RTP/AVP;multicast")?;
+    assert!(
+        header(&reply, "Transport").is_some_and(|t| t.contains("multicast")),
+        "{reply}"
+    );
+    viewer_cmd(&v, &["remove", "mcv"])?;
+    c.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    loop {
+        match c.conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "the member was not cut"
+            ),
+            Err(e) => anyhow::bail!("the member was not cut: {e}"),
+        }
+    }
+    v.host
+        .control
+        .wait_log("multicast group closed", Duration::from_secs(10))?;
+    Ok(())
+}
