@@ -478,19 +478,26 @@ fn a_ping_flood_is_answered_by_one_pong_and_past_the_limit_closes() {
     }
 }
 
-#[test]
-fn windows_grow_to_fill_a_long_path_and_no_further() {
+/// A pair with windows of 1,000 bytes per stream and 4,000 per tunnel at
+/// first, growing to these at most, and one stream open from the host.
+fn small_windows(max_stream_window: u32, max_tunnel_window: u32) -> (Pair, StreamId) {
     let c = Config {
         stream_window: 1_000,
         tunnel_window: 4_000,
-        max_stream_window: 16_000,
-        max_tunnel_window: 64_000,
+        max_stream_window,
+        max_tunnel_window,
         ping_interval: Duration::from_millis(100),
         dead_after: Duration::from_secs(60),
         ..Config::default()
     };
     let mut p = Pair::new(c.clone(), c, 100_000);
     let id = p.host.t.open("svc").expect("open");
+    (p, id)
+}
+
+#[test]
+fn windows_grow_to_fill_a_long_path_and_no_further() {
+    let (mut p, id) = small_windows(16_000, 64_000);
     let data = vec![5u8; 1 << 20];
     let mut per_round = Vec::new();
     // A path of 50 ms each way: one round = send, 50 ms, deliver, 50 ms,
@@ -534,17 +541,7 @@ fn windows_grow_to_fill_a_long_path_and_no_further() {
 /// keeps flowing.
 #[test]
 fn a_stalled_stream_never_holds_more_than_half_the_tunnel_window() {
-    let c = Config {
-        stream_window: 1_000,
-        tunnel_window: 4_000,
-        max_stream_window: 64_000,
-        max_tunnel_window: 8_000,
-        ping_interval: Duration::from_millis(100),
-        dead_after: Duration::from_secs(60),
-        ..Config::default()
-    };
-    let mut p = Pair::new(c.clone(), c, 100_000);
-    let id = p.host.t.open("svc").expect("open");
+    let (mut p, id) = small_windows(64_000, 8_000);
     let data = vec![5u8; 1 << 20];
     for _ in 0..40 {
         p.host.t.handle_timeout(p.now).expect("alive");
