@@ -317,6 +317,31 @@ fn listen_reusable(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
 }
 
+/// Listens for viewers (`what`: rtsp, rtsps) on `addr`; shard 0 prints
+/// the bound address. A failure is logged (control checked the address at
+/// start).
+fn redirector_listener(
+    k: usize,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Option<glommio::net::TcpListener> {
+    match listen_reusable(addr) {
+        Ok(l) => {
+            let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(shard = k, listen = %bound, "{what} redirector listening");
+            if k == 0 {
+                println!("{what} listening on {bound}");
+                let _ = std::io::stdout().flush();
+            }
+            Some(l)
+        }
+        Err(err) => {
+            tracing::error!(shard = k, %addr, error = %err, "cannot listen for {what}");
+            None
+        }
+    }
+}
+
 /// This shard's service ports, by their `SITE/SERVICE=ADDR` text; each
 /// listener's accept task closes the port when dropped.
 #[derive(Default)]
@@ -452,37 +477,15 @@ async fn shard(
         if let Some(end) = mesh {
             r.join_mesh(end);
         }
-        if let Some(addr) = cfg.rtsp_listen {
-            match listen_reusable(addr) {
-                Ok(l) => {
-                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    tracing::info!(shard = k, listen = %bound, "rtsp redirector listening");
-                    if k == 0 {
-                        println!("rtsp listening on {bound}");
-                        let _ = std::io::stdout().flush();
-                    }
-                    glommio::spawn_local(r.clone().serve(l)).detach();
-                }
-                Err(err) => {
-                    tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSP")
-                }
-            }
+        if let Some(l) = cfg
+            .rtsp_listen
+            .and_then(|a| redirector_listener(k, a, "rtsp"))
+        {
+            glommio::spawn_local(r.clone().serve(l)).detach();
         }
         if let Some(tls) = &cfg.rtsps {
-            let addr = tls.listen;
-            match listen_reusable(addr) {
-                Ok(l) => {
-                    let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    tracing::info!(shard = k, listen = %bound, "rtsps redirector listening");
-                    if k == 0 {
-                        println!("rtsps listening on {bound}");
-                        let _ = std::io::stdout().flush();
-                    }
-                    glommio::spawn_local(r.clone().serve_tls(l, tls.tls.clone())).detach();
-                }
-                Err(err) => {
-                    tracing::error!(shard = k, %addr, error = %err, "cannot listen for RTSPS")
-                }
+            if let Some(l) = redirector_listener(k, tls.listen, "rtsps") {
+                glommio::spawn_local(r.clone().serve_tls(l, tls.tls.clone())).detach();
             }
         }
     }

@@ -281,6 +281,7 @@ pub async fn udp_writer(
     }
     let mut reports = Reports::default();
     let mut lost = 0u32;
+    let mut checked = Instant::now();
     let why = loop {
         let wake = v.sig.wait();
         if let Some(conn) = &conn {
@@ -290,7 +291,11 @@ pub async fn udp_writer(
             break "left";
         }
         let now = Instant::now();
-        if let Some(timeout) = d.timeout {
+        // Liveness and reported loss: once a second, not per frame (the
+        // report table is shared with the RTCP reader).
+        let check = now.saturating_duration_since(checked) >= Duration::from_secs(1);
+        if let Some(timeout) = d.timeout.filter(|_| check) {
+            checked = now;
             let report = d.udp.report(d.rtcp);
             if report.lost > lost {
                 feed.counters.borrow_mut().udp_lost += u64::from(report.lost - lost);
