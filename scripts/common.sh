@@ -44,6 +44,8 @@ ensure_video_peers() {
     # prlimit (descriptor-limit tests) and systemd-analyze (unit checks).
     command -v prlimit >/dev/null || need+=(util-linux)
     command -v systemd-analyze >/dev/null || need+=(systemd)
+    # VLC's RTSP server: a camera that streams only over UDP.
+    command -v cvlc >/dev/null || need+=(vlc-bin vlc-plugin-base)
     # ip: network namespaces for the multicast tests.
     command -v ip >/dev/null || need+=(iproute2)
     # cargo deb's $auto dependencies (scripts/package.sh).

@@ -135,9 +135,10 @@ pub struct VideoArgs {
     /// TTL of multicast packets (1: the local network only).
     #[arg(long, default_value_t = 1)]
     pub multicast_ttl: u8,
-    /// Destination UDP port of multicast RTP (RTCP: the next one), which
-    /// multicast viewers bind; not the host's own --rtp-port.
-    #[arg(long, default_value_t = 8002, value_parser = clap::value_parser!(u16).range(1..65535))]
+    /// Destination UDP port of multicast RTP (RTCP: the next one; the
+    /// audio track's RTP and RTCP: the two after), which multicast viewers
+    /// bind; not the host's own --rtp-port.
+    #[arg(long, default_value_t = 8002, value_parser = clap::value_parser!(u16).range(1..65533))]
     pub multicast_port: u16,
 }
 

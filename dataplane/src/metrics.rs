@@ -125,6 +125,26 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "RTP packets sent to the camera's multicast group on this shard (once per packet, whatever the members).",
     ),
     (
+        "revtun_video_viewer_frames_sent_total",
+        "counter",
+        "Per viewer (labels viewer, session, transport; a multicast group's sender is viewer \"group\"): access units handed to its socket.",
+    ),
+    (
+        "revtun_video_viewer_frames_dropped_total",
+        "counter",
+        "Per viewer: access units dropped because it fell behind (or waited for a keyframe).",
+    ),
+    (
+        "revtun_video_viewer_packets_total",
+        "counter",
+        "Per viewer: RTP packets sent to it, video and audio.",
+    ),
+    (
+        "revtun_video_viewer_reported_lost_total",
+        "counter",
+        "Per viewer: packets it reported lost in RTCP receiver reports (UDP viewers).",
+    ),
+    (
         "revtun_video_send_latency_us",
         "gauge",
         "Host-added latency on this shard: access unit arrival at the host to its last byte in a viewer's socket, microseconds, quantiles of the last one-second window with frames.",

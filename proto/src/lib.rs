@@ -23,6 +23,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod rtsp;
 pub mod rtsp_auth;
+pub mod rtsp_session;
 pub mod token;
 pub mod transport;
 pub mod tunnel;

@@ -205,6 +205,30 @@ pub struct AudioTrack {
     pub encoding: String,
 }
 
+impl AudioTrack {
+    /// The track's RTP clock rate: the rate in its encoding
+    /// (`opus/48000/2`), or the static payload type's (RFC 3551: PCMU and
+    /// PCMA 8,000 Hz). `None` when neither says.
+    pub fn clock_rate(&self) -> Option<u32> {
+        if let Some(pt) = self.encoding.strip_prefix("payload type ") {
+            return match pt.trim() {
+                "0" | "3" | "4" | "5" | "7" | "8" | "9" | "12" | "13" | "15" | "18" => Some(8_000),
+                "6" => Some(16_000),
+                "10" | "11" => Some(44_100),
+                "14" => Some(90_000),
+                _ => None,
+            };
+        }
+        self.encoding
+            .split('/')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|r| *r > 0)
+    }
+}
+
 /// Finds the audio track relayed beside the video.
 pub fn audio_track(sdp: &str) -> Option<AudioTrack> {
     let (_, media) = sections(sdp);
@@ -263,6 +287,23 @@ pub fn video_only_sdp(sdp: &str) -> Option<String> {
     Some(out)
 }
 
+/// `sdp` without its audio sections: what the site announces when the
+/// camera's audio track could not be set up, so viewers are not offered
+/// a track that never arrives.
+pub fn without_audio(sdp: &str) -> String {
+    let (session, media) = sections(sdp);
+    let mut out = String::new();
+    let kept = media
+        .iter()
+        .filter(|sec| !sec.first().is_some_and(|m| m.starts_with("m=audio")))
+        .flatten();
+    for line in session.iter().chain(kept) {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// The tracks of an SDP that are not relayed (every media section but
 /// the one [`video_track`] chose), each as its `m=` line and first
 /// `a=rtpmap` encoding (`m=audio 0 RTP/AVP 97 (MPEG4-GENERIC/48000/2)`),
@@ -302,6 +343,36 @@ pub fn resolve(base: &str, control: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn audio_clock_rates_come_from_the_encoding_or_the_static_type() {
+        let rate = |enc: &str| {
+            AudioTrack {
+                control: None,
+                encoding: enc.into(),
+            }
+            .clock_rate()
+        };
+        assert_eq!(rate("MPEG4-GENERIC/44100/2"), Some(44_100));
+        assert_eq!(rate("opus/48000/2"), Some(48_000));
+        assert_eq!(rate("PCMU/8000"), Some(8_000));
+        assert_eq!(rate("payload type 8"), Some(8_000));
+        assert_eq!(rate("payload type 96"), None);
+        assert_eq!(rate("L16"), None);
+        assert_eq!(rate("X/0"), None);
+    }
+
+    #[test]
+    fn without_audio_keeps_everything_but_the_audio_sections() {
+        let sdp = "v=0\r\ns=x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP 0\r\na=control:a\r\n";
+        let out = without_audio(sdp);
+        assert_eq!(
+            out,
+            "v=0\r\ns=x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        );
+        assert!(audio_track(&out).is_none());
+        assert!(video_track(&out).is_some());
+    }
+
     #[test]
     fn viewers_get_only_the_relayed_video_track() {
         let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=cam\r\na=control:*\r\n\

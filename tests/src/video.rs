@@ -30,6 +30,92 @@ pub fn start_camera(port: u16, pattern: &str, keyint: u32, extra: &[&str]) -> Re
     Ok(camera)
 }
 
+/// VLC's own RTSP server as a camera on `port` (path `/cam`): H.264 and
+/// AAC from a clip ffmpeg makes in `dir`, looped. VLC's server streams
+/// only RTP over UDP (a TCP SETUP gets 461), as many encoders do. VLC
+/// refuses to run as root, so it runs as `nobody` (`setpriv` execs it: the
+/// PID killed at the end is VLC's own).
+pub fn start_vlc_camera(port: u16, dir: &std::path::Path) -> Result<Proc> {
+    let clip = dir.join("clip.mp4");
+    let o = run(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=25",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "10",
+                "-c:v",
+                "libx264",
+                "-g",
+                "25",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+            ])
+            .arg(&clip),
+        Duration::from_secs(60),
+    )?;
+    anyhow::ensure!(
+        o.status.success(),
+        "ffmpeg could not make the clip: {}",
+        stderr(&o)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&clip, std::fs::Permissions::from_mode(0o644))?;
+    let mut cmd = if nix_is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "cvlc",
+        ]);
+        c
+    } else {
+        Command::new("cvlc")
+    };
+    let vlc = Proc::spawn(
+        cmd.env("HOME", dir)
+            .args(["-I", "dummy", "--loop", "--rtsp-host=127.0.0.1"])
+            .arg(&clip)
+            .arg(format!("--sout=#rtp{{sdp=rtsp://127.0.0.1:{port}/cam}}")),
+    )?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < end,
+            "VLC did not listen on {port}: {}",
+            vlc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(vlc)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            Some(line.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Frames ffprobe decodes from `url` (RTSP over TCP) in `secs`, and its
 /// stderr.
 pub fn ffprobe_frames(url: &str, secs: u32) -> Result<(u64, String)> {

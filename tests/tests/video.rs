@@ -17,6 +17,8 @@ struct Video {
     camera: Proc,
     agent: Proc,
     rtsp: u16,
+    /// The camera's files (VLC's clip), removed at the end.
+    _files: Option<tempfile::TempDir>,
 }
 
 impl Video {
@@ -76,6 +78,36 @@ impl Video {
     ) -> Result<Video> {
         let cam_port = free_port()?;
         let camera = start_camera(cam_port, "ball", keyint, camera_args)?;
+        Video::around(camera, cam_port, nofile, host_flags, cams, camera_url)
+    }
+
+    /// VLC's RTSP server as `cam1` (it streams only over UDP), behind the
+    /// site of a host that needs no viewer credentials.
+    fn start_vlc() -> Result<Video> {
+        let files = tempfile::tempdir()?;
+        let cam_port = free_port()?;
+        let camera = revtun_tests::video::start_vlc_camera(cam_port, files.path())?;
+        let mut v = Video::around(
+            camera,
+            cam_port,
+            None,
+            &["--allow-anonymous-viewers"],
+            &["cam1"],
+            |port| format!("rtsp://127.0.0.1:{port}/cam"),
+        )?;
+        v._files = Some(files);
+        Ok(v)
+    }
+
+    /// Host and site around a running camera on `cam_port`.
+    fn around(
+        camera: Proc,
+        cam_port: u16,
+        nofile: Option<u64>,
+        host_flags: &[&str],
+        cams: &[&str],
+        camera_url: impl Fn(u16) -> String,
+    ) -> Result<Video> {
         let rtsp = revtun_tests::reserved_port()?;
         let listen = format!("127.0.0.1:{rtsp}");
         let mut flags = vec!["--rtsp-listen", &listen];
@@ -101,6 +133,7 @@ impl Video {
             camera,
             agent,
             rtsp,
+            _files: None,
         })
     }
 
@@ -1370,10 +1403,42 @@ fn multicast_viewers_share_one_group_and_one_send() -> Result<()> {
     Ok(())
 }
 
+/// The tracks ffprobe reads from `url` for 4 s over `transport`: its
+/// output (`codec_type,codec_name,frames` lines) and the frames of the
+/// video and audio tracks.
+fn probe_tracks(url: &str, transport: &str) -> Result<(String, u64, u64)> {
+    let o = run(
+        Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-count_frames",
+            "-read_intervals",
+            "%+4",
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+            url,
+        ]),
+        Duration::from_secs(40),
+    )?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let frames = |kind: &str| -> u64 {
+        out.lines()
+            .find(|l| l.contains(kind))
+            .and_then(|l| l.rsplit(',').next()?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (video, audio) = (frames("video"), frames("audio"));
+    Ok((format!("{out} {}", stderr(&o)), video, audio))
+}
+
 /// A camera that streams only over UDP (GStreamer's RTSP server set to
 /// UDP, as many encoders are: RTP over TCP gets 461) is pulled by the
-/// site over UDP on its network and decodes at the host; its audio track,
-/// which is not relayed, is named in the log.
+/// site over UDP on its network, video and audio, and both decode at the
+/// host.
 #[test]
 fn a_camera_that_only_streams_over_udp_is_pulled_over_udp() -> Result<()> {
     let v = Video::start_cam(25, &["--udp-only", "--audio", "opus"], |port| {
@@ -1383,12 +1448,34 @@ fn a_camera_that_only_streams_over_udp_is_pulled_over_udp() -> Result<()> {
     assert!(frames >= 100, "{frames} frames through a UDP camera: {err}");
     v.agent
         .wait_log("pulling it over UDP", Duration::from_secs(5))?;
-    // Its audio is not relayed (video only from UDP cameras), and the log
-    // says so.
-    v.agent.wait_log(
-        "audio of a camera pulled over UDP is not relayed",
-        Duration::from_secs(5),
-    )?;
+    let (out, video, audio) = probe_tracks(&v.url("s1/cam1"), "tcp")?;
+    assert!(out.contains("h264") && out.contains("opus"), "{out}");
+    assert!(
+        video >= 50 && audio >= 50,
+        "video {video}, audio {audio}: {out}"
+    );
+    v.agent
+        .wait_log("relaying the camera's audio", Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// VLC's own RTSP server, which streams only over UDP, as the camera:
+/// the site pulls its H.264 and AAC over UDP and a viewer at the host
+/// decodes both, over TCP and over UDP.
+#[test]
+fn vlc_as_the_camera_is_pulled_over_udp_with_its_audio() -> Result<()> {
+    let v = Video::start_vlc()?;
+    for transport in ["tcp", "udp"] {
+        let (out, video, audio) = probe_tracks(&v.url("s1/cam1"), transport)?;
+        assert!(
+            out.contains("h264") && out.contains("aac"),
+            "{transport}: {out}"
+        );
+        assert!(video >= 50, "{transport}: video {video}: {out}");
+        assert!(audio >= 50, "{transport}: audio {audio}: {out}");
+    }
+    v.agent
+        .wait_log("pulling it over UDP", Duration::from_secs(5))?;
     Ok(())
 }
 
@@ -1400,37 +1487,13 @@ fn a_camera_with_video_and_audio_gives_viewers_both_tracks() -> Result<()> {
         format!("rtsp://127.0.0.1:{port}/test")
     })?;
     for transport in ["tcp", "udp"] {
-        let o = run(
-            Command::new("ffprobe").args([
-                "-v",
-                "error",
-                "-rtsp_transport",
-                transport,
-                "-count_frames",
-                "-read_intervals",
-                "%+4",
-                "-show_entries",
-                "stream=codec_type,codec_name,nb_read_frames",
-                "-of",
-                "csv=p=0",
-                &v.url("s1/cam1"),
-            ]),
-            Duration::from_secs(40),
-        )?;
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        let frames = |kind: &str| -> u64 {
-            out.lines()
-                .find(|l| l.contains(kind))
-                .and_then(|l| l.rsplit(',').next()?.trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let (out, video, audio) = probe_tracks(&v.url("s1/cam1"), transport)?;
         assert!(
             out.contains("h264") && out.contains("aac"),
-            "{transport}: {out} {}",
-            stderr(&o)
+            "{transport}: {out}"
         );
-        assert!(frames("video") >= 50, "{transport}: video {out}");
-        assert!(frames("audio") >= 50, "{transport}: audio {out}");
+        assert!(video >= 50, "{transport}: video {out}");
+        assert!(audio >= 50, "{transport}: audio {out}");
     }
     v.agent
         .wait_log("relaying the camera's audio", Duration::from_secs(5))?;
@@ -1497,5 +1560,205 @@ fn multicast_members_need_credentials_and_lose_the_group_with_their_permission()
     v.host
         .control
         .wait_log("multicast group closed", Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// DESCRIBE, SETUP of both tracks (`video` and `audio` transports) and
+/// PLAY; the SETUP replies' `Transport` headers.
+fn setup_both_and_play(
+    c: &mut RtspClient,
+    url: &str,
+    video: &str,
+    audio: &str,
+) -> Result<(String, String)> {
+    let d = c.request("DESCRIBE", url, &["Accept: application/sdp"])?;
+    anyhow::ensure!(rtsp_status(&d) == 200 && d.contains("track1"), "{d}");
+    let v = c.request(
+        "SETUP",
+        &format!("{url}/track0"),
+        &[&format!("Transport: {video}")],
+    )?;
+    anyhow::ensure!(rtsp_status(&v) == 200, "{v}");
+    let session = header(&v, "Session").context("no Session")?;
+    let id = session.split(';').next().unwrap_or("").to_string();
+    let a = c.request(
+        "SETUP",
+        &format!("{url}/track1"),
+        &[&format!("Transport: {audio}"), &format!("Session: {id}")],
+    )?;
+    anyhow::ensure!(rtsp_status(&a) == 200, "{a}");
+    let play = c.request("PLAY", url, &[&format!("Session: {id}")])?;
+    anyhow::ensure!(rtsp_status(&play) == 200, "{play}");
+    let info = header(&play, "RTP-Info").context("no RTP-Info")?;
+    anyhow::ensure!(
+        info.contains("/track0") && info.contains(",url=") && info.contains("/track1"),
+        "{info}"
+    );
+    let t = |r: &str| {
+        header(r, "Transport")
+            .map(str::to_string)
+            .context("no Transport")
+    };
+    Ok((t(&v)?, t(&a)?))
+}
+
+/// The audio track is a track like the video: its own sender reports
+/// (with the audio SSRC and clock) over TCP and UDP, its own group ports
+/// for multicast members (ffprobe decodes both tracks from the group);
+/// and each viewer has its own counters in the metrics.
+#[test]
+fn audio_gets_sender_reports_and_reaches_multicast_members() -> Result<()> {
+    let _ns = revtun_tests::Netns::enter_new()?;
+    let v = Video::start_full(
+        25,
+        &[
+            "--allow-anonymous-viewers",
+            "--shards",
+            "1",
+            "--multicast-range",
+            "239.255.9.0/29",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &["--audio", "aac"],
+        &["cam1"],
+        |port| format!("rtsp://127.0.0.1:{port}/test"),
+    )?;
+    let metrics = v.host.metrics_addr()?;
+    let url = v.url("s1/cam1");
+    // A UDP viewer of both tracks.
+    let (vrtp, vrtcp) = udp_pair()?;
+    let (artp, artcp) = udp_pair()?;
+    let ports = |a: &std::net::UdpSocket, b: &std::net::UdpSocket| -> Result<String> {
+        Ok(format!(
+            "{}-{}",
+            a.local_addr()?.port(),
+            b.local_addr()?.port()
+        ))
+    };
+    let mut udp = RtspClient::connect(v.rtsp, None)?;
+    let (_, at) = setup_both_and_play(
+        &mut udp,
+        &url,
+        &format!("RTP/AVP;unicast;client_port={}", ports(&vrtp, &vrtcp)?),
+        &format!("RTP/AVP;unicast;client_port={}", ports(&artp, &artcp)?),
+    )?;
+    let audio_ssrc = u32::from_str_radix(param(&at, "ssrc").context("no ssrc")?, 16)?;
+    // A TCP viewer of both tracks.
+    let mut tcp = RtspClient::connect(v.rtsp, None)?;
+    setup_both_and_play(
+        &mut tcp,
+        &url,
+        "RTP/AVP/TCP;unicast;interleaved=0-1",
+        "RTP/AVP/TCP;unicast;interleaved=2-3",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let (mut udp_sr, mut udp_audio) = (None, 0u32);
+    let (mut tcp_sr, mut tcp_audio_ssrc) = (None, None);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    tcp.conn.set_read_timeout(Some(Duration::from_millis(20)))?;
+    for s in [&vrtp, &artp, &artcp] {
+        s.set_read_timeout(Some(Duration::from_millis(5)))?;
+    }
+    while Instant::now() < deadline && (udp_sr.is_none() || tcp_sr.is_none() || udp_audio < 20) {
+        while vrtp.recv(&mut buf).is_ok() {}
+        while let Ok(n) = artp.recv(&mut buf) {
+            let h = revtun_proto::rtp::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            assert_eq!(h.ssrc, audio_ssrc, "audio RTP with the SSRC of its SETUP");
+            udp_audio += 1;
+        }
+        if let Ok(n) = artcp.recv(&mut buf) {
+            udp_sr = revtun_proto::rtcp::parse(&buf[..n]).and_then(|c| c.senders.first().copied());
+        }
+        match tcp.conn.read(&mut buf) {
+            Ok(0) => anyhow::bail!("the TCP viewer's connection closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        while let Ok(Some((ch, range, used))) = revtun_proto::rtp::interleaved(&got) {
+            let pkt = got[range].to_vec();
+            got.drain(..used);
+            match ch {
+                2 => {
+                    let h = revtun_proto::rtp::parse(&pkt).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    tcp_audio_ssrc = Some(h.ssrc);
+                }
+                3 => {
+                    tcp_sr =
+                        revtun_proto::rtcp::parse(&pkt).and_then(|c| c.senders.first().copied())
+                }
+                _ => {}
+            }
+        }
+    }
+    let sr = udp_sr.context("no sender report on the UDP viewer's audio RTCP port")?;
+    assert_eq!(sr.ssrc, audio_ssrc);
+    assert!(
+        udp_audio >= 20 && sr.packets > 0,
+        "{udp_audio} audio packets, {sr:?}"
+    );
+    let sr = tcp_sr.context("no sender report on the TCP viewer's audio RTCP channel")?;
+    assert_eq!(
+        Some(sr.ssrc),
+        tcp_audio_ssrc,
+        "the report is the camera's audio stream's"
+    );
+    // Each viewer's own counters (shards post their metrics once a
+    // second).
+    let per_viewer = |m: &str, t: &str| {
+        let transport = format!("transport=\"{t}\"");
+        metric_sum(
+            m,
+            "revtun_video_viewer_packets_total",
+            &[&transport, "viewer=\"anonymous\""],
+        )
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut m = http_get(&metrics, "/metrics")?;
+    while Instant::now() < end && (per_viewer(&m, "udp") == 0 || per_viewer(&m, "tcp") == 0) {
+        std::thread::sleep(Duration::from_millis(200));
+        m = http_get(&metrics, "/metrics")?;
+    }
+    for t in ["udp", "tcp"] {
+        let transport = format!("transport=\"{t}\"");
+        let n = metric_sum(
+            &m,
+            "revtun_video_viewer_packets_total",
+            &[&transport, "viewer=\"anonymous\""],
+        );
+        assert!(n > 0, "{t} viewer: {n} packets in its metrics: {m}");
+        let n = metric_sum(&m, "revtun_video_viewer_frames_sent_total", &[&transport]);
+        assert!(n > 0, "{t} viewer: {n} frames in its metrics");
+    }
+    drop((udp, tcp));
+    // Multicast members get both tracks from the group (a raw member
+    // keeps the group, and its sender's counters, alive throughout).
+    let mut member = RtspClient::connect(v.rtsp, None)?;
+    setup_both_and_play(&mut member, &url, "RTP/AVP;multicast", "RTP/AVP;multicast")?;
+    let (out, video, audio) = probe_tracks(&url, "udp_multicast")?;
+    assert!(out.contains("h264") && out.contains("aac"), "{out}");
+    assert!(
+        video >= 50 && audio >= 50,
+        "multicast: video {video}, audio {audio}: {out}"
+    );
+    let group = |m: &str| {
+        metric_sum(
+            m,
+            "revtun_video_viewer_packets_total",
+            &["viewer=\"group\"", "transport=\"multicast\""],
+        )
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut m = http_get(&metrics, "/metrics")?;
+    while Instant::now() < end && group(&m) == 0 {
+        std::thread::sleep(Duration::from_millis(200));
+        m = http_get(&metrics, "/metrics")?;
+    }
+    assert!(
+        group(&m) > 0,
+        "the group's sender has its own counters: {m}"
+    );
+    drop(member);
     Ok(())
 }

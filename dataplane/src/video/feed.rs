@@ -68,6 +68,24 @@ pub struct Viewer {
     pub remote: bool,
     /// Served over UDP (for metrics).
     pub udp: Cell<bool>,
+    /// Who it is, for its own metrics (set at PLAY).
+    pub label: RefCell<Option<ViewerLabel>>,
+    /// RTP packets sent to it (video and audio).
+    pub packets: Cell<u64>,
+    /// Packets it reported lost (RTCP receiver reports, UDP viewers).
+    pub lost: Cell<u64>,
+}
+
+/// The labels of one viewer's metrics.
+#[derive(Debug, Clone)]
+pub struct ViewerLabel {
+    /// The viewer's name (`anonymous`, `token:SCOPE`; `group` for a
+    /// multicast group's sender).
+    pub name: String,
+    /// Its RTSP session id (the group's address for a multicast group).
+    pub session: String,
+    /// `tcp`, `udp` or `multicast`.
+    pub transport: &'static str,
 }
 
 /// Counters of one feed (exported as metrics).
@@ -121,6 +139,9 @@ pub struct Feed {
     pub counters: RefCell<FeedCounters>,
     /// The video codec (from the SDP), for UDP viewers' packetising.
     pub codec: Cell<Option<revtun_proto::rtp::Codec>>,
+    /// The audio track's RTP clock rate (from the SDP), for its sender
+    /// reports; `None` without audio or when the SDP does not say.
+    pub audio_clock: Cell<Option<u32>>,
 }
 
 impl Feed {
@@ -143,6 +164,7 @@ impl Feed {
             }),
             counters: RefCell::default(),
             codec: Cell::new(None),
+            audio_clock: Cell::new(None),
         })
     }
 
@@ -155,6 +177,8 @@ impl Feed {
     pub fn set_sdp(&self, sdp: String) {
         self.codec
             .set(revtun_proto::video::video_track(&sdp).map(|t| t.codec));
+        self.audio_clock
+            .set(revtun_proto::video::audio_track(&sdp).and_then(|t| t.clock_rate()));
         *self.sdp.borrow_mut() = Some(sdp);
         self.ready.notify();
     }
@@ -209,6 +233,9 @@ impl Feed {
             cut: Cell::new(false),
             remote: false,
             udp: Cell::new(false),
+            label: RefCell::default(),
+            packets: Cell::new(0),
+            lost: Cell::new(0),
         })
     }
 
@@ -230,6 +257,9 @@ impl Feed {
             cut: Cell::new(false),
             remote,
             udp: Cell::new(false),
+            label: RefCell::default(),
+            packets: Cell::new(0),
+            lost: Cell::new(0),
         });
         // The cached frames' age counts from now: they enter this queue
         // now, however old the group is.

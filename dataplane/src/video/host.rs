@@ -21,7 +21,8 @@ use crate::tunnel::Tunnel;
 use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpListener;
 use revtun_proto::handoff::shard_for;
-use revtun_proto::rtsp::{self, Method};
+use revtun_proto::rtsp;
+use revtun_proto::rtsp_session::{next_request, Found, Limits, Session, Step, Track};
 use revtun_proto::transport::Wanted;
 use revtun_proto::video::{self, FLAG_KEY};
 use std::cell::{Cell, RefCell};
@@ -100,6 +101,7 @@ pub struct Group {
     ip: std::net::Ipv4Addr,
     udp: Arc<super::udp::Udp>,
     ssrc: u32,
+    audio_ssrc: u32,
     sender: RefCell<Option<Rc<Viewer>>>,
     site: String,
     cam: String,
@@ -123,11 +125,18 @@ impl Group {
             cfg.viewer_max_age,
             true,
         );
-        let (rtp, rtcp) = self
+        let ((rtp, rtcp), (audio_rtp, audio_rtcp)) = self
             .udp
             .multicast
             .as_ref()
-            .map_or(self.udp.ports, |m| m.ports);
+            .map_or((self.udp.ports, self.udp.ports), |m| {
+                (m.ports, m.audio_ports)
+            });
+        *v.label.borrow_mut() = Some(super::feed::ViewerLabel {
+            name: "group".into(),
+            session: self.ip.to_string(),
+            transport: "multicast",
+        });
         let d = super::writer::UdpViewer {
             udp: self.udp.clone(),
             rtp: std::net::SocketAddr::new(self.ip.into(), rtp),
@@ -138,7 +147,15 @@ impl Group {
             mtu: cfg.rtp_mtu,
             timeout: None,
             last_request: Rc::new(Cell::new(Instant::now())),
-            audio: None,
+            // The camera's audio goes to the group's audio ports (sent
+            // only when the feed has audio).
+            audio: Some(super::writer::UdpAudio {
+                rtp: std::net::SocketAddr::new(self.ip.into(), audio_rtp),
+                rtcp: std::net::SocketAddr::new(self.ip.into(), audio_rtcp),
+                ssrc: self.audio_ssrc,
+                seq: rand_u64() as u16,
+                clock: feed.audio_clock.get(),
+            }),
         };
         glommio::spawn_local(super::writer::udp_writer(
             None,
@@ -385,6 +402,41 @@ impl Redirector {
                     c.multicast_packets,
                 ),
             ]);
+            // Each viewer's own counters (a multicast group's sender is
+            // one "viewer" named `group`; members have no media of their
+            // own).
+            for v in f.viewers.borrow().iter() {
+                let Some(who) = v.label.borrow().clone() else {
+                    continue;
+                };
+                let l = format!(
+                    "site=\"{}\",camera=\"{}\",viewer=\"{}\",session=\"{}\",transport=\"{}\",{shard}",
+                    label(site),
+                    label(cam),
+                    label(&who.name),
+                    label(&who.session),
+                    who.transport
+                );
+                let stats = v.queue.borrow().stats;
+                out.extend([
+                    (
+                        "revtun_video_viewer_frames_sent_total",
+                        l.clone(),
+                        stats.sent,
+                    ),
+                    (
+                        "revtun_video_viewer_frames_dropped_total",
+                        l.clone(),
+                        stats.dropped,
+                    ),
+                    (
+                        "revtun_video_viewer_packets_total",
+                        l.clone(),
+                        v.packets.get(),
+                    ),
+                    ("revtun_video_viewer_reported_lost_total", l, v.lost.get()),
+                ]);
+            }
         }
         out
     }
@@ -679,6 +731,10 @@ impl Redirector {
     }
 
     /// One RTSP client connection.
+    /// One viewer connection: reads requests, checks each at the gate,
+    /// and answers them through the sans-IO session
+    /// ([`revtun_proto::rtsp_session`]), doing what its steps ask: find
+    /// the feed, join a multicast group, start the media.
     async fn session(
         self: Rc<Self>,
         conn: Wire,
@@ -686,43 +742,36 @@ impl Redirector {
         mut guard: super::sessions::SessionGuard,
     ) {
         let tls = conn.is_tls();
-        let limit = self.cfg().request_timeout;
-        // Before PLAY: each request must arrive whole by this deadline.
-        let opened = Instant::now();
-        let mut deadline = next_deadline(opened, limit);
+        let cfg = self.cfg();
+        let limit = cfg.request_timeout;
         let mut conn_auth = super::auth::ConnAuth::default();
         let mut who = super::auth::Who::Anonymous;
         let conn = Rc::new(conn);
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
-        let session_id = format!("{:016x}", rand_u64());
-        let mut setup: Option<(Rc<Feed>, u8)> = None;
+        let limits = Limits {
+            offered: revtun_proto::transport::Offered {
+                udp: self.udp.is_some(),
+                multicast: self.udp.as_ref().is_some_and(|u| u.multicast.is_some()),
+            },
+            udp_ports: self.udp.as_ref().map_or((0, 0), |u| u.ports),
+            request: limit,
+            timeout: cfg.rtp_timeout,
+        };
+        let mut sess = Session::new(
+            rand_u64(),
+            (rand_u64() as u32, rand_u64() as u32),
+            limits,
+            Instant::now(),
+        );
+        let mut feed: Option<Rc<Feed>> = None;
         let mut viewer: Option<Rc<Viewer>> = None;
-        // What SETUP chose, for which track URL; our SSRC (UDP viewers).
-        let mut chosen: Option<Wanted> = None;
-        let mut track_url = String::new();
-        let ssrc = rand_u64() as u32;
-        let last_request = Rc::new(Cell::new(Instant::now()));
-        let timeout_secs = self.cfg().rtp_timeout.as_secs().max(1);
-        let session_header = format!("{session_id};timeout={timeout_secs}");
         // The multicast group this session joined at SETUP (it leaves it
         // when the session ends; the group ends with its last member).
         let mut group: Option<Rc<Group>> = None;
-        // The audio track (`track1`), if the viewer set it up.
-        let mut audio_setup: Option<(Wanted, String)> = None;
-        let audio_ssrc = rand_u64() as u32;
+        let last_request = Rc::new(Cell::new(Instant::now()));
         loop {
-            // Interleaved RTCP from the viewer is skipped.
-            while buf.first() == Some(&b'$') {
-                match revtun_proto::rtp::interleaved(&buf) {
-                    Ok(Some((_, _, used))) => {
-                        buf.drain(..used);
-                    }
-                    _ => break,
-                }
-            }
-            let parsed = rtsp::parse_request(&buf);
-            let (req, used) = match parsed {
+            let (req, used) = match next_request(&buf) {
                 Ok(Some(x)) => x,
                 Ok(None) => {
                     if let Some(v) = &viewer {
@@ -739,16 +788,17 @@ impl Redirector {
                             break;
                         }
                     }
-                    let n = if viewer.is_some() {
-                        conn.read(&mut chunk).await.unwrap_or(0)
-                    } else {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        let read = async { Ok(conn.read(&mut chunk).await) };
-                        match glommio::timer::timeout(left, read).await {
-                            Ok(r) => r.unwrap_or(0),
-                            Err(_) => {
-                                tracing::debug!(ip = %peer_ip, "rtsp client too slow to send a request; closing");
-                                0
+                    let n = match sess.deadline() {
+                        None => conn.read(&mut chunk).await.unwrap_or(0),
+                        Some(deadline) => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let read = async { Ok(conn.read(&mut chunk).await) };
+                            match glommio::timer::timeout(left, read).await {
+                                Ok(r) => r.unwrap_or(0),
+                                Err(_) => {
+                                    tracing::debug!(ip = %peer_ip, "rtsp client too slow to send a request; closing");
+                                    0
+                                }
                             }
                         }
                     };
@@ -765,10 +815,9 @@ impl Redirector {
                 }
             };
             buf.drain(..used);
-            last_request.set(Instant::now());
-            let cseq = req.cseq().map(str::to_string);
-            let path = req.path();
-            let sess: &[(&str, &str)] = &[("Session", &session_header)];
+            let now = Instant::now();
+            last_request.set(now);
+            let cseq = req.cseq();
             // Credentials first: nothing below runs (no feed opens, no
             // site pulls a camera) for a request that does not pass.
             let denied = match self.gate.check(&req, peer_ip, tls, &mut conn_auth).await {
@@ -777,288 +826,107 @@ impl Redirector {
                     None
                 }
                 super::auth::Verdict::Challenge { stale } => {
-                    Some(self.gate.challenge(peer_ip, cseq.as_deref(), stale, tls))
+                    Some(self.gate.challenge(peer_ip, cseq, stale, tls))
                 }
-                super::auth::Verdict::NotReady => {
-                    Some(rtsp::response(503, cseq.as_deref(), &[], b""))
-                }
+                super::auth::Verdict::NotReady => Some(rtsp::response(503, cseq, &[], b"")),
                 super::auth::Verdict::Refuse => break,
             };
             // A request for a camera: names checked, then permission.
-            // (PLAY plays what SETUP chose, whatever its URI says.)
-            let camera: Option<(String, String)> = match (req.method, &setup, path.as_slice()) {
-                (Method::Play, Some((feed, _)), _) => Some((feed.site.clone(), feed.cam.clone())),
-                (Method::Describe | Method::Setup, _, [site, cam, ..]) => {
-                    Some((site.to_string(), cam.to_string()))
-                }
-                _ => None,
-            };
-            let refused = denied.or_else(|| {
-                let (site, cam) = camera.as_ref().map(|(s, c)| (s.as_str(), c.as_str()))?;
-                if revtun_proto::validate_site_name(site).is_err()
-                    || revtun_proto::viewer::validate_camera_name(cam).is_err()
-                {
-                    return Some(rtsp::response(404, cseq.as_deref(), &[], b""));
-                }
-                if !self.gate.allows(&who, site, cam) {
+            let refused = denied.or_else(|| match sess.concerns(&req) {
+                Err(status) => Some(rtsp::response(status, cseq, &[], b"")),
+                Ok(Some((site, cam))) if !self.gate.allows(&who, site, cam) => {
                     tracing::info!(viewer = %who.label(), %site, camera = %cam, "viewer not allowed this camera");
-                    return Some(rtsp::response(403, cseq.as_deref(), &[], b""));
+                    Some(rtsp::response(403, cseq, &[], b""))
                 }
-                None
+                Ok(_) => None,
             });
-            let reply = match refused {
-                Some(r) => r,
-                None => match req.method {
-                Method::Options => rtsp::response(
-                    200,
-                    cseq.as_deref(),
-                    &[(
-                        "Public",
-                        "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER, SET_PARAMETER",
-                    )],
-                    b"",
-                ),
-                Method::Describe => match path.as_slice() {
-                    [site, cam, ..] => match self.describe(site, cam).await {
-                        Ok((feed, sdp)) => {
-                            let base = format!("{}/", req.uri.trim_end_matches('/'));
-                            setup = Some((feed, 0));
-                            rtsp::response(
-                                200,
-                                cseq.as_deref(),
-                                &[("Content-Type", "application/sdp"), ("Content-Base", &base)],
-                                sdp.as_bytes(),
-                            )
+            let step = match refused {
+                Some(r) => Step::Reply(r),
+                None => sess.request(&req, now),
+            };
+            let step = match step {
+                Step::Describe { site, cam } => match self.describe(&site, &cam).await {
+                    Ok((f, sdp)) => {
+                        let step = sess.described(Ok(&sdp));
+                        if sess.camera() == Some((f.site.as_str(), f.cam.as_str())) {
+                            feed = Some(f);
+                        }
+                        step
+                    }
+                    Err((status, why)) => {
+                        tracing::info!(uri = %req.uri, status, %why, "describe refused");
+                        sess.described(Err(status))
+                    }
+                },
+                Step::Setup {
+                    site,
+                    cam,
+                    track,
+                    transport,
+                } => {
+                    let f = match &feed {
+                        Some(f) => Ok(f.clone()),
+                        None => self.describe(&site, &cam).await.map(|(f, _)| f),
+                    };
+                    match f {
+                        Ok(f) => {
+                            feed = Some(f.clone());
+                            let found = match transport {
+                                Wanted::Multicast => self.join(&f, track, &mut group),
+                                _ => Ok(Found::Unicast),
+                            };
+                            sess.set_up(found)
                         }
                         Err((status, why)) => {
-                            tracing::info!(uri = %req.uri, status, %why, "describe refused");
-                            rtsp::response(status, cseq.as_deref(), &[], b"")
-                        }
-                    },
-                    _ => rtsp::response(404, cseq.as_deref(), &[], b""),
-                },
-                // The audio track: beside the video, over TCP or UDP
-                // unicast (not multicast).
-                Method::Setup if setup.is_some() && req.uri.trim_end_matches('/').ends_with("/track1") => {
-                    let offered = revtun_proto::transport::Offered {
-                        udp: self.udp.is_some(),
-                        multicast: false,
-                    };
-                    let t = match (revtun_proto::transport::choose(req.header("Transport").unwrap_or(""), offered), &self.udp) {
-                        (Some(w @ Wanted::Udp { client_ports }), Some(udp)) => {
-                            audio_setup = Some((w, req.uri.clone()));
-                            Some(revtun_proto::transport::reply_udp(client_ports, udp.ports, audio_ssrc))
-                        }
-                        (Some(w @ Wanted::Tcp { channels }), _) => {
-                            audio_setup = Some((w, req.uri.clone()));
-                            Some(revtun_proto::transport::reply_tcp(channels, audio_ssrc))
-                        }
-                        _ => None,
-                    };
-                    match t {
-                        Some(t) => rtsp::response(
-                            200,
-                            cseq.as_deref(),
-                            &[("Transport", &t), ("Session", &session_header)],
-                            b"",
-                        ),
-                        None => rtsp::response(461, cseq.as_deref(), &[], b""),
-                    }
-                }
-                Method::Setup => {
-                    let offered = revtun_proto::transport::Offered {
-                        udp: self.udp.is_some(),
-                        multicast: self.udp.as_ref().is_some_and(|u| u.multicast.is_some()),
-                    };
-                    let wanted =
-                        revtun_proto::transport::choose(req.header("Transport").unwrap_or(""), offered);
-                    match (wanted, &setup) {
-                        (None, _) => rtsp::response(461, cseq.as_deref(), &[], b""),
-                        (Some(w), None) => match path.as_slice() {
-                            [site, cam, ..] => match self.describe(site, cam).await {
-                                Ok((feed, _)) => {
-                                    setup = Some((feed, 0));
-                                    chosen = Some(w);
-                                    track_url = req.uri.clone();
-                                    self.setup_reply(&mut setup, (w, &mut group), ssrc, cseq.as_deref(), &session_header)
-                                }
-                                Err((status, _)) => {
-                                    rtsp::response(status, cseq.as_deref(), &[], b"")
-                                }
-                            },
-                            _ => rtsp::response(404, cseq.as_deref(), &[], b""),
-                        },
-                        (Some(w), Some(_)) => {
-                            chosen = Some(w);
-                            track_url = req.uri.clone();
-                            self.setup_reply(&mut setup, (w, &mut group), ssrc, cseq.as_deref(), &session_header)
+                            tracing::info!(uri = %req.uri, status, %why, "setup refused");
+                            sess.set_up(Err(status))
                         }
                     }
                 }
-                Method::Play => match &setup {
-                    Some((feed, channel)) if viewer.is_none() => {
-                        let closed = feed.closed.borrow().clone();
-                        if let Some((status, why)) = closed {
-                            tracing::info!(uri = %req.uri, status, %why, "play refused: the feed ended");
-                            let reply = rtsp::response(status, cseq.as_deref(), &[], b"");
-                            let _ = write_timed(&conn, &reply, limit).await;
-                            break;
+                Step::Play { .. } => {
+                    let Some(f) = feed.clone() else { break };
+                    let started = self
+                        .play(
+                            &conn,
+                            &mut sess,
+                            &f,
+                            &mut guard,
+                            (&who, peer_ip),
+                            (&group, &last_request),
+                        )
+                        .await;
+                    match started {
+                        Some(v) => {
+                            viewer = Some(v);
+                            continue;
                         }
-                        if guard.play(&feed.site, &feed.cam).is_err() {
-                            tracing::info!(site = %feed.site, camera = %feed.cam, "play refused: the camera's viewer cap is reached");
-                            let reply = rtsp::response(453, cseq.as_deref(), &[], b"");
-                            let _ = write_timed(&conn, &reply, limit).await;
-                            break;
-                        }
-                        let v = if matches!(chosen, Some(Wanted::Multicast)) {
-                            // RTP-Info below names the group's next packet:
-                            // its sender is this feed's consumer, not us.
-                            Feed::detached(self.cfg().viewer_max_bytes, self.cfg().viewer_max_age)
-                        } else {
-                            feed.attach(
-                                Rc::new(Signal::default()),
-                                self.cfg().viewer_max_bytes,
-                                self.cfg().viewer_max_age,
-                                false,
-                            )
-                        };
-                        viewer = Some(v.clone());
-                        self.gate.watch(&who, &feed.site, &feed.cam, &v);
-                        let how = chosen.unwrap_or(Wanted::Tcp {
-                            channels: (*channel, channel.saturating_add(1)),
-                        });
-                        let udp_seq = rand_u64() as u16;
-                        // RTP-Info names the first packet this viewer gets:
-                        // the cached keyframe's, or the next one's (waited
-                        // for briefly).
-                        let first = if matches!(how, Wanted::Multicast) {
-                            None
-                        } else {
-                            first_packet(&v, READY_FOR_PLAY).await
-                        };
-                        let mut info = format!("url={track_url}");
-                        if let Some((seq, ts)) = first {
-                            let seq = if matches!(how, Wanted::Udp { .. }) { udp_seq } else { seq };
-                            info.push_str(&format!(";seq={seq};rtptime={ts}"));
-                        }
-                        if let Some((_, url)) = &audio_setup {
-                            info.push_str(&format!(",url={url}"));
-                        }
-                        let reply = rtsp::response(
-                            200,
-                            cseq.as_deref(),
-                            &[
-                                ("Session", &session_header),
-                                ("Range", "npt=now-"),
-                                ("RTP-Info", &info),
-                            ],
-                            b"",
-                        );
-                        if write_timed(&conn, &reply, limit).await.is_err() {
-                            break;
-                        }
-                        let cfg = self.cfg();
-                        match (how, &self.udp, feed.codec.get()) {
-                            (Wanted::Udp { client_ports }, Some(udp), Some(codec)) => {
-                                v.udp.set(true);
-                                let d = super::writer::UdpViewer {
-                                    udp: udp.clone(),
-                                    rtp: std::net::SocketAddr::new(peer_ip, client_ports.0),
-                                    rtcp: std::net::SocketAddr::new(peer_ip, client_ports.1),
-                                    ssrc,
-                                    seq: udp_seq,
-                                    codec,
-                                    mtu: cfg.rtp_mtu,
-                                    timeout: Some(cfg.rtp_timeout),
-                                    last_request: last_request.clone(),
-                                    audio: match &audio_setup {
-                                        Some((Wanted::Udp { client_ports }, _)) => Some((
-                                            std::net::SocketAddr::new(peer_ip, client_ports.0),
-                                            audio_ssrc,
-                                            rand_u64() as u16,
-                                        )),
-                                        _ => None,
-                                    },
-                                };
-                                glommio::spawn_local(super::writer::udp_writer(
-                                    Some(conn.clone()),
-                                    v,
-                                    d,
-                                    feed.clone(),
-                                    cfg.viewer_stuck,
-                                    self.latency.clone(),
-                                ))
-                                .detach();
-                            }
-                            (Wanted::Multicast, Some(_), Some(codec)) => {
-                                // This session is a member: its media is
-                                // the group's, sent once for all members.
-                                let Some(g) = group.as_ref() else { break };
-                                g.start(feed, codec, &cfg, self.latency.clone());
-                                v.udp.set(true);
-                                glommio::spawn_local(super::writer::member_writer(
-                                    conn.clone(),
-                                    v,
-                                    cfg.viewer_stuck,
-                                ))
-                                .detach();
-                            }
-                            (Wanted::Tcp { channels }, _, _) => {
-                                let audio = match &audio_setup {
-                                    Some((Wanted::Tcp { channels }, _)) => Some(*channels),
-                                    _ => None,
-                                };
-                                glommio::spawn_local(writer(
-                                    conn.clone(),
-                                    v,
-                                    (channels, audio),
-                                    cfg.viewer_stuck,
-                                    self.latency.clone(),
-                                ))
-                                .detach();
-                            }
-                            _ => {
-                                tracing::warn!(site = %feed.site, camera = %feed.cam, "play over a transport this feed cannot serve");
-                                break;
-                            }
-                        }
-                        continue;
+                        None => break,
                     }
-                    Some(_) => rtsp::response(200, cseq.as_deref(), sess, b""),
-                    None => rtsp::response(455, cseq.as_deref(), &[], b""),
-                },
-                Method::GetParameter | Method::SetParameter => {
-                    rtsp::response(200, cseq.as_deref(), sess, b"")
                 }
-                Method::Teardown => {
-                    let reply = rtsp::response(200, cseq.as_deref(), sess, b"");
-                    match &viewer {
-                        // The writer sends it, then closes.
-                        Some(v) => v.replies.borrow_mut().extend_from_slice(&reply),
-                        None => {
-                            let _ = write_timed(&conn, &reply, limit).await;
-                        }
-                    }
-                    break;
-                }
-                Method::Pause => rtsp::response(
-                    405,
-                    cseq.as_deref(),
-                    &[(
-                        "Allow",
-                        "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER",
-                    )],
-                    b"",
-                ),
-                },
+                other => other,
             };
-            if let Some(v) = &viewer {
-                v.replies.borrow_mut().extend_from_slice(&reply);
-                v.sig.notify();
-            } else if write_timed(&conn, &reply, limit).await.is_err() {
+            let (reply, close) = match step {
+                Step::Reply(r) => (r, false),
+                Step::Close(r) => (r, true),
+                // Every driver step was answered above.
+                Step::Describe { .. } | Step::Setup { .. } | Step::Play { .. } => break,
+            };
+            match &viewer {
+                // The writer sends it between access units (then closes,
+                // for a reply that ends the session).
+                Some(v) => {
+                    v.replies.borrow_mut().extend_from_slice(&reply);
+                    v.sig.notify();
+                }
+                None => {
+                    if write_timed(&conn, &reply, limit).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if close {
                 break;
             }
-            deadline = next_deadline(opened, limit);
         }
         if let Some(v) = viewer {
             v.gone.set(true);
@@ -1066,44 +934,186 @@ impl Redirector {
         }
     }
 
-    fn setup_reply(
+    /// Joins this session to the multicast group of `feed` (the group's
+    /// ports for `track`).
+    fn join(
         &self,
-        setup: &mut Option<(Rc<Feed>, u8)>,
-        (w, group): (Wanted, &mut Option<Rc<Group>>),
-        ssrc: u32,
-        cseq: Option<&str>,
-        session: &str,
-    ) -> Vec<u8> {
-        let t = match (w, &self.udp) {
-            (Wanted::Udp { client_ports }, Some(udp)) => {
-                revtun_proto::transport::reply_udp(client_ports, udp.ports, ssrc)
-            }
-            (Wanted::Multicast, Some(udp)) => {
-                let Some((feed, _)) = setup.as_ref() else {
-                    return rtsp::response(455, cseq, &[], b"");
-                };
-                let Some(g) = self.group(&feed.site, &feed.cam, udp) else {
-                    tracing::warn!(site = %feed.site, camera = %feed.cam, "no multicast group left in --multicast-range");
-                    return rtsp::response(453, cseq, &[], b"");
-                };
-                let (ttl, ports) = udp
-                    .multicast
-                    .as_ref()
-                    .map_or((1, udp.ports), |m| (m.ttl, m.ports));
-                let t = revtun_proto::transport::reply_multicast(g.ip, ports, ttl, g.ssrc);
-                *group = Some(g);
-                t
-            }
-            (Wanted::Tcp { channels }, _) => {
-                if let Some((_, ch)) = setup.as_mut() {
-                    *ch = channels.0;
-                }
-                revtun_proto::transport::reply_tcp(channels, ssrc)
-            }
-            // Not offered, so not chosen.
-            _ => return rtsp::response(461, cseq, &[], b""),
+        feed: &Rc<Feed>,
+        track: Track,
+        group: &mut Option<Rc<Group>>,
+    ) -> Result<Found, u16> {
+        let Some(udp) = &self.udp else {
+            return Err(461);
         };
-        rtsp::response(200, cseq, &[("Transport", &t), ("Session", session)], b"")
+        let Some(m) = udp.multicast.as_ref() else {
+            return Err(461);
+        };
+        let Some(g) = group
+            .clone()
+            .or_else(|| self.group(&feed.site, &feed.cam, udp))
+        else {
+            tracing::warn!(site = %feed.site, camera = %feed.cam, "no multicast group left in --multicast-range");
+            return Err(453);
+        };
+        let (ports, ssrc) = match track {
+            Track::Video => (m.ports, g.ssrc),
+            Track::Audio => (m.audio_ports, g.audio_ssrc),
+        };
+        let found = Found::Group {
+            ip: g.ip,
+            ports,
+            ttl: m.ttl,
+            ssrc,
+        };
+        *group = Some(g);
+        Ok(found)
+    }
+
+    /// PLAY: checks the feed and the camera's viewer cap, attaches the
+    /// viewer, sends the reply (its `RTP-Info` naming the first packet
+    /// the viewer gets) and starts its writer. `None` when the session
+    /// ends instead (the refusal was sent).
+    async fn play(
+        &self,
+        conn: &Rc<Wire>,
+        sess: &mut Session,
+        feed: &Rc<Feed>,
+        guard: &mut super::sessions::SessionGuard,
+        (who, peer_ip): (&super::auth::Who, std::net::IpAddr),
+        (group, last_request): (&Option<Rc<Group>>, &Rc<Cell<Instant>>),
+    ) -> Option<Rc<Viewer>> {
+        let cfg = self.cfg();
+        let limit = cfg.request_timeout;
+        let refuse = |sess: &mut Session, status| match sess.played(Err(status)) {
+            Step::Reply(r) | Step::Close(r) => r,
+            _ => Vec::new(),
+        };
+        let closed = feed.closed.borrow().clone();
+        if let Some((status, why)) = closed {
+            tracing::info!(site = %feed.site, camera = %feed.cam, status, %why, "play refused: the feed ended");
+            let _ = write_timed(conn, &refuse(sess, status), limit).await;
+            return None;
+        }
+        if guard.play(&feed.site, &feed.cam).is_err() {
+            tracing::info!(site = %feed.site, camera = %feed.cam, "play refused: the camera's viewer cap is reached");
+            let _ = write_timed(conn, &refuse(sess, 453), limit).await;
+            return None;
+        }
+        let video = sess.video()?.transport;
+        let audio = sess.audio().map(|a| a.transport);
+        let (ssrc, audio_ssrc) = sess.ssrcs();
+        let v = if matches!(video, Wanted::Multicast) {
+            // RTP-Info below names no packet: the group's sender is this
+            // feed's consumer, not us.
+            Feed::detached(cfg.viewer_max_bytes, cfg.viewer_max_age)
+        } else {
+            feed.attach(
+                Rc::new(Signal::default()),
+                cfg.viewer_max_bytes,
+                cfg.viewer_max_age,
+                false,
+            )
+        };
+        *v.label.borrow_mut() = Some(super::feed::ViewerLabel {
+            name: who.label(),
+            session: sess.id().to_string(),
+            transport: match video {
+                Wanted::Tcp { .. } => "tcp",
+                Wanted::Udp { .. } => "udp",
+                Wanted::Multicast => "multicast",
+            },
+        });
+        self.gate.watch(who, &feed.site, &feed.cam, &v);
+        let udp_seq = rand_u64() as u16;
+        // RTP-Info names the first packet this viewer gets: the cached
+        // keyframe's, or the next one's (waited for briefly); over UDP
+        // with our sequence numbers.
+        let first = match video {
+            Wanted::Multicast => None,
+            Wanted::Udp { .. } => first_packet(&v, READY_FOR_PLAY)
+                .await
+                .map(|(_, ts)| (udp_seq, ts)),
+            Wanted::Tcp { .. } => first_packet(&v, READY_FOR_PLAY).await,
+        };
+        let reply = match sess.played(Ok(first)) {
+            Step::Reply(r) => r,
+            _ => return None,
+        };
+        if write_timed(conn, &reply, limit).await.is_err() {
+            v.gone.set(true);
+            return None;
+        }
+        let clock = feed.audio_clock.get();
+        match (video, &self.udp, feed.codec.get()) {
+            (Wanted::Udp { client_ports }, Some(udp), Some(codec)) => {
+                v.udp.set(true);
+                let d = super::writer::UdpViewer {
+                    udp: udp.clone(),
+                    rtp: std::net::SocketAddr::new(peer_ip, client_ports.0),
+                    rtcp: std::net::SocketAddr::new(peer_ip, client_ports.1),
+                    ssrc,
+                    seq: udp_seq,
+                    codec,
+                    mtu: cfg.rtp_mtu,
+                    timeout: Some(cfg.rtp_timeout),
+                    last_request: last_request.clone(),
+                    audio: match audio {
+                        Some(Wanted::Udp { client_ports }) => Some(super::writer::UdpAudio {
+                            rtp: std::net::SocketAddr::new(peer_ip, client_ports.0),
+                            rtcp: std::net::SocketAddr::new(peer_ip, client_ports.1),
+                            ssrc: audio_ssrc,
+                            seq: rand_u64() as u16,
+                            clock,
+                        }),
+                        _ => None,
+                    },
+                };
+                glommio::spawn_local(super::writer::udp_writer(
+                    Some(conn.clone()),
+                    v.clone(),
+                    d,
+                    feed.clone(),
+                    cfg.viewer_stuck,
+                    self.latency.clone(),
+                ))
+                .detach();
+            }
+            (Wanted::Multicast, Some(_), Some(codec)) => {
+                // This session is a member: its media is the group's,
+                // sent once for all members.
+                let g = group.as_ref()?;
+                g.start(feed, codec, &cfg, self.latency.clone());
+                v.udp.set(true);
+                glommio::spawn_local(super::writer::member_writer(
+                    conn.clone(),
+                    v.clone(),
+                    cfg.viewer_stuck,
+                ))
+                .detach();
+            }
+            (Wanted::Tcp { channels }, _, _) => {
+                let audio = match audio {
+                    Some(Wanted::Tcp { channels }) => {
+                        Some(super::writer::TcpAudio { channels, clock })
+                    }
+                    _ => None,
+                };
+                glommio::spawn_local(writer(
+                    conn.clone(),
+                    v.clone(),
+                    (channels, audio),
+                    cfg.viewer_stuck,
+                    self.latency.clone(),
+                ))
+                .detach();
+            }
+            _ => {
+                tracing::warn!(site = %feed.site, camera = %feed.cam, "play over a transport this feed cannot serve");
+                v.gone.set(true);
+                return None;
+            }
+        }
+        Some(v)
     }
 
     /// This shard's multicast group of `site`/`cam`: the live one, or a new
@@ -1124,6 +1134,7 @@ impl Redirector {
             ip,
             udp: udp.clone(),
             ssrc: rand_u64() as u32,
+            audio_ssrc: rand_u64() as u32,
             sender: RefCell::new(None),
             site: site.to_string(),
             cam: cam.to_string(),
@@ -1202,12 +1213,6 @@ async fn first_packet(v: &Rc<Viewer>, limit: Duration) -> Option<(u16, u32)> {
 /// Replies queued for a playing viewer before its requests are no longer
 /// read (a viewer that pipelines requests and never reads costs this).
 pub const MAX_QUEUED_REPLIES: usize = 64 * 1024;
-
-/// Before PLAY, a client has `limit` for each request, and six times that
-/// from its connection to its PLAY.
-fn next_deadline(opened: Instant, limit: Duration) -> Instant {
-    (Instant::now() + limit).min(opened + 6 * limit)
-}
 
 /// Writes a reply before PLAY, within `limit`.
 async fn write_timed(conn: &Rc<Wire>, data: &[u8], limit: Duration) -> std::io::Result<()> {

@@ -302,27 +302,39 @@ async fn feed(pipe: &Pipe, name: &str, url: &str, timeout: Duration) -> Result<(
             .trim()
             .to_string(),
     );
-    // The audio track, beside the video on channels 2-3 (cameras pulled
-    // over UDP send video only through the tunnel).
+    // The audio track, beside the video: on channels 2-3, or over UDP
+    // for a camera pulled over UDP. One that cannot be set up is left out
+    // of the SDP the host gets.
+    let mut sdp = sdp;
     if let Some(audio) = video::audio_track(&sdp) {
-        if udp.is_some() {
-            tracing::warn!(camera = %name, encoding = %audio.encoding, "the audio of a camera pulled over UDP is not relayed");
-        } else {
-            let audio_url = video::resolve(&base, audio.control.as_deref());
-            match cam
-                .request(
+        let audio_url = video::resolve(&base, audio.control.as_deref());
+        let set_up = match udp.as_mut() {
+            Some(socks) => match socks.bind_audio() {
+                Ok(ports) => {
+                    let t = format!("RTP/AVP;unicast;client_port={}-{}", ports.0, ports.1);
+                    cam.request("SETUP", &audio_url, &[("Transport", &t)]).await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                cam.request(
                     "SETUP",
                     &audio_url,
                     &[("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")],
                 )
                 .await
-            {
-                Ok(_) => {
-                    tracing::info!(camera = %name, encoding = %audio.encoding, "relaying the camera's audio")
+            }
+        };
+        match set_up {
+            Ok(_) => {
+                tracing::info!(camera = %name, encoding = %audio.encoding, over_udp = udp.is_some(), "relaying the camera's audio")
+            }
+            Err(e) => {
+                if let Some(socks) = udp.as_mut() {
+                    socks.audio = None;
                 }
-                Err(e) => {
-                    tracing::warn!(camera = %name, error = %e, "the camera's audio track is not relayed")
-                }
+                sdp = video::without_audio(&sdp);
+                tracing::warn!(camera = %name, encoding = %audio.encoding, error = %e, "the camera's audio track is not relayed")
             }
         }
     }
@@ -455,14 +467,21 @@ const REORDER_WAIT: Duration = Duration::from_millis(50);
 /// RTCP, on the site's network; datagrams from any address but the
 /// camera's are dropped.
 struct UdpPull {
-    rtp: glommio::net::UdpSocket,
+    rtp: Rc<glommio::net::UdpSocket>,
     _rtcp: glommio::net::UdpSocket,
+    /// The audio track's RTP socket (and its RTCP one), when set up.
+    audio: Option<(Rc<glommio::net::UdpSocket>, glommio::net::UdpSocket)>,
     camera: std::net::IpAddr,
     ports: (u16, u16),
 }
 
+/// Datagrams waiting between a UDP socket's reader and the packer.
+const UDP_QUEUE: usize = 256;
+
 impl UdpPull {
-    fn bind(camera: std::net::IpAddr) -> Result<UdpPull, String> {
+    fn pair(
+        camera: std::net::IpAddr,
+    ) -> Result<(glommio::net::UdpSocket, glommio::net::UdpSocket, (u16, u16)), String> {
         let any: std::net::SocketAddr = if camera.is_ipv4() {
             "0.0.0.0:0".parse().map_err(|_| "address".to_string())?
         } else {
@@ -477,12 +496,25 @@ impl UdpPull {
             s.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
         };
         let ports = (port(&rtp)?, port(&rtcp)?);
+        Ok((rtp, rtcp, ports))
+    }
+
+    fn bind(camera: std::net::IpAddr) -> Result<UdpPull, String> {
+        let (rtp, rtcp, ports) = UdpPull::pair(camera)?;
         Ok(UdpPull {
-            rtp,
+            rtp: Rc::new(rtp),
             _rtcp: rtcp,
+            audio: None,
             camera,
             ports,
         })
+    }
+
+    /// Binds the audio track's sockets; their ports.
+    fn bind_audio(&mut self) -> Result<(u16, u16), String> {
+        let (rtp, rtcp, ports) = UdpPull::pair(self.camera)?;
+        self.audio = Some((Rc::new(rtp), rtcp));
+        Ok(ports)
     }
 
     /// Receives the camera's RTP until it goes silent for the camera
@@ -494,8 +526,35 @@ impl UdpPull {
         packer: &mut Packer,
         pipe: &Pipe,
     ) -> Result<(), String> {
+        // One reader per socket into one bounded queue: waiting on the
+        // queue with a timeout loses no datagram (a cancelled receive
+        // could).
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(UDP_QUEUE);
+        let tx = Rc::new(tx);
+        let camera = self.camera;
+        let reader = |sock: Rc<glommio::net::UdpSocket>, audio: bool| {
+            let tx = tx.clone();
+            glommio::spawn_local(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let got = sock.recv_from(&mut buf).await;
+                    let item = match got {
+                        // Someone else's datagram: dropped.
+                        Ok((_, from)) if from.ip() != camera => continue,
+                        Ok((n, _)) => Ok((audio, buf[..n].to_vec())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+            })
+        };
+        let _readers: Vec<glommio::Task<()>> = std::iter::once(reader(self.rtp.clone(), false))
+            .chain(self.audio.as_ref().map(|(a, _)| reader(a.clone(), true)))
+            .collect();
         let mut reorder = revtun_proto::rtp::Reorder::default();
-        let mut buf = vec![0u8; 65536];
         let mut last_packet = std::time::Instant::now();
         let mut last_keepalive = std::time::Instant::now();
         loop {
@@ -503,23 +562,23 @@ impl UdpPull {
                 cam.request("OPTIONS", base, &[]).await?;
                 last_keepalive = std::time::Instant::now();
             }
-            let got = glommio::timer::timeout(REORDER_WAIT, async {
-                self.rtp.recv_from(&mut buf).await.map_err(|e| {
-                    glommio::GlommioError::IoError(std::io::Error::other(e.to_string()))
-                })
-            })
-            .await;
+            let got = glommio::timer::timeout(REORDER_WAIT, async { Ok(rx.recv().await) }).await;
             let ready = match got {
-                Ok((n, from)) if from.ip() == self.camera => {
+                Ok(Some(Ok((false, pkt)))) => {
                     last_packet = std::time::Instant::now();
-                    match rtp::parse(&buf[..n]) {
-                        Ok(h) => reorder.push(h.seq, buf[..n].to_vec()),
+                    match rtp::parse(&pkt) {
+                        Ok(h) => reorder.push(h.seq, pkt),
                         Err(_) => Vec::new(),
                     }
                 }
-                // Someone else's datagram: dropped.
-                Ok(_) => Vec::new(),
-                Err(glommio::GlommioError::TimedOut(_)) => {
+                // Audio goes on as it arrives: each packet is a unit.
+                Ok(Some(Ok((true, pkt)))) => {
+                    packer.audio(&pkt, pipe).await?;
+                    Vec::new()
+                }
+                Ok(Some(Err(e))) => return Err(format!("camera UDP: {e}")),
+                Ok(None) => return Err("camera UDP: the readers ended".into()),
+                Err(_) => {
                     if last_packet.elapsed() > cam.timeout {
                         return Err(format!(
                             "camera {} sent nothing over UDP for {:?}",
@@ -528,7 +587,6 @@ impl UdpPull {
                     }
                     reorder.flush()
                 }
-                Err(e) => return Err(format!("camera UDP: {e}")),
             };
             for pkt in ready {
                 packer.push(pkt, pipe).await?;

@@ -41,20 +41,24 @@ pub struct Multicast {
     count: u32,
     /// TTL of multicast packets.
     pub ttl: u8,
-    /// Destination ports (RTP, RTCP) of every group.
+    /// Destination ports (RTP, RTCP) of every group's video.
     pub ports: (u16, u16),
+    /// Destination ports (RTP, RTCP) of every group's audio: the two
+    /// after the video's.
+    pub audio_ports: (u16, u16),
     used: Mutex<std::collections::HashSet<u32>>,
 }
 
 impl Multicast {
     /// Groups `first`, `first + 1` ... (`count` of them), sent with `ttl`
-    /// to `port` (RTP) and `port + 1` (RTCP).
+    /// to `port` (RTP) and `port + 1` (RTCP), audio to the two after.
     pub fn new(first: std::net::Ipv4Addr, count: u32, ttl: u8, port: u16) -> Multicast {
         Multicast {
             first: u32::from(first),
             count,
             ttl,
             ports: (port, port.saturating_add(1)),
+            audio_ports: (port.saturating_add(2), port.saturating_add(3)),
             used: Mutex::default(),
         }
     }

@@ -37,11 +37,12 @@ pub const SR_INTERVAL: Duration = Duration::from_secs(5);
 /// RTP clock of the video payloads relayed (H.264, H.265).
 pub const VIDEO_CLOCK: u64 = 90_000;
 
-/// What the sender reports of one viewer need: the last frame sent (its
-/// RTP time and arrival, to map wall-clock time to RTP time) and the
-/// counts sent so far.
-#[derive(Debug, Default)]
+/// What the sender reports of one track of one viewer need: the last
+/// frame sent (its RTP time and arrival, to map wall-clock time to RTP
+/// time), the track's RTP clock and the counts sent so far.
+#[derive(Debug)]
 pub struct Reports {
+    clock: u64,
     last: Option<(u32, Instant)>,
     sent_at: Option<Instant>,
     /// RTP packets sent.
@@ -50,7 +51,25 @@ pub struct Reports {
     pub octets: u32,
 }
 
+impl Default for Reports {
+    /// A video track's (90 kHz).
+    fn default() -> Reports {
+        Reports::new(VIDEO_CLOCK as u32)
+    }
+}
+
 impl Reports {
+    /// Reports of a track whose RTP clock runs at `clock` Hz.
+    pub fn new(clock: u32) -> Reports {
+        Reports {
+            clock: u64::from(clock.max(1)),
+            last: None,
+            sent_at: None,
+            packets: 0,
+            octets: 0,
+        }
+    }
+
     /// Notes a frame of RTP time `ts` that arrived at `arrived`.
     pub fn sent(&mut self, ts: u32, arrived: Instant, packets: usize, octets: usize) {
         self.last = Some((ts, arrived));
@@ -69,7 +88,7 @@ impl Reports {
         }
         self.sent_at = Some(now);
         let since = now.saturating_duration_since(arrived);
-        let rtp = ts.wrapping_add((since.as_micros() as u64 * VIDEO_CLOCK / 1_000_000) as u32);
+        let rtp = ts.wrapping_add((since.as_micros() as u64 * self.clock / 1_000_000) as u32);
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -96,17 +115,20 @@ fn frame_rtp(frame: &super::feed::Frame) -> Option<(u32, u32)> {
 /// a whole access unit per `sendmsg` where the socket takes it; every
 /// [`SR_INTERVAL`] an RTCP sender report on the RTCP channel.
 ///
-/// Audio packets go on the audio track's channel when the viewer set it
-/// up (and are skipped when it did not).
+/// Audio packets go on the audio track's channels when the viewer set it
+/// up (and are skipped when it did not), with sender reports of their own
+/// when the audio clock is known.
 pub async fn writer(
     conn: Rc<Wire>,
     v: Rc<Viewer>,
-    ((channel, rtcp_channel), audio): ((u8, u8), Option<(u8, u8)>),
+    ((channel, rtcp_channel), audio): ((u8, u8), Option<TcpAudio>),
     stuck: Duration,
     latency: Rc<SendLatency>,
 ) {
     let mut reports = Reports::default();
+    let mut audio_reports = audio.and_then(|a| a.clock).map(Reports::new);
     let mut camera_ssrc = 0u32;
+    let mut camera_audio_ssrc = 0u32;
     let close = |conn: &Wire| conn.close();
     loop {
         let wake = v.sig.wait();
@@ -134,9 +156,9 @@ pub async fn writer(
             }
             continue;
         };
-        let channel = match (frame.audio, audio) {
-            (false, _) => channel,
-            (true, Some((a, _))) => a,
+        let (channel, rtcp_channel) = match (frame.audio, audio) {
+            (false, _) => (channel, rtcp_channel),
+            (true, Some(a)) => a.channels,
             (true, None) => continue,
         };
         // This viewer's `$` headers; the packets come from the shared buffer.
@@ -149,9 +171,12 @@ pub async fn writer(
             })
             .collect();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len() + 2);
-        // The report describes what was sent before this frame (video).
+        // The report describes what was sent before this frame, on the
+        // frame's track.
         let sr = if frame.audio {
-            None
+            audio_reports
+                .as_mut()
+                .and_then(|r| r.due(camera_audio_ssrc, Instant::now()))
         } else {
             reports.due(camera_ssrc, Instant::now())
         };
@@ -184,14 +209,23 @@ pub async fn writer(
             Ok(()) => {
                 latency.record(frame.arrived);
                 v.queue.borrow_mut().progressed(Instant::now());
-                if let Some((ts, ssrc)) = frame_rtp(&frame).filter(|_| !frame.audio) {
-                    camera_ssrc = ssrc;
+                v.packets.set(v.packets.get() + frame.packets.len() as u64);
+                if let Some((ts, ssrc)) = frame_rtp(&frame) {
                     let octets: usize = frame
                         .packets
                         .iter()
                         .map(|r| r.len().saturating_sub(12))
                         .sum();
-                    reports.sent(ts, frame.arrived, frame.packets.len(), octets);
+                    let r = if frame.audio {
+                        camera_audio_ssrc = ssrc;
+                        audio_reports.as_mut()
+                    } else {
+                        camera_ssrc = ssrc;
+                        Some(&mut reports)
+                    };
+                    if let Some(r) = r {
+                        r.sent(ts, frame.arrived, frame.packets.len(), octets);
+                    }
                 }
             }
             Err(e) => {
@@ -212,6 +246,31 @@ pub async fn writer(
             }
         }
     }
+}
+
+/// The audio track of a TCP viewer: its interleaved channels (RTP,
+/// RTCP) and the track's RTP clock, if known (for sender reports).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpAudio {
+    /// RTP and RTCP channels.
+    pub channels: (u8, u8),
+    /// RTP clock rate.
+    pub clock: Option<u32>,
+}
+
+/// Where the audio track of a UDP viewer (or multicast group) goes.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpAudio {
+    /// Its RTP address.
+    pub rtp: std::net::SocketAddr,
+    /// Its RTCP address (sender reports).
+    pub rtcp: std::net::SocketAddr,
+    /// Our SSRC for the track.
+    pub ssrc: u32,
+    /// The next sequence number.
+    pub seq: u16,
+    /// The track's RTP clock rate, if known (no reports without it).
+    pub clock: Option<u32>,
 }
 
 /// Where and how one UDP viewer is served.
@@ -236,9 +295,8 @@ pub struct UdpViewer {
     pub timeout: Option<Duration>,
     /// When its RTSP connection last brought a request.
     pub last_request: Rc<std::cell::Cell<Instant>>,
-    /// Its audio track, if it set one up: RTP address, SSRC, next
-    /// sequence number.
-    pub audio: Option<(std::net::SocketAddr, u32, u16)>,
+    /// Its audio track, if it set one up.
+    pub audio: Option<UdpAudio>,
 }
 
 /// Sends the replies of a multicast member on its RTSP connection (its
@@ -280,6 +338,7 @@ pub async fn udp_writer(
         d.udp.register(d.rtcp);
     }
     let mut reports = Reports::default();
+    let mut audio_reports = d.audio.and_then(|a| a.clock).map(Reports::new);
     let mut lost = 0u32;
     let mut checked = Instant::now();
     let why = loop {
@@ -300,16 +359,20 @@ pub async fn udp_writer(
             if report.lost > lost {
                 feed.counters.borrow_mut().udp_lost += u64::from(report.lost - lost);
                 lost = report.lost;
+                v.lost.set(u64::from(lost));
             }
-            let alive = report
-                .seen
-                .map_or(d.last_request.get(), |t| t.max(d.last_request.get()));
-            if now.saturating_duration_since(alive) > timeout {
+            if revtun_proto::rtsp_session::expired(d.last_request.get(), report.seen, now, timeout)
+            {
                 break "silent: no RTSP request and no receiver report within the timeout";
             }
         }
         if let Some(sr) = reports.due(d.ssrc, now) {
             d.udp.send_rtcp(&sr, d.rtcp);
+        }
+        if let (Some(r), Some(a)) = (audio_reports.as_mut(), d.audio) {
+            if let Some(sr) = r.due(a.ssrc, now) {
+                d.udp.send_rtcp(&sr, a.rtcp);
+            }
         }
         let next = v.queue.borrow_mut().pop(now);
         let Some(frame) = next else {
@@ -330,7 +393,7 @@ pub async fn udp_writer(
         // Audio has its own destination, SSRC and sequence numbers.
         let (to, ssrc, seq) = match (frame.audio, d.audio.as_mut()) {
             (false, _) => (d.rtp, d.ssrc, &mut d.seq),
-            (true, Some((to, ssrc, seq))) => (*to, *ssrc, seq),
+            (true, Some(a)) => (a.rtp, a.ssrc, &mut a.seq),
             (true, None) => continue,
         };
         let headers: Vec<[u8; 12]> = pkts
@@ -424,9 +487,15 @@ pub async fn udp_writer(
         latency.record(frame.arrived);
         v.queue.borrow_mut().progressed(Instant::now());
         let octets: usize = pkts.iter().map(|p| p.payload_len()).sum();
-        if let Some(p) = pkts.first().filter(|_| !frame.audio) {
-            reports.sent(p.timestamp, frame.arrived, pkts.len(), octets);
+        let r = if frame.audio {
+            audio_reports.as_mut()
+        } else {
+            Some(&mut reports)
+        };
+        if let (Some(p), Some(r)) = (pkts.first(), r) {
+            r.sent(p.timestamp, frame.arrived, pkts.len(), octets);
         }
+        v.packets.set(v.packets.get() + pkts.len() as u64);
         let mut c = feed.counters.borrow_mut();
         if unicast {
             c.udp_packets += pkts.len() as u64;
