@@ -10,7 +10,7 @@
 //! `handshake` (control's rates, data plane under a handshake flood),
 //! `fanout`, `storm`, `faults` (the fault lab: cuts, a flipped byte, a
 //! black hole, long round trips and a cut storm through an impairment
-//! proxy).
+//! proxy), `peers` (revtun beside rathole and bore when installed).
 
 mod baseline;
 mod demo;
@@ -19,6 +19,7 @@ mod faults;
 mod handshake;
 mod idle;
 mod multi;
+mod peers;
 mod report;
 mod storm;
 mod tunnel;
@@ -32,7 +33,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm, faults), 'all', or 'demo' (the guided tour).
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm, faults, peers), 'all', or 'demo' (the guided tour).
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -90,6 +91,7 @@ const SCENARIOS: &[&str] = &[
     "fanout",
     "storm",
     "faults",
+    "peers",
 ];
 
 fn main() {
@@ -137,6 +139,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "fanout" => fanout::run(args.quick, &args.viewers, args.shards, &args.transport)?,
             "storm" => storm::run(args.quick, args.sites)?,
             "faults" => faults::run(args.quick)?,
+            "peers" => peers::run(args.quick)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);
