@@ -106,37 +106,28 @@ fn rathole_identity(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         );
         Ok(())
     };
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=perf-ca",
-    ])?;
-    sh(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ])?;
+    // A P-256 key (and a request or self-signed certificate) for `cn`.
+    let key = |extra: &[&str], key: &str, out: &str, cn: &str| -> Result<()> {
+        let mut args = vec!["req"];
+        args.extend_from_slice(extra);
+        let subj = format!("/CN={cn}");
+        args.extend_from_slice(&[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            out,
+            "-subj",
+            &subj,
+        ]);
+        sh(&args)
+    };
+    key(&["-x509", "-days", "2"], "ca.key", "ca.pem", "perf-ca")?;
+    key(&[], "server.key", "server.csr", "localhost")?;
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n")?;
     sh(&[
         "x509",
