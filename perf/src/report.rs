@@ -76,7 +76,10 @@ pub fn svg(results: &Value) -> String {
     let cdf_top = top + row * bars.len() as f64 + 60.0;
     let fan_top = cdf_top + 320.0;
     let notes_top = fan_top + 300.0;
-    let h = notes_top + 110.0;
+    let peers_top = notes_top + 130.0;
+    let peer_rows = s["peers"]["tools"].as_object().map_or(0, |t| t.len());
+    let peer_verdicts = s["peers"]["targets"].as_object().map_or(0, |t| t.len());
+    let h = peers_top + 60.0 + 22.0 * (peer_rows + peer_verdicts) as f64;
     let mut out = String::new();
     let _ = write!(
         out,
@@ -153,6 +156,7 @@ pub fn svg(results: &Value) -> String {
     }
     fanout_chart(&mut out, s, fan_top);
     notes(&mut out, s, notes_top);
+    peers(&mut out, s, peers_top);
     out.push_str("</svg>\n");
     out
 }
@@ -231,6 +235,54 @@ fn fanout_chart(out: &mut String, s: &Value, top: f64) {
             ly = y0 + h + 18.0,
             v = r["viewers"].as_u64().unwrap_or(0),
         );
+    }
+}
+
+/// revtun beside the other tunnels (`peers`): a row per tool, then the
+/// targets against the best peer, green when met.
+fn peers(out: &mut String, s: &Value, top: f64) {
+    let Some(tools) = s["peers"]["tools"].as_object() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        r##"<text x="20" y="{top}" font-size="15" font-weight="bold">Beside the other reverse tunnels (peers, default settings, same run)</text>
+<text x="20" y="{y}" fill="#555">tool: 1 stream / 8 streams Gbit/s, 64 B round trip p50 / p99 µs, new connection p50 µs</text>"##,
+        y = top + 20.0
+    );
+    let mut y = top + 44.0;
+    for (name, t) in tools {
+        let f = |k: &str| num(t, &[k]).unwrap_or(0.0);
+        let weight = if name == "revtun" { "bold" } else { "normal" };
+        let _ = writeln!(
+            out,
+            r##"<text x="20" y="{y}" font-weight="{weight}">{name}: {:.2} / {:.2} Gbit/s, {:.0} / {:.0} µs, {:.0} µs</text>"##,
+            f("one_stream_gbit_s"),
+            f("eight_streams_gbit_s"),
+            f("round_trip_p50_us"),
+            f("round_trip_p99_us"),
+            f("connect_p50_us"),
+        );
+        y += 22.0;
+    }
+    if let Some(targets) = s["peers"]["targets"].as_object() {
+        for (name, v) in targets {
+            let met = v["met"].as_bool().unwrap_or(false);
+            let color = if met { "#2a9d4b" } else { "#d1495b" };
+            let peer = v["best_peer"].as_str().unwrap_or("");
+            let verdict = match (met, peer.is_empty()) {
+                (true, true) => "met".to_string(),
+                (false, true) => "missed".to_string(),
+                (true, false) => format!("met against {peer}"),
+                (false, false) => format!("missed against {peer}"),
+            };
+            let _ = writeln!(
+                out,
+                r##"<text x="20" y="{y}" fill="{color}">{}: {verdict}</text>"##,
+                name.replace('_', " "),
+            );
+            y += 22.0;
+        }
     }
 }
 

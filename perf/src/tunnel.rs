@@ -176,7 +176,7 @@ pub fn latency(quick: bool) -> Result<Value> {
             "tunnel": pct(&ptun),
             "ratio": ratios(&ptun, &praw),
         },
-        "targets": { "p50": 2.5, "p99": 4.0, "note": "issue 13: at or below the best peer's in the same run (revtun-perf peers); these ratios are what the best peers reached in the issue's measurements" },
+        "targets": { "p50": 1.6, "p99": 2.0, "peers": "issue 13: at or below the best peer's in the same run (revtun-perf peers)" },
         "cdf_us": { "raw": cdf(&raw), "tunnel": cdf(&tun) },
     }))
 }
