@@ -202,6 +202,13 @@ impl Session {
         Some(each.min(self.opened + 6 * self.limits.request))
     }
 
+    /// Notes a request at `now` that the driver answered itself (a 401,
+    /// 403 or 404 before the session saw it): the next request's
+    /// deadline counts from it, as from any other.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_request = now;
+    }
+
     /// The camera a request is about, for the driver's permission check:
     /// the one named in a DESCRIBE or SETUP URI, or the session's for
     /// PLAY. `Err(404)` for names that cannot be a site and camera.

@@ -841,7 +841,10 @@ impl Redirector {
                 Ok(_) => None,
             });
             let step = match refused {
-                Some(r) => Step::Reply(r),
+                Some(r) => {
+                    sess.heard(now);
+                    Step::Reply(r)
+                }
                 None => sess.request(&req, now),
             };
             let step = match step {

@@ -383,6 +383,10 @@ fn requests_before_play_have_a_deadline_each_and_six_times_it_in_all() {
     assert_eq!(s.deadline(), Some(t0 + 11 * ten / 2));
     s.request(&req("OPTIONS", "*", 2, ""), t0 + 55 * ten / 10);
     assert_eq!(s.deadline(), Some(t0 + 6 * ten));
+    // A request the driver refused itself counts the same.
+    let (mut s, t0) = session(false, false);
+    s.heard(t0 + ten / 2);
+    assert_eq!(s.deadline(), Some(t0 + 3 * ten / 2));
 }
 
 #[test]
