@@ -13,7 +13,12 @@
 //!   1 Gbit/s path, against raw TCP over the same path in the same run,
 //!   and what the stream window allows there;
 //! - `storm`: every tunnel through the proxy is cut at once; time for all
-//!   sites to return.
+//!   sites to return;
+//! - `bandwidth`: a kernel-enforced limit instead of the proxy's: in a
+//!   network namespace of its own, the tunnel's TCP connection (and, for
+//!   the baseline, raw TCP to a sink) go through a `tbf` qdisc on the
+//!   loopback at 100 Mbit/s and 1 Gbit/s; one stream through the tunnel
+//!   against raw TCP on the same limit.
 //!
 //! Heartbeat 1 s and dead-after 3 s (stated in the results) keep the run
 //! short; detection scales with `--dead-after`.
@@ -37,12 +42,13 @@ pub fn run(quick: bool) -> Result<Value> {
         "what".into(),
         "fault lab: site and host through a user-space impairment proxy; heartbeat 1 s, dead after 3 s".into(),
     );
-    let scenarios: [(&str, &dyn Fn() -> Result<Value>); 5] = [
+    let scenarios: [(&str, &dyn Fn() -> Result<Value>); 6] = [
         ("integrity", &|| integrity(quick)),
         ("flip", &flip),
         ("blackhole", &blackhole),
         ("rtt", &|| rtt(quick)),
         ("storm", &|| storm(quick)),
+        ("bandwidth", &|| bandwidth(quick)),
     ];
     for (name, f) in scenarios {
         let v = f().with_context(|| format!("faults/{name}"))?;
@@ -275,6 +281,101 @@ fn blackhole() -> Result<Value> {
 
 /// Path of the `rtt` scenario: 1 Gbit/s each way.
 const PATH_RATE: u64 = 125_000_000;
+
+/// Runs `tc` with `args`.
+fn tc(args: &[&str]) -> Result<()> {
+    let o = Command::new("tc")
+        .args(args)
+        .output()
+        .context("the tc command")?;
+    anyhow::ensure!(
+        o.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
+/// Loopback traffic to or from `ports` goes through one `tbf` of `mbit`
+/// Mbit/s (an `htb` root classifies it; everything else is not limited).
+fn limit_ports(ports: &[u16], mbit: u32) -> Result<()> {
+    tc(&[
+        "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    for class in ["1:10", "1:20"] {
+        tc(&[
+            "class", "add", "dev", "lo", "parent", "1:", "classid", class, "htb", "rate", "100gbit",
+        ])?;
+    }
+    let rate = format!("{mbit}mbit");
+    tc(&[
+        "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "tbf", "rate", &rate,
+        "burst", "512kb", "latency", "50ms",
+    ])?;
+    for port in ports {
+        let p = port.to_string();
+        for dir in ["dport", "sport"] {
+            tc(&[
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                "match", "ip", dir, &p, "0xffff", "flowid", "1:20",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn bandwidth(quick: bool) -> Result<Value> {
+    // Its own thread in its own namespace: the limit on that loopback
+    // must not follow the other scenarios.
+    std::thread::spawn(move || -> Result<Value> {
+        let _ns = revtun_tests::Netns::enter_new()?;
+        let dur = if quick { Duration::from_secs(2) } else { Duration::from_secs(6) };
+        // Two sinks: the raw baseline's port is limited; the site's
+        // target is not (the tunnel crosses the limit once, like raw).
+        let (raw_sink, site_sink) = (crate::multi::start_sink()?, crate::multi::start_sink()?);
+        let port = free_port()?;
+        let expose = format!("bench/sink=127.0.0.1:{port}");
+        let mut host = vec!["--log-level", "warn", "--expose", &expose];
+        host.extend_from_slice(LIVENESS);
+        let service = format!("--service=sink={site_sink}");
+        let rates: &[u32] = if quick { &[100] } else { &[100, 1000] };
+        let mut rows = Vec::new();
+        for (i, &mbit) in rates.iter().enumerate() {
+            let b = Bench::start_via(&host, &[&service], |addr| {
+                if i == 0 {
+                    limit_ports(&[raw_sink.port(), addr.port()], mbit)?;
+                }
+                Ok(vec![addr])
+            })?;
+            if i > 0 {
+                let rate = format!("{mbit}mbit");
+                tc(&["qdisc", "change", "dev", "lo", "parent", "1:20", "handle", "20:", "tbf", "rate", &rate, "burst", "512kb", "latency", "50ms"])?;
+                // The new host listens on another port: limit it too.
+                let p = b.host.addr.port().to_string();
+                for dir in ["dport", "sport"] {
+                    tc(&["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", dir, &p, "0xffff", "flowid", "1:20"])?;
+                }
+            }
+            let tunnel_addr = format!("127.0.0.1:{port}").parse()?;
+            let raw = crate::multi::push(raw_sink, 1, dur)?[0] * 1000.0;
+            let tun = crate::multi::push(tunnel_addr, 1, dur)?[0] * 1000.0;
+            rows.push(json!({
+                "limit_mbit_s": mbit,
+                "raw_mbit_s": raw,
+                "tunnel_mbit_s": tun,
+                "ratio": if raw > 0.0 { tun / raw } else { 0.0 },
+            }));
+            drop(b);
+        }
+        Ok(json!({
+            "what": "tbf on the loopback of a namespace the lab makes, on the tunnel's TCP connection and on raw TCP to a sink; one stream each",
+            "seconds_per_run": dur.as_secs_f64(),
+            "runs": rows,
+        }))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the bandwidth scenario panicked"))?
+}
 
 fn rtt(quick: bool) -> Result<Value> {
     let dur = if quick {
