@@ -307,19 +307,30 @@ fn limit_ports(ports: &[u16], mbit: u32) -> Result<()> {
             "class", "add", "dev", "lo", "parent", "1:", "classid", class, "htb", "rate", "100gbit",
         ])?;
     }
+    set_tbf("add", mbit)?;
+    for port in ports {
+        limit_port(*port)?;
+    }
+    Ok(())
+}
+
+/// Adds (`add`) or changes (`change`) the limiting `tbf`: `mbit` Mbit/s.
+fn set_tbf(verb: &str, mbit: u32) -> Result<()> {
     let rate = format!("{mbit}mbit");
     tc(&[
-        "qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "tbf", "rate", &rate,
+        "qdisc", verb, "dev", "lo", "parent", "1:20", "handle", "20:", "tbf", "rate", &rate,
         "burst", "512kb", "latency", "50ms",
-    ])?;
-    for port in ports {
-        let p = port.to_string();
-        for dir in ["dport", "sport"] {
-            tc(&[
-                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                "match", "ip", dir, &p, "0xffff", "flowid", "1:20",
-            ])?;
-        }
+    ])
+}
+
+/// Sends loopback traffic to or from `port` through the limiting class.
+fn limit_port(port: u16) -> Result<()> {
+    let p = port.to_string();
+    for dir in ["dport", "sport"] {
+        tc(&[
+            "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", dir, &p, "0xffff", "flowid", "1:20",
+        ])?;
     }
     Ok(())
 }
@@ -348,13 +359,9 @@ fn bandwidth(quick: bool) -> Result<Value> {
                 Ok(vec![addr])
             })?;
             if i > 0 {
-                let rate = format!("{mbit}mbit");
-                tc(&["qdisc", "change", "dev", "lo", "parent", "1:20", "handle", "20:", "tbf", "rate", &rate, "burst", "512kb", "latency", "50ms"])?;
+                set_tbf("change", mbit)?;
                 // The new host listens on another port: limit it too.
-                let p = b.host.addr.port().to_string();
-                for dir in ["dport", "sport"] {
-                    tc(&["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", dir, &p, "0xffff", "flowid", "1:20"])?;
-                }
+                limit_port(b.host.addr.port())?;
             }
             let tunnel_addr = format!("127.0.0.1:{port}").parse()?;
             let raw = crate::multi::push(raw_sink, 1, dur)?[0] * 1000.0;
