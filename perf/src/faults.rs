@@ -284,16 +284,7 @@ const PATH_RATE: u64 = 125_000_000;
 
 /// Runs `tc` with `args`.
 fn tc(args: &[&str]) -> Result<()> {
-    let o = Command::new("tc")
-        .args(args)
-        .output()
-        .context("the tc command")?;
-    anyhow::ensure!(
-        o.status.success(),
-        "tc {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(())
+    revtun_tests::run_ok(Command::new("tc").args(args), Duration::from_secs(10)).map(drop)
 }
 
 /// Loopback traffic to or from `ports` goes through one `tbf` of `mbit`

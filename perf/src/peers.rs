@@ -94,17 +94,8 @@ fn revtun(sink: SocketAddr) -> Result<Tool> {
 /// TLS server wants one), made with the `openssl` command in `dir`.
 fn rathole_identity(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let sh = |args: &[&str]| -> Result<()> {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("the openssl command")?;
-        anyhow::ensure!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Ok(())
+        let cmd = &mut Command::new("openssl");
+        revtun_tests::run_ok(cmd.args(args).current_dir(dir), Duration::from_secs(30)).map(drop)
     };
     // A P-256 key (and a request or self-signed certificate) for `cn`.
     let key = |extra: &[&str], key: &str, out: &str, cn: &str| -> Result<()> {

@@ -265,10 +265,7 @@ impl Session {
                 let audio =
                     self.camera.is_some() && req.uri.trim_end_matches('/').ends_with("/track1");
                 let track = if audio { Track::Audio } else { Track::Video };
-                let offered = Offered {
-                    udp: self.limits.offered.udp,
-                    multicast: self.limits.offered.multicast,
-                };
+                let offered = self.limits.offered;
                 let header = req.header("Transport").unwrap_or("");
                 // Both tracks use one kind of transport: the other track's,
                 // if it is set up.
@@ -277,12 +274,7 @@ impl Session {
                     Track::Audio => self.video.as_ref(),
                 };
                 let wanted = transport::wanted(header).into_iter().find(|w| {
-                    let offered = match w {
-                        Wanted::Tcp { .. } => true,
-                        Wanted::Udp { .. } => offered.udp,
-                        Wanted::Multicast => offered.multicast,
-                    };
-                    offered && other.is_none_or(|o| same_kind(o.transport, *w))
+                    offered.allows(*w) && other.is_none_or(|o| same_kind(o.transport, *w))
                 });
                 let Some(w) = wanted else {
                     return reply(461);

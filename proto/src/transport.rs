@@ -82,14 +82,21 @@ pub struct Offered {
     pub multicast: bool,
 }
 
+impl Offered {
+    /// Whether `w` is offered (TCP always is).
+    pub fn allows(self, w: Wanted) -> bool {
+        match w {
+            Wanted::Tcp { .. } => true,
+            Wanted::Udp { .. } => self.udp,
+            Wanted::Multicast => self.multicast,
+        }
+    }
+}
+
 /// The first transport of `header` that `offered` allows; `None` means
 /// 461 Unsupported Transport.
 pub fn choose(header: &str, offered: Offered) -> Option<Wanted> {
-    wanted(header).into_iter().find(|w| match w {
-        Wanted::Tcp { .. } => true,
-        Wanted::Udp { .. } => offered.udp,
-        Wanted::Multicast => offered.multicast,
-    })
+    wanted(header).into_iter().find(|w| offered.allows(*w))
 }
 
 /// The `Transport` header of a SETUP reply for TCP.

@@ -31,7 +31,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Runs a command to completion with a time bound.
+/// As [`run`], and an error naming the command and its stderr when it
+/// does not exit successfully.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let o = run(cmd, limit)?;
+    anyhow::ensure!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+    Ok(o)
+}
+
+/// Runs `cmd` to completion within `limit`, its output captured.
 pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -451,10 +459,8 @@ impl Netns {
     /// Creates and enters a new namespace.
     pub fn enter_new() -> Result<Netns> {
         let name = format!("revtun-test-{}-{}", std::process::id(), unique());
-        let ip = |args: &[&str]| -> Result<()> {
-            let o = run(Command::new("ip").args(args), Duration::from_secs(10))?;
-            anyhow::ensure!(o.status.success(), "ip {args:?}: {}", stderr(&o));
-            Ok(())
+        let ip = |args: &[&str]| {
+            run_ok(Command::new("ip").args(args), Duration::from_secs(10)).map(drop)
         };
         ip(&["netns", "add", &name])?;
         let ns = Netns { name };
