@@ -16,5 +16,8 @@ for f in usr/bin/revtun-control usr/bin/revtun-dataplane usr/bin/revtun-keytool 
     usr/share/doc/revtun/examples/site.toml; do
     grep -q " \./$f\$" target/debian/contents.txt || { echo "missing from $deb: $f" >&2; exit 1; }
 done
-dpkg-deb -I "$deb" | grep -q postinst || { echo "no postinst in $deb" >&2; exit 1; }
+# Through a file: `grep -q` stops reading early, and under pipefail the
+# SIGPIPE it gives dpkg-deb would fail the check although postinst is in.
+dpkg-deb -I "$deb" > target/debian/info.txt
+grep -q postinst target/debian/info.txt || { echo "no postinst in $deb" >&2; exit 1; }
 echo "package ok: $deb"
