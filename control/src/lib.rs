@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod dataplane;
+pub mod fleet;
 pub mod limits;
 pub mod pending;
 pub mod pki;

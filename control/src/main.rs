@@ -108,6 +108,17 @@ struct Args {
     /// (handshake floods then cost control CPU, not data-plane CPU).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     nice: i32,
+    /// Fleet mode: the site store lives in this etcd (client URLs,
+    /// comma-separated), shared by every host of the fleet; written to
+    /// STATE_DIR/fleet.toml so the keytool follows. Without it, a state
+    /// directory with a fleet.toml is in that fleet; with neither, the
+    /// store is STATE_DIR/sites.db (docs/fleet.md).
+    #[arg(long, value_name = "URL[,URL...]", value_parser = parse_fleet)]
+    fleet: Option<String>,
+    /// This host's name in the fleet (its registrations in etcd); default:
+    /// the machine's hostname.
+    #[arg(long, value_parser = parse_host_id)]
+    host_id: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -115,6 +126,22 @@ struct Args {
     /// plane logs the same way).
     #[arg(long, env = "REVTUN_LOG_FORMAT", value_enum, default_value_t = revtun_dataplane::logging::LogFormat::Text)]
     log_format: revtun_dataplane::logging::LogFormat,
+}
+
+fn parse_fleet(s: &str) -> Result<String, String> {
+    revtun_control::fleet::parse_endpoints(s).map(|v| v.join(","))
+}
+
+fn parse_host_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a host id is 1-63 of a-z, 0-9, '-', '.'".into())
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -311,6 +338,8 @@ type Paths = Vec<(&'static str, String)>;
 /// stay (in control and in the data plane's file) and the log names them.
 const RESTART_ONLY: &[&str] = &[
     "listen",
+    "fleet",
+    "host-id",
     "state-dir",
     "rtsp-listen",
     "rtsps-listen",
@@ -503,7 +532,33 @@ fn run(args: Args, matches: clap::ArgMatches, argv: Vec<std::ffi::OsString>) -> 
             "one source prefix may hold more than a quarter of the pending handshakes"
         );
     }
-    let state = Arc::new(HostState::load(&args.state_dir)?);
+    let fleet = args
+        .fleet
+        .as_deref()
+        .map(revtun_control::fleet::parse_endpoints)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .map(revtun_control::fleet::FleetConfig::new);
+    if let Some(f) = &fleet {
+        // The keytool on this directory follows the fleet from now on.
+        let current = revtun_control::fleet::FleetConfig::load(&args.state_dir)
+            .map_err(anyhow::Error::msg)?;
+        if current.as_ref() != Some(f) {
+            f.save(&args.state_dir)?;
+        }
+    }
+    let state = Arc::new(HostState::load_with(&args.state_dir, fleet)?);
+    if let Some(f) = state.store.fleet() {
+        match f.join(&state.ca.fingerprint()) {
+            Ok(true) => {
+                tracing::info!(endpoints = ?f.config().endpoints, "fleet mode: the site store is in etcd")
+            }
+            Ok(false) => {
+                tracing::warn!(endpoints = ?f.config().endpoints, "fleet mode: etcd cannot be reached now; serving, and registering when it can")
+            }
+            Err(e) => anyhow::bail!(e),
+        }
+    }
     let listener =
         server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
@@ -511,6 +566,21 @@ fn run(args: Args, matches: clap::ArgMatches, argv: Vec<std::ffi::OsString>) -> 
     let (mut how, paths) = launch(&args, &matches)?;
     how.args.push(format!("--status-fd={}", status.as_raw_fd()));
     let dataplane = DataPlane::start(how).context("starting the data plane")?;
+    if let Some(f) = state.store.fleet() {
+        let host_id = match &args.host_id {
+            Some(h) => h.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(|h| parse_host_id(&h.trim().to_ascii_lowercase()).ok())
+                .context("this machine's hostname is not a usable host id; pass --host-id")?,
+        };
+        tracing::info!(host = %host_id, "fleet host id");
+        f.start_presence(
+            host_id,
+            local.to_string(),
+            args.state_dir.join("status.sock"),
+        );
+    }
     let mut reloader = Reloader {
         file: args.state_dir.join("dataplane.toml"),
         argv,

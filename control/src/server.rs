@@ -343,14 +343,23 @@ fn say(line: &str) {
 /// Tells the data plane to close the tunnels of revoked sites, within one
 /// [`limits::REVOCATION_POLL`] of `revtun-keytool revoke`.
 async fn revocations(ctx: Rc<Ctx>) {
-    let mut since = ctx.clock.now_ms();
+    let mut cursor = None;
     loop {
         tokio::time::sleep(limits::REVOCATION_POLL).await;
-        let (state, from) = (ctx.state.clone(), since);
-        let now = ctx.clock.now_ms();
-        match blocking(move || state.store.revoked_since(from)).await {
-            Ok(Ok(sites)) => {
-                for (site, _) in sites {
+        let (state, now) = (ctx.state.clone(), ctx.clock.now_ms());
+        let polled = blocking(move || -> Result<_, StoreError> {
+            let from = match cursor {
+                Some(c) => c,
+                None => state.store.revocation_cursor(now)?,
+            };
+            state
+                .store
+                .revocations_after(from, now, limits::REVOCATION_POLL)
+        })
+        .await;
+        match polled {
+            Ok(Ok((sites, next))) => {
+                for site in sites {
                     match ctx.dataplane.revoke(&site) {
                         Ok(shard) => info!(%site, shard, "site revoked; closing its tunnel"),
                         Err(e) => {
@@ -358,9 +367,7 @@ async fn revocations(ctx: Rc<Ctx>) {
                         }
                     }
                 }
-                // Overlap by one poll so a revocation committed during the
-                // query is not missed; a repeated revoke is harmless.
-                since = now - limits::REVOCATION_POLL.as_millis() as i64;
+                cursor = Some(next);
             }
             Ok(Err(e)) => warn!(error = %e, "revocation poll failed"),
             Err(e) => warn!(error = %e, "revocation poll failed"),
@@ -420,6 +427,9 @@ async fn report_stats(ctx: Rc<Ctx>) {
     loop {
         let restarts = ctx.dataplane.epoch().saturating_sub(1);
         let mut text = ctx.stats.render(ctx.pending.borrow().total(), restarts);
+        if let Some(f) = ctx.state.store.fleet() {
+            text.push_str(&f.view().render());
+        }
         if text.len() > MAX_CONTROL_METRICS {
             let cut = text[..MAX_CONTROL_METRICS].rfind('\n').map_or(0, |i| i + 1);
             text.truncate(cut);
@@ -606,7 +616,13 @@ async fn handshake(ctx: &Rc<Ctx>, mut io: TlsIo, peer: SocketAddr) -> Result<Out
         Err(e) => {
             let (kind, site) = msg.summary();
             warn!(%peer, site, kind, reason = %e, "refused");
-            io.send(&ServerMsg::Refused).await?;
+            // A fleet store that cannot be reached is not a verdict on the
+            // token or certificate: say "try later", nothing more.
+            let reply = match &e {
+                ConnError::Store(StoreError::Fleet(_)) => ServerMsg::Unavailable,
+                _ => ServerMsg::Refused,
+            };
+            io.send(&reply).await?;
             io.close().await;
             Err(e)
         }

@@ -12,6 +12,7 @@
 //! ```
 
 use crate::clock::UnixMillis;
+use crate::fleet::FleetConfig;
 use crate::pki::{self, Ca, PkiError};
 use crate::store::{Store, StoreError};
 use std::fs;
@@ -197,8 +198,15 @@ impl HostState {
         Self::load(dir)
     }
 
-    /// Loads the identity and opens the store.
+    /// Loads the identity and opens the store: the fleet's etcd when the
+    /// directory has a `fleet.toml`, else `sites.db`.
     pub fn load(dir: &Path) -> Result<Self, StateError> {
+        Self::load_with(dir, None)
+    }
+
+    /// Like [`HostState::load`], with the fleet given (`--fleet`) instead
+    /// of read from `fleet.toml`.
+    pub fn load_with(dir: &Path, fleet: Option<FleetConfig>) -> Result<Self, StateError> {
         let paths = Paths {
             dir: dir.to_path_buf(),
         };
@@ -210,12 +218,26 @@ impl HostState {
         let ca = Ca::load(&ca_cert_pem, &ca_key_pem)?;
         let listener_cert_pem = read(&paths.listener_cert())?;
         let listener_key_pem = read(&paths.listener_key())?;
-        let db = paths.store();
-        let new_db = !db.exists();
-        let store = Store::open(&db)?;
-        if new_db {
-            fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).map_err(io_err(&db))?;
-        }
+        let fleet = match fleet {
+            Some(f) => Some(f),
+            None => FleetConfig::load(dir).map_err(|e| StateError::Io {
+                path: FleetConfig::path(dir).display().to_string(),
+                error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+        };
+        let store = match fleet {
+            Some(cfg) => Store::Fleet(Box::new(crate::fleet::FleetStore::open(cfg)?)),
+            None => {
+                let db = paths.store();
+                let new_db = !db.exists();
+                let store = Store::open(&db)?;
+                if new_db {
+                    fs::set_permissions(&db, fs::Permissions::from_mode(0o600))
+                        .map_err(io_err(&db))?;
+                }
+                store
+            }
+        };
         let token_key = load_or_create_token_key(&paths.token_key())?;
         Ok(HostState {
             paths,
@@ -236,5 +258,126 @@ impl HostState {
     /// The listener key, PEM (for the TLS configuration only).
     pub fn listener_key_pem(&self) -> &str {
         &self.listener_key_pem
+    }
+}
+
+/// What a new fleet host needs from an existing one: the CA (certificate
+/// and key), the stream-token key and the fleet settings. Secret: written
+/// 0600, and zeroed in memory when dropped.
+#[derive(serde::Serialize, serde::Deserialize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct Bundle {
+    format: u32,
+    #[zeroize(skip)]
+    fleet: FleetConfig,
+    ca_cert_pem: String,
+    ca_key_pem: String,
+    viewer_token_key: String,
+}
+
+const BUNDLE_FORMAT: u32 = 1;
+
+impl HostState {
+    /// `revtun-keytool fleet export`: writes the bundle to `out` (0600,
+    /// never over an existing file). The host must be in a fleet.
+    pub fn export_fleet(&self, out: &Path) -> Result<(), StateError> {
+        let Some(f) = self.store.fleet() else {
+            return Err(StateError::Store(StoreError::Refused(format!(
+                "{} is not in a fleet: start revtun-control with --fleet first (or pass --fleet to the keytool)",
+                self.paths.dir.display()
+            ))));
+        };
+        let bundle = Bundle {
+            format: BUNDLE_FORMAT,
+            fleet: f.config().clone(),
+            ca_cert_pem: self.ca_cert_pem.clone(),
+            ca_key_pem: read(&self.paths.ca_key())?,
+            viewer_token_key: revtun_proto::hex::encode(&self.token_key[..]),
+        };
+        let text = zeroize::Zeroizing::new(serde_json::to_string_pretty(&bundle).map_err(|e| {
+            StateError::Io {
+                path: out.display().to_string(),
+                error: std::io::Error::other(e),
+            }
+        })?);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(io_err(out))?;
+        f.write_all(text.as_bytes()).map_err(io_err(out))?;
+        f.sync_all().map_err(io_err(out))
+    }
+
+    /// `revtun-keytool fleet import`: makes `dir` a host of the bundle's
+    /// fleet: the fleet's CA and stream-token key, a listener certificate
+    /// of its own, `fleet.toml`. Refuses a directory that already holds a
+    /// host identity.
+    pub fn import_fleet(
+        dir: &Path,
+        bundle_path: &Path,
+        now: UnixMillis,
+    ) -> Result<Self, StateError> {
+        let paths = Paths {
+            dir: dir.to_path_buf(),
+        };
+        let meta = fs::metadata(bundle_path).map_err(io_err(bundle_path))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(StateError::Io {
+                path: bundle_path.display().to_string(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the bundle holds the fleet's CA key: it must be readable by its owner only (chmod 600)",
+                ),
+            });
+        }
+        let text = zeroize::Zeroizing::new(read(bundle_path)?);
+        let bundle: Bundle = serde_json::from_str(&text).map_err(|e| StateError::Io {
+            path: bundle_path.display().to_string(),
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a fleet bundle: {e}"),
+            ),
+        })?;
+        if bundle.format != BUNDLE_FORMAT {
+            return Err(StateError::Io {
+                path: bundle_path.display().to_string(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bundle format {} is not {BUNDLE_FORMAT}", bundle.format),
+                ),
+            });
+        }
+        let ca = Ca::load(&bundle.ca_cert_pem, &bundle.ca_key_pem)?;
+        revtun_proto::hex::decode_exact::<32>(&bundle.viewer_token_key).ok_or_else(|| {
+            StateError::Io {
+                path: bundle_path.display().to_string(),
+                error: std::io::Error::new(std::io::ErrorKind::InvalidData, "bad viewer token key"),
+            }
+        })?;
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        if [
+            paths.ca_key(),
+            paths.ca_cert(),
+            paths.store(),
+            FleetConfig::path(dir),
+        ]
+        .iter()
+        .any(|p| p.exists())
+        {
+            return Err(StateError::Exists(dir.display().to_string()));
+        }
+        let listener = ca.issue_listener(now, crate::limits::LISTENER_CERT_TTL)?;
+        write_file(&paths.listener_key(), listener.key_pem.as_bytes(), 0o600)?;
+        write_file(&paths.listener_cert(), listener.cert_pem.as_bytes(), 0o644)?;
+        let key_text = zeroize::Zeroizing::new(format!("{}\n", bundle.viewer_token_key));
+        write_file(&paths.token_key(), key_text.as_bytes(), 0o600)?;
+        bundle.fleet.save(dir)?;
+        write_file(&paths.ca_cert(), bundle.ca_cert_pem.as_bytes(), 0o644)?;
+        // Last: the CA key's presence is what makes the directory a host.
+        write_file(&paths.ca_key(), bundle.ca_key_pem.as_bytes(), 0o600)?;
+        Self::load(dir)
     }
 }

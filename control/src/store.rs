@@ -8,8 +8,8 @@
 //! enrollments cannot both win (threat 2); there is no cache of "unused".
 //!
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] runs
-//! in order from the stored version. Keep this interface small: a fleet of
-//! hosts moves it to a distributed store with transactions.
+//! in order from the stored version. A fleet of hosts keeps the same
+//! interface in etcd ([`crate::fleet`]); [`Store`] is either.
 
 use crate::clock::UnixMillis;
 use revtun_proto::token::Token;
@@ -74,6 +74,9 @@ pub enum StoreError {
     /// An operator asked for something the state forbids.
     #[error("{0}")]
     Refused(String),
+    /// The fleet's etcd could not be reached or answered badly.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// Why an enrollment or hello is refused. Logged precisely, never sent:
@@ -164,11 +167,168 @@ pub struct NewCert<'a> {
     pub not_after: UnixMillis,
 }
 
-/// The store. One connection behind a mutex; SQLite serialises writers
-/// across processes with its own locks.
+/// The single-host store. One connection behind a mutex; SQLite
+/// serialises writers across processes with its own locks.
 #[derive(Debug)]
-pub struct Store {
+pub struct Sqlite {
     conn: Mutex<Connection>,
+}
+
+/// The site store: SQLite on one host, etcd in a fleet
+/// ([`crate::fleet`]). The same calls and the same guarantees.
+#[derive(Debug)]
+pub enum Store {
+    /// `STATE_DIR/sites.db`.
+    Sqlite(Sqlite),
+    /// The fleet's etcd.
+    Fleet(Box<crate::fleet::FleetStore>),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            Store::Fleet($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the SQLite store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Sqlite::open(path).map(Store::Sqlite)
+    }
+
+    /// The fleet store, if this host is in a fleet.
+    pub fn fleet(&self) -> Option<&crate::fleet::FleetStore> {
+        match self {
+            Store::Fleet(f) => Some(f),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// Schema version (SQLite `user_version`; the fleet's key layout).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.schema_version(),
+            Store::Fleet(_) => Ok(1),
+        }
+    }
+
+    /// Records a new token for `site`, creating the site if it is new and
+    /// invalidating its older unused tokens. Refuses revoked sites, and
+    /// enrolled ones unless `reissue` (a site that lost its state).
+    pub fn add_token(
+        &self,
+        site: &str,
+        token: &Token,
+        now: UnixMillis,
+        expires: UnixMillis,
+        reissue: bool,
+    ) -> Result<(), StoreError> {
+        both!(self, s => s.add_token(site, token, now, expires, reissue))
+    }
+
+    /// Checks a token without spending it (constant-time digest compare).
+    pub fn check_token(
+        &self,
+        site: &str,
+        token: &Token,
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        both!(self, s => s.check_token(site, token, now))
+    }
+
+    /// Spends the token and records the certificate, atomically: of any
+    /// number of racing callers (on any host of a fleet), exactly one sees
+    /// `Ok(Ok(()))`.
+    pub fn spend_token(
+        &self,
+        site: &str,
+        token: &Token,
+        cert: NewCert<'_>,
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        both!(self, s => s.spend_token(site, token, cert, now))
+    }
+
+    /// Checks a presented site certificate and records the visit.
+    pub fn check_cert(
+        &self,
+        site: &str,
+        serial: &[u8],
+        now: UnixMillis,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        both!(self, s => s.check_cert(site, serial, now))
+    }
+
+    /// Revokes a site: its certificates and unused tokens stop working.
+    pub fn revoke_site(&self, site: &str, now: UnixMillis) -> Result<(), StoreError> {
+        both!(self, s => s.revoke_site(site, now))
+    }
+
+    /// True when the site is revoked.
+    pub fn is_revoked(&self, site: &str) -> Result<bool, StoreError> {
+        both!(self, s => s.is_revoked(site))
+    }
+
+    /// Where a revocation poll starts: now.
+    pub fn revocation_cursor(&self, now: UnixMillis) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(now),
+            Store::Fleet(f) => f.revision(),
+        }
+    }
+
+    /// Sites revoked since `cursor`, and the next cursor. SQLite: times,
+    /// overlapping by `overlap` so a revocation committed during the query
+    /// is not missed; etcd: revisions (clocks of hosts may disagree). A
+    /// site may be named twice; revoking twice is harmless.
+    pub fn revocations_after(
+        &self,
+        cursor: i64,
+        now: UnixMillis,
+        overlap: Duration,
+    ) -> Result<(Vec<String>, i64), StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok((
+                s.revoked_since(cursor)?
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect(),
+                now - overlap.as_millis() as i64,
+            )),
+            Store::Fleet(f) => f.revocations_after(cursor),
+        }
+    }
+
+    /// Every site with its state, for `list`.
+    pub fn list(&self, now: UnixMillis) -> Result<Vec<SiteSummary>, StoreError> {
+        both!(self, s => s.list(now))
+    }
+
+    /// Adds a viewer, or with `update` changes one.
+    pub fn put_viewer(
+        &self,
+        name: &str,
+        ha1: Option<[u8; 16]>,
+        allow: &[String],
+        update: bool,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        both!(self, s => s.put_viewer(name, ha1, allow, update, now))
+    }
+
+    /// Removes a viewer.
+    pub fn remove_viewer(&self, name: &str) -> Result<(), StoreError> {
+        both!(self, s => s.remove_viewer(name))
+    }
+
+    /// Every viewer, by name.
+    pub fn viewers(&self) -> Result<Vec<ViewerRow>, StoreError> {
+        both!(self, s => s.viewers())
+    }
 }
 
 /// (site, secret digest, expires_at, used_at, invalidated_at, site revoked_at)
@@ -178,7 +338,7 @@ fn digest(secret: &[u8]) -> [u8; 32] {
     crate::pki::sha256(secret)
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) and migrates the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
@@ -186,7 +346,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let store = Store {
+        let store = Sqlite {
             conn: Mutex::new(conn),
         };
         store.migrate()?;
@@ -501,7 +661,7 @@ pub struct ViewerRow {
     pub updated_at: UnixMillis,
 }
 
-impl Store {
+impl Sqlite {
     /// Adds a viewer, or with `update` replaces an existing viewer's
     /// permissions (and its password when `ha1` is given). Names and
     /// permissions are checked by the caller.

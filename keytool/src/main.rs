@@ -5,6 +5,7 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use revtun_control::clock::{format_ms, to_datetime, Clock, SystemClock};
+use revtun_control::fleet::FleetConfig;
 use revtun_control::{provision, state, HostState};
 use revtun_proto::keyfile::Endpoint;
 use std::io::Write;
@@ -19,8 +20,22 @@ struct Args {
     /// Host state directory.
     #[arg(long, global = true, env = "REVTUN_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Use the fleet's store in this etcd (client URLs, comma-separated)
+    /// instead of what the state directory says (its fleet.toml, else
+    /// sites.db).
+    #[arg(long, global = true, value_name = "URL[,URL...]", value_parser = parse_fleet)]
+    fleet: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// The `--fleet` override, set once in [`run`].
+static FLEET: std::sync::OnceLock<Option<FleetConfig>> = std::sync::OnceLock::new();
+
+/// Loads the host state with its store: `--fleet`, else the directory's
+/// fleet.toml, else sites.db.
+fn load(dir: &Path) -> anyhow::Result<HostState> {
+    Ok(HostState::load_with(dir, FLEET.get().cloned().flatten())?)
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +93,34 @@ enum Cmd {
     /// Viewers of the host's RTSP port: who may watch which cameras.
     #[command(subcommand)]
     Viewer(ViewerCmd),
+    /// A fleet of hosts sharing one store in etcd (docs/fleet.md).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCmd {
+    /// Write what a new host of this fleet needs (the CA and its key, the
+    /// stream-token key, the etcd endpoints) to FILE, mode 0600. Keep it
+    /// like ca.key; delete it once imported.
+    Export {
+        /// Where to write the bundle. It must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prepare this state directory as a host of the bundle's fleet (the
+    /// fleet's CA, a listener certificate of its own, fleet.toml).
+    Import {
+        /// The bundle from 'fleet export' (mode 0600).
+        file: PathBuf,
+    },
+    /// The hosts registered in etcd now and the sites whose tunnels each
+    /// holds.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +165,10 @@ enum ViewerCmd {
     },
 }
 
+fn parse_fleet(s: &str) -> Result<String, String> {
+    revtun_control::fleet::parse_endpoints(s).map(|v| v.join(","))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = revtun_proto::duration::parse(s)?;
     if d.is_zero() {
@@ -140,7 +187,15 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let clock = SystemClock::default();
+    let urls = args
+        .fleet
+        .as_deref()
+        .map(revtun_control::fleet::parse_endpoints)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let _ = FLEET.set(urls.map(FleetConfig::new));
     match args.cmd {
+        Cmd::Fleet(cmd) => fleet(&args.state_dir, &clock, cmd)?,
         Cmd::Init { force } => {
             let st = HostState::init(&args.state_dir, force, clock.now_ms())?;
             println!("host identity created in {}", args.state_dir.display());
@@ -166,7 +221,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Inspect { file } => inspect(&file, &clock)?,
         Cmd::Viewer(cmd) => viewer(&args.state_dir, &clock, cmd)?,
         Cmd::Revoke { site } => {
-            let st = HostState::load(&args.state_dir)?;
+            let st = load(&args.state_dir)?;
             st.store.revoke_site(&site, clock.now_ms())?;
             println!(
                 "site {site} revoked; a running control closes its tunnel within a few seconds"
@@ -202,7 +257,7 @@ fn issue(
             out.display()
         );
     }
-    let st = HostState::load(dir)?;
+    let st = load(dir)?;
     // Create the file first (create_new, 0600) so a path problem leaves no
     // live token behind; record the token; then write the contents.
     let mut f = std::fs::OpenOptions::new()
@@ -284,7 +339,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
-    let st = HostState::load(dir)?;
+    let st = load(dir)?;
     let rows = st.store.list(clock.now_ms())?;
     // Connected sites, if the host answers.
     let connected: Option<Vec<String>> = host_status(dir).ok().map(|v| {
@@ -315,6 +370,89 @@ fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
             opt(r.last_seen),
             up
         );
+    }
+    Ok(())
+}
+
+fn fleet(dir: &Path, clock: &SystemClock, cmd: FleetCmd) -> anyhow::Result<()> {
+    match cmd {
+        FleetCmd::Export { out } => {
+            let st = load(dir)?;
+            st.export_fleet(&out)?;
+            println!(
+                "fleet bundle written to {} (mode 0600): it holds the fleet's CA key; \
+                 import it on the new host with 'revtun-keytool --state-dir DIR fleet import FILE', then delete it",
+                out.display()
+            );
+        }
+        FleetCmd::Import { file } => {
+            let st = HostState::import_fleet(dir, &file, clock.now_ms())?;
+            let f = st
+                .store
+                .fleet()
+                .context("the imported directory is not in a fleet")?;
+            if !f.join(&st.ca.fingerprint())? {
+                eprintln!("warning: etcd cannot be reached now; the fleet's CA is checked when control starts");
+            }
+            println!(
+                "{} is a host of the fleet at {} (CA {}); start revtun-control on it with --host-id NAME",
+                dir.display(),
+                f.config().endpoints.join(","),
+                st.ca.fingerprint()
+            );
+        }
+        FleetCmd::Status { json } => {
+            let st = load(dir)?;
+            let f = st.store.fleet().context(
+                "this state directory is not in a fleet (no fleet.toml; pass --fleet URL)",
+            )?;
+            let v = f.read_registry()?;
+            if json {
+                let hosts: serde_json::Map<String, serde_json::Value> = v
+                    .hosts
+                    .iter()
+                    .map(|(id, h)| {
+                        let sites: Vec<&String> = v
+                            .tunnels
+                            .iter()
+                            .filter(|(_, hs)| hs.contains(id))
+                            .map(|(s, _)| s)
+                            .collect();
+                        (id.clone(), serde_json::json!({"listen": h.listen, "since": h.since, "sites": sites}))
+                    })
+                    .collect();
+                let tunnels: serde_json::Map<String, serde_json::Value> = v
+                    .tunnels
+                    .iter()
+                    .map(|(s, hs)| (s.clone(), serde_json::json!(hs)))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"hosts": hosts, "tunnels": tunnels})
+                );
+            } else {
+                println!(
+                    "{:<24} {:<24} {:<21} {:<6}",
+                    "HOST", "LISTEN", "SINCE", "SITES"
+                );
+                for (id, h) in &v.hosts {
+                    let n = v.tunnels.values().filter(|hs| hs.contains(id)).count();
+                    println!(
+                        "{:<24} {:<24} {:<21} {:<6}",
+                        id,
+                        h.listen,
+                        format_ms(h.since),
+                        n
+                    );
+                }
+                for (site, hs) in &v.tunnels {
+                    println!(
+                        "site {site}: {}",
+                        hs.iter().cloned().collect::<Vec<_>>().join(" ")
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -379,7 +517,7 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
                 None if update => (None, false),
                 None => (Some(generate_password()?), true),
             };
-            let st = HostState::load(dir)?;
+            let st = load(dir)?;
             let ha1 = password.as_ref().map(|p| viewer::ha1(&name, p));
             st.store
                 .put_viewer(&name, ha1, &allow, update, clock.now_ms())?;
@@ -396,7 +534,7 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
             }
         }
         ViewerCmd::List => {
-            let st = HostState::load(dir)?;
+            let st = load(dir)?;
             println!("{:<24} {:<21} ALLOW", "VIEWER", "UPDATED");
             for v in st.store.viewers()? {
                 println!(
@@ -408,7 +546,7 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
             }
         }
         ViewerCmd::Remove { name } => {
-            let st = HostState::load(dir)?;
+            let st = load(dir)?;
             st.store.remove_viewer(&name)?;
             println!(
                 "viewer {name} removed; a running control ends its sessions within a few seconds"
@@ -430,7 +568,7 @@ fn viewer(dir: &Path, clock: &SystemClock, cmd: ViewerCmd) -> anyhow::Result<()>
                 bail!("--url {url:?}: give only rtsp://HOST:PORT (no user, no path)");
             }
             let scheme = &base[..base.len() - authority.len()];
-            let st = HostState::load(dir)?;
+            let st = load(dir)?;
             let key = viewer::TokenKey::new(st.token_key());
             let expires = (clock.now_ms() / 1000) as u64 + ttl.as_secs().max(1);
             let (user, password) = key

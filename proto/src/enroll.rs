@@ -23,6 +23,7 @@ const T_HELLO: u8 = 0x02;
 const T_ENROLLED: u8 = 0x81;
 const T_READY: u8 = 0x82;
 const T_REFUSED: u8 = 0x8f;
+const T_UNAVAILABLE: u8 = 0x8e;
 
 /// The one generic refusal, the same bytes whatever the reason: unknown
 /// site, bad token, expired token, spent token, revoked certificate.
@@ -62,6 +63,10 @@ pub enum ServerMsg {
     },
     /// Refused, for a reason only the host log tells.
     Refused,
+    /// The host cannot decide now (a fleet host whose store is
+    /// unreachable): nothing was spent or checked; try again later. Says
+    /// nothing about the token or the certificate.
+    Unavailable,
 }
 
 /// Why a message could not be decoded. All of these mean "peer misbehaved".
@@ -230,6 +235,7 @@ impl ServerMsg {
             ServerMsg::Enrolled { cert_der } => frame(T_ENROLLED, cert_der),
             ServerMsg::Ready { data_version } => frame(T_READY, &[*data_version]),
             ServerMsg::Refused => REFUSED_BYTES.to_vec(),
+            ServerMsg::Unavailable => frame(T_UNAVAILABLE, &[]),
         }
     }
 
@@ -238,7 +244,7 @@ impl ServerMsg {
         let Some((kind, len)) = header(buf)? else {
             return Ok(None);
         };
-        if !matches!(kind, T_ENROLLED | T_READY | T_REFUSED) {
+        if !matches!(kind, T_ENROLLED | T_READY | T_REFUSED | T_UNAVAILABLE) {
             return Err(MsgError::UnknownType(kind));
         }
         let Some(raw) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
@@ -252,6 +258,7 @@ impl ServerMsg {
                 data_version: raw[0],
             },
             T_REFUSED if raw.is_empty() => ServerMsg::Refused,
+            T_UNAVAILABLE if raw.is_empty() => ServerMsg::Unavailable,
             _ => return Err(MsgError::Malformed("server")),
         };
         Ok(Some((msg, HEADER_LEN + len)))
@@ -288,6 +295,7 @@ mod tests {
             },
             ServerMsg::Ready { data_version: 1 },
             ServerMsg::Refused,
+            ServerMsg::Unavailable,
         ] {
             let bytes = msg.encode();
             assert_eq!(ServerMsg::decode(&bytes), Ok(Some((msg, bytes.len()))));

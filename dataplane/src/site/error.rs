@@ -74,6 +74,10 @@ pub enum SiteError {
     /// The host refused the site certificate.
     #[error("the host refused this site's certificate: the site is revoked or unknown to this host (the host's log says which)")]
     HelloRefused,
+    /// The host could not decide now (a fleet host whose store is
+    /// unreachable); nothing was spent.
+    #[error("the host at {0} cannot decide now: its fleet store is unreachable (nothing was spent); try again later")]
+    HostUnavailable(String),
     /// The handshake did not finish in time.
     #[error("the host at {0} did not complete the handshake in time")]
     Timeout(String),
@@ -96,7 +100,10 @@ impl SiteError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SiteError::Unreachable(_) | SiteError::Timeout(_) | SiteError::Protocol { .. }
+            SiteError::Unreachable(_)
+                | SiteError::Timeout(_)
+                | SiteError::Protocol { .. }
+                | SiteError::HostUnavailable(_)
         )
     }
 }

@@ -281,6 +281,7 @@ pub fn enroll(
     let cert_der = match decode_reply(&raw, &endpoint)? {
         ServerMsg::Enrolled { cert_der } => cert_der,
         ServerMsg::Refused => return Err(SiteError::EnrollRefused),
+        ServerMsg::Unavailable => return Err(SiteError::HostUnavailable(endpoint)),
         ServerMsg::Ready { .. } => {
             return Err(SiteError::Protocol {
                 endpoint,
@@ -364,6 +365,7 @@ fn hello_at(id: &Identity, endpoints: &[Endpoint]) -> Result<Session, SiteError>
             data_version,
         }),
         ServerMsg::Refused => Err(SiteError::HelloRefused),
+        ServerMsg::Unavailable => Err(SiteError::HostUnavailable(endpoint)),
         ServerMsg::Enrolled { .. } => Err(SiteError::Protocol {
             endpoint,
             reason: "unexpected Enrolled to a hello".into(),
