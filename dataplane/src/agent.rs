@@ -46,6 +46,8 @@ pub struct AgentConfig {
     /// Where the tunnel's state is written for `revtun-site status`
     /// (`STATE_DIR/status`).
     pub status_file: Option<std::path::PathBuf>,
+    /// Tunnels to hold, each to a different host (`--tunnels`).
+    pub tunnels: usize,
 }
 
 /// Writes `STATE_DIR/status`: `up|down|stopped`, since (Unix seconds),
@@ -120,6 +122,10 @@ pub fn run(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     };
     let ex = glommio::LocalExecutorBuilder::new(placement)
         .name("revtun-site")
+        // One thread per tunnel slot for the blocking TLS handshakes, so
+        // a host that stalls one hello delays neither the other slots'
+        // hellos nor any live tunnel.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(cfg.tunnels.max(1)))
         .spin_before_park(cfg.spin)
         // glommio's registered buffers serve its file I/O, which the agent
         // does not use; its 10 MiB default was most of an idle agent's RSS.
@@ -159,11 +165,7 @@ impl Offered {
 /// Applies reloads within a fifth of a second of SIGHUP: the new
 /// services and cameras take the next streams, and the live tunnel
 /// announces them; streams already open go on.
-async fn reloads(
-    hook: Reload,
-    offered: Rc<Offered>,
-    current: Rc<std::cell::RefCell<Option<Tunnel>>>,
-) {
+async fn reloads(hook: Reload, offered: Rc<Offered>, live: Rc<std::cell::RefCell<Vec<Tunnel>>>) {
     loop {
         glommio::timer::sleep(Duration::from_millis(200)).await;
         if !hook.requested.swap(false, Ordering::SeqCst) {
@@ -173,7 +175,7 @@ async fn reloads(
             Ok((services, cameras)) => {
                 offered.set(services, &cameras);
                 let names = offered.names();
-                if let Some(t) = current.borrow().as_ref().filter(|t| !t.is_closed()) {
+                for t in live.borrow().iter().filter(|t| !t.is_closed()) {
                     t.advertise(&names);
                 }
                 tracing::info!(services = ?names, "settings reloaded (services and cameras; other settings apply at a restart)");
@@ -188,6 +190,40 @@ async fn reloads(
     }
 }
 
+/// What the agent's tunnel slots share.
+struct Slots {
+    /// Fingerprint of the host each slot holds (or is saying hello to):
+    /// claimed under the lock before the hello, so two slots never hold
+    /// tunnels to one host.
+    claims: Arc<std::sync::Mutex<Vec<Option<[u8; 32]>>>>,
+    /// Endpoint of each slot's live tunnel (for the status file).
+    up: std::cell::RefCell<Vec<Option<String>>>,
+    /// Live tunnels (reloads announce to each).
+    live: Rc<std::cell::RefCell<Vec<Tunnel>>>,
+    /// Slot 0 made its first attempt (the others start after it).
+    first_done: std::cell::Cell<bool>,
+    /// A definitive refusal seen by any slot: the agent stops with it.
+    fatal: std::cell::RefCell<Option<SiteError>>,
+    /// Down since the first failure with no tunnel up.
+    down: std::cell::Cell<bool>,
+}
+
+impl Slots {
+    fn write_status(&self, cfg: &AgentConfig, why_down: Option<&str>) {
+        let Some(f) = &cfg.status_file else { return };
+        let up: Vec<String> = self.up.borrow().iter().flatten().cloned().collect();
+        if !up.is_empty() {
+            write_status(f, "up", &up.join(" "));
+        } else if let Some(why) = why_down {
+            write_status(f, "down", why);
+        }
+    }
+}
+
+/// Longest wait of a slot that finds every reachable host already held by
+/// another slot (a single host, or fewer hosts than --tunnels).
+const HELD_WAIT_MAX: Duration = Duration::from_secs(300);
+
 async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
     let offered = Rc::new(Offered {
         services: Rc::default(),
@@ -195,80 +231,129 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
         camera_timeout: cfg.camera_timeout,
     });
     offered.set(cfg.services.clone(), &cfg.cameras);
-    let current: Rc<std::cell::RefCell<Option<Tunnel>>> = Rc::default();
+    let n = cfg.tunnels.max(1);
+    let slots = Rc::new(Slots {
+        claims: Arc::new(std::sync::Mutex::new(vec![None; n])),
+        up: std::cell::RefCell::new(vec![None; n]),
+        live: Rc::default(),
+        first_done: std::cell::Cell::new(false),
+        fatal: std::cell::RefCell::new(None),
+        down: std::cell::Cell::new(false),
+    });
     if let Some(hook) = cfg.reload.clone() {
-        glommio::spawn_local(reloads(hook, offered.clone(), current.clone())).detach();
+        glommio::spawn_local(reloads(hook, offered.clone(), slots.live.clone())).detach();
+    }
+    let id = Rc::new(id);
+    let tasks: Vec<_> = (1..n)
+        .map(|i| {
+            glommio::spawn_local(slot(
+                i,
+                id.clone(),
+                cfg.clone(),
+                offered.clone(),
+                slots.clone(),
+            ))
+        })
+        .collect();
+    slot(0, id, cfg.clone(), offered, slots.clone()).await;
+    for t in tasks {
+        t.await;
+    }
+    let fatal = slots.fatal.borrow_mut().take();
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// SHA-256 of the server's certificate: which host a connection reached.
+fn host_fingerprint(conn: &rustls::ClientConnection) -> Option<[u8; 32]> {
+    let cert = conn.peer_certificates()?.first()?;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+    d.as_ref().try_into().ok()
+}
+
+/// One tunnel slot: holds a tunnel to a host no other slot holds,
+/// reconnecting with its own backoff. Slot `i` tries the endpoints from
+/// the `i`-th on.
+async fn slot(
+    i: usize,
+    id: Rc<Identity>,
+    cfg: AgentConfig,
+    offered: Rc<Offered>,
+    slots: Rc<Slots>,
+) {
+    if i > 0 {
+        while !slots.first_done.get() && !cfg.stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
     }
     let mut backoff = Backoff::new(BACKOFF_BASE, cfg.max_backoff);
-    let mut down = false;
+    let mut held_wait = cfg.max_backoff.max(Duration::from_secs(30));
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return;
         }
         let started = Instant::now();
-        match site::hello(&id) {
+        let attempt = {
+            let (id, claims) = ((*id).clone(), slots.claims.clone());
+            glommio::executor()
+                .spawn_blocking(move || {
+                    let gate = |conn: &rustls::ClientConnection, endpoint: &str| {
+                        let fp = host_fingerprint(conn);
+                        let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
+                        if fp.is_some() && c.iter().enumerate().any(|(j, h)| j != i && *h == fp) {
+                            return Err(SiteError::HostAlreadyHeld(endpoint.to_string()));
+                        }
+                        c[i] = fp;
+                        Ok(())
+                    };
+                    let r = site::hello_from(&id, i, Some(&gate));
+                    if r.is_err() {
+                        claims.lock().unwrap_or_else(|p| p.into_inner())[i] = None;
+                    }
+                    r
+                })
+                .await
+        };
+        slots.first_done.set(true);
+        let mut wait = None;
+        match attempt {
             Ok(session) => {
-                let secrets = session
-                    .tls
-                    .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
-                    .map(zeroize::Zeroizing::new)
-                    .map_err(|e| SiteError::Local(format!("key export: {e}")))?;
-                session
-                    .stream
-                    .set_nonblocking(true)
-                    .map_err(|e| SiteError::Local(e.to_string()))?;
-                let sock = glommio::net::TcpStream::from(socket2::Socket::from(session.stream));
-                tracing::info!(site = %id.site, endpoint = %session.endpoint, "tunnel up");
-                println!("tunnel up via {}", session.endpoint);
-                if let Some(f) = &cfg.status_file {
-                    write_status(f, "up", &session.endpoint.to_string());
+                held_wait = cfg.max_backoff.max(Duration::from_secs(30));
+                if let Err(e) = hold(i, session, &id, &cfg, &offered, &slots).await {
+                    *slots.fatal.borrow_mut() = Some(e);
+                    cfg.stop.store(true, Ordering::SeqCst);
+                    return;
                 }
-                let _ = std::io::stdout().flush();
-                let spec = Spec {
-                    side: Side::Site,
-                    cfg: cfg.tunnel.clone(),
-                    ratchet_interval: RATCHET_INTERVAL,
-                    name: id.site.clone(),
-                };
-                let t = Tunnel::start(
-                    sock,
-                    &secrets,
-                    spec,
-                    Role::Site {
-                        services: offered.services.clone(),
-                        handlers: offered.handlers.clone(),
-                        connect_timeout: cfg.connect_timeout,
-                    },
-                    &offered.names(),
-                    Some(cfg.stop.clone()),
-                );
-                *current.borrow_mut() = Some(t.clone());
-                let reason = t.closed().await;
-                *current.borrow_mut() = None;
-                if let Some(f) = &cfg.status_file {
-                    write_status(f, "down", &format!("tunnel closed: {reason}"));
-                }
-                down = true;
-                tracing::warn!(site = %id.site, %reason, "tunnel closed");
+            }
+            Err(SiteError::HostAlreadyHeld(ep)) => {
+                tracing::info!(slot = i, endpoint = %ep, wait = ?held_wait, "every reachable host already holds one of this site's tunnels; trying again later");
+                wait = Some(held_wait);
+                held_wait = (held_wait * 2).min(HELD_WAIT_MAX);
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "cannot reach the host");
+                tracing::warn!(slot = i, error = %e, "cannot reach the host");
                 // Down since the first failure, not the latest.
-                if let Some(f) = cfg.status_file.as_ref().filter(|_| !down) {
-                    write_status(f, "down", &format!("cannot reach the host: {e}"));
+                if !slots.down.get() {
+                    slots.write_status(&cfg, Some(&format!("cannot reach the host: {e}")));
                 }
-                down = true;
+                slots.down.set(true);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                *slots.fatal.borrow_mut() = Some(e);
+                cfg.stop.store(true, Ordering::SeqCst);
+                return;
+            }
         }
         if cfg.stop.load(Ordering::Relaxed) {
-            return Ok(());
+            return;
         }
         if started.elapsed() >= STABLE_AFTER {
             backoff.reset();
         }
-        let delay = backoff.next_delay(random_unit());
-        tracing::info!(?delay, "reconnecting");
+        let delay = wait.unwrap_or_else(|| backoff.next_delay(random_unit()));
+        tracing::info!(slot = i, ?delay, "reconnecting");
         let until = Instant::now() + delay;
         while Instant::now() < until && !cfg.stop.load(Ordering::Relaxed) {
             glommio::timer::sleep(
@@ -279,6 +364,63 @@ async fn agent_loop(id: Identity, cfg: AgentConfig) -> Result<(), SiteError> {
             .await;
         }
     }
+}
+
+/// Runs one authenticated connection as a tunnel until it closes.
+async fn hold(
+    i: usize,
+    session: site::Session,
+    id: &Identity,
+    cfg: &AgentConfig,
+    offered: &Rc<Offered>,
+    slots: &Rc<Slots>,
+) -> Result<(), SiteError> {
+    let secrets = session
+        .tls
+        .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| SiteError::Local(format!("key export: {e}")))?;
+    session
+        .stream
+        .set_nonblocking(true)
+        .map_err(|e| SiteError::Local(e.to_string()))?;
+    let sock = glommio::net::TcpStream::from(socket2::Socket::from(session.stream));
+    tracing::info!(site = %id.site, slot = i, endpoint = %session.endpoint, "tunnel up");
+    println!("tunnel up via {}", session.endpoint);
+    let _ = std::io::stdout().flush();
+    slots.up.borrow_mut()[i] = Some(session.endpoint.clone());
+    slots.down.set(false);
+    slots.write_status(cfg, None);
+    let spec = Spec {
+        side: Side::Site,
+        cfg: cfg.tunnel.clone(),
+        ratchet_interval: RATCHET_INTERVAL,
+        name: id.site.clone(),
+    };
+    let t = Tunnel::start(
+        sock,
+        &secrets,
+        spec,
+        Role::Site {
+            services: offered.services.clone(),
+            handlers: offered.handlers.clone(),
+            connect_timeout: cfg.connect_timeout,
+        },
+        &offered.names(),
+        Some(cfg.stop.clone()),
+    );
+    slots.live.borrow_mut().push(t.clone());
+    let reason = t.closed().await;
+    slots.live.borrow_mut().retain(|x| !x.is_closed());
+    slots.up.borrow_mut()[i] = None;
+    slots.claims.lock().unwrap_or_else(|p| p.into_inner())[i] = None;
+    let why = format!("tunnel closed: {reason}");
+    if slots.up.borrow().iter().all(Option::is_none) {
+        slots.down.set(true);
+    }
+    slots.write_status(cfg, Some(&why));
+    tracing::warn!(site = %id.site, slot = i, %reason, "tunnel closed");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -302,6 +444,7 @@ mod tests {
             connect_timeout: crate::tunnel::CONNECT_TIMEOUT,
             reload: None,
             status_file: None,
+            tunnels: 1,
         };
         let text = format!("{cfg:?}");
         assert!(!text.contains("hunter2"), "{text}");

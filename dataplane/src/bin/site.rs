@@ -100,6 +100,13 @@ enum Cmd {
         /// for this long is given up on (the host's client gets a reset).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         connect_timeout: Duration,
+        /// Tunnels to hold, each to a different host of the keyfile's
+        /// endpoints (a fleet, or one load-balanced name in front of
+        /// several hosts); each reconnects on its own. Hosts are told apart
+        /// by their certificate; with fewer hosts than N, the extra tunnels
+        /// try again every 30 s to 5 min.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
+        tunnels: u16,
         /// Pin the agent to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -394,6 +401,7 @@ fn run(cmd: Cmd, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
             camera_password_files,
             camera_timeout,
             connect_timeout,
+            tunnels,
             cpu,
             spin,
         } => {
@@ -429,6 +437,7 @@ fn run(cmd: Cmd, argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
                 connect_timeout,
                 reload: Some(reload),
                 status_file: Some(state_dir.join("status")),
+                tunnels: usize::from(tunnels),
             };
             // systemd (`Type=notify`): ready once the identity is loaded
             // and the agent runs (connected or retrying); the watchdog is

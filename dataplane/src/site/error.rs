@@ -78,6 +78,10 @@ pub enum SiteError {
     /// unreachable); nothing was spent.
     #[error("the host at {0} cannot decide now: its fleet store is unreachable (nothing was spent); try again later")]
     HostUnavailable(String),
+    /// The host at this endpoint already holds another of this agent's
+    /// tunnels (`--tunnels`): skipped before the hello.
+    #[error("the host at {0} already holds one of this site's tunnels")]
+    HostAlreadyHeld(String),
     /// The handshake did not finish in time.
     #[error("the host at {0} did not complete the handshake in time")]
     Timeout(String),
@@ -104,6 +108,7 @@ impl SiteError {
                 | SiteError::Timeout(_)
                 | SiteError::Protocol { .. }
                 | SiteError::HostUnavailable(_)
+                | SiteError::HostAlreadyHeld(_)
         )
     }
 }

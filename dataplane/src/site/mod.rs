@@ -15,5 +15,6 @@ pub use error::SiteError;
 pub use identity::{Identity, DEFAULT_SITE_STATE_DIR};
 pub use keyfile::load_keyfile;
 pub use session::{
-    dial, enroll, hello, new_key_and_csr, send_raw_enroll, Session, HANDSHAKE_TIMEOUT,
+    dial, enroll, hello, hello_from, new_key_and_csr, send_raw_enroll, Gate, Session,
+    HANDSHAKE_TIMEOUT,
 };

@@ -70,7 +70,13 @@ struct Exchange<'a> {
     conn: ClientConnection,
     endpoint: &'a str,
     deadline: Instant,
+    /// Asked once the server is verified, before anything is sent.
+    gate: Option<Gate<'a>>,
 }
+
+/// A check of the verified server before the message goes out (an agent
+/// holding several tunnels skips a host it already holds one to).
+pub type Gate<'a> = &'a dyn Fn(&ClientConnection, &str) -> Result<(), SiteError>;
 
 impl Exchange<'_> {
     fn proto(&self, reason: impl ToString) -> SiteError {
@@ -157,6 +163,9 @@ impl Exchange<'_> {
                 self.read_record()?;
             }
         }
+        if let Some(gate) = self.gate {
+            gate(&self.conn, self.endpoint)?;
+        }
         // The server is verified: only now does anything secret go out.
         self.conn
             .writer()
@@ -198,6 +207,7 @@ fn exchange(
     endpoint: &str,
     config: Arc<ClientConfig>,
     msg: &ClientMsg,
+    gate: Option<Gate<'_>>,
 ) -> Result<(ClientConnection, Vec<u8>), SiteError> {
     let name = ServerName::try_from(revtun_proto::CONTROL_SERVER_NAME)
         .map_err(|e| SiteError::Local(e.to_string()))?;
@@ -207,6 +217,7 @@ fn exchange(
         conn,
         endpoint,
         deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+        gate,
     }
     .run(msg)
 }
@@ -236,7 +247,14 @@ pub fn send_raw_enroll(
         token: token.clone(),
         csr_der: csr_der.to_vec(),
     };
-    Ok(exchange(&mut stream, &endpoint, client_config(ca_der, None)?, &msg)?.1)
+    Ok(exchange(
+        &mut stream,
+        &endpoint,
+        client_config(ca_der, None)?,
+        &msg,
+        None,
+    )?
+    .1)
 }
 
 /// Makes a fresh P-256 key and a CSR for `site`. Returns (PKCS#8 key, CSR), DER.
@@ -277,7 +295,13 @@ pub fn enroll(
         token: kf.token.clone(),
         csr_der,
     };
-    let (_, raw) = exchange(&mut stream, &endpoint, client_config(&ca_der, None)?, &msg)?;
+    let (_, raw) = exchange(
+        &mut stream,
+        &endpoint,
+        client_config(&ca_der, None)?,
+        &msg,
+        None,
+    )?;
     let cert_der = match decode_reply(&raw, &endpoint)? {
         ServerMsg::Enrolled { cert_der } => cert_der,
         ServerMsg::Refused => return Err(SiteError::EnrollRefused),
@@ -325,9 +349,21 @@ fn check_issued(cert_der: &[u8], key_der: &[u8], endpoint: &str) -> Result<(), S
 /// errors) moves on to the next, so a second path is used when the first
 /// only half works. A definitive refusal ends the attempt at once.
 pub fn hello(id: &Identity) -> Result<Session, SiteError> {
+    hello_from(id, 0, None)
+}
+
+/// Like [`hello`], trying the endpoints in order from `first` (wrapping),
+/// and asking `gate` about each verified server before the hello goes out.
+pub fn hello_from(
+    id: &Identity,
+    first: usize,
+    gate: Option<Gate<'_>>,
+) -> Result<Session, SiteError> {
     let mut failures = Vec::new();
-    for ep in &id.endpoints {
-        match hello_at(id, std::slice::from_ref(ep)) {
+    let n = id.endpoints.len();
+    for k in 0..n {
+        let ep = &id.endpoints[(first + k) % n];
+        match hello_at(id, std::slice::from_ref(ep), gate) {
             Ok(s) => return Ok(s),
             Err(e) if e.is_transient() => failures.push(e),
             Err(e) => return Err(e),
@@ -336,6 +372,12 @@ pub fn hello(id: &Identity) -> Result<Session, SiteError> {
     match failures.len() {
         0 => Err(SiteError::Unreachable("no endpoints".into())),
         1 => Err(failures.remove(0)),
+        _ if failures
+            .iter()
+            .all(|f| matches!(f, SiteError::HostAlreadyHeld(_))) =>
+        {
+            Err(failures.remove(0))
+        }
         _ => Err(SiteError::Unreachable(
             failures
                 .iter()
@@ -346,7 +388,11 @@ pub fn hello(id: &Identity) -> Result<Session, SiteError> {
     }
 }
 
-fn hello_at(id: &Identity, endpoints: &[Endpoint]) -> Result<Session, SiteError> {
+fn hello_at(
+    id: &Identity,
+    endpoints: &[Endpoint],
+    gate: Option<Gate<'_>>,
+) -> Result<Session, SiteError> {
     let config = client_config(&id.ca_der, Some((&id.cert_der, &id.key_der)))?;
     let (mut stream, endpoint) = dial(endpoints)?;
     let (tls, raw) = exchange(
@@ -356,6 +402,7 @@ fn hello_at(id: &Identity, endpoints: &[Endpoint]) -> Result<Session, SiteError>
         &ClientMsg::Hello {
             site: id.site.clone(),
         },
+        gate,
     )?;
     match decode_reply(&raw, &endpoint)? {
         ServerMsg::Ready { data_version } => Ok(Session {
