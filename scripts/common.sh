@@ -18,6 +18,8 @@ ensure_build_tools() {
     command -v curl >/dev/null || need+=(curl ca-certificates)
     command -v python3 >/dev/null || need+=(python3)
     command -v cc >/dev/null || need+=(gcc libc6-dev)
+    # protoc: the etcd-client crate (fleet mode) compiles etcd's protocol.
+    command -v protoc >/dev/null || need+=(protobuf-compiler)
     if [ ${#need[@]} -gt 0 ]; then
         if ! command -v apt-get >/dev/null; then
             echo "please install: ${need[*]}" >&2
@@ -50,6 +52,10 @@ ensure_video_peers() {
     command -v ip >/dev/null || need+=(iproute2)
     # cargo deb's $auto dependencies (scripts/package.sh).
     command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+    # A real etcd for the fleet tests (tests/tests/fleet.rs start their
+    # own on loopback), and protoc for the etcd-client crate.
+    command -v etcd >/dev/null || need+=(etcd-server)
+    command -v protoc >/dev/null || need+=(protobuf-compiler)
     if ! command -v ffprobe >/dev/null ||
         ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
         need+=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base
@@ -58,8 +64,24 @@ ensure_video_peers() {
     fi
     if [ ${#need[@]} -gt 0 ]; then
         echo "== installing the test peers (Debian packages): ${need[*]}"
-        apt_install "${need[@]}"
+        no_service_starts apt_install "${need[@]}"
     fi
+}
+
+# Runs "$@" with package services kept from starting (etcd-server's own
+# instance must not run: the tests start theirs): a policy-rc.d that
+# exits 101, removed afterwards unless one was already there.
+no_service_starts() {
+    local policy=/usr/sbin/policy-rc.d made=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        made=1
+    fi
+    local rc=0
+    "$@" || rc=$?
+    if [ -n "$made" ]; then as_root rm -f "$policy"; fi
+    return $rc
 }
 
 # A temporary work directory in $WORK; every PID added to PIDS is killed

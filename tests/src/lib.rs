@@ -397,6 +397,7 @@ pub fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+pub mod fleet;
 pub mod impair;
 pub mod service;
 pub mod video;
