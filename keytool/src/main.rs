@@ -68,7 +68,7 @@ enum Cmd {
     },
     /// List sites: pending, enrolled, revoked or lapsed, and whether each
     /// is connected now (asked of the running host; '?' when it does not
-    /// answer).
+    /// answer; in a fleet, the hosts holding its tunnels, from etcd).
     List,
     /// The running host's connected sites (shard, since, peer address,
     /// bytes each way, open streams, live cameras, viewers) and totals,
@@ -341,6 +341,11 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
 fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
     let st = load(dir)?;
     let rows = st.store.list(clock.now_ms())?;
+    // In a fleet: the hosts holding each site's tunnels, from etcd.
+    let fleet_view = match st.store.fleet() {
+        Some(f) => Some(f.read_registry()?),
+        None => None,
+    };
     // Connected sites, if the host answers.
     let connected: Option<Vec<String>> = host_status(dir).ok().map(|v| {
         v["sites"]
@@ -356,10 +361,15 @@ fn list(dir: &Path, clock: &SystemClock) -> anyhow::Result<()> {
         "SITE", "STATE", "CERT-EXPIRES", "TOKEN-EXPIRES", "LAST-SEEN", "CONNECTED"
     );
     for r in rows {
-        let up = match &connected {
-            Some(c) if c.contains(&r.name) => "yes",
-            Some(_) => "no",
-            None => "?",
+        let up = match (&fleet_view, &connected) {
+            (Some(v), _) => v
+                .tunnels
+                .get(&r.name)
+                .map(|hs| hs.iter().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_else(|| "no".into()),
+            (None, Some(c)) if c.contains(&r.name) => "yes".into(),
+            (None, Some(_)) => "no".into(),
+            (None, None) => "?".into(),
         };
         println!(
             "{:<24} {:<9} {:<21} {:<21} {:<21} {:<9}",

@@ -231,6 +231,12 @@ fn killing_the_host_of_one_of_two_tunnels_leaves_the_site_reachable_and_back_on_
     // from the second (b).
     let agent = agent(&sd, target, &[])?;
     b.wait_holders("two", &["a", "b"], Duration::from_secs(10))?;
+    let list = c.keytool_ok(&["list"])?;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("two ") && l.trim_end().ends_with(" a,b")),
+        "{list}"
+    );
     wait_through(ports[0], Duration::from_secs(5))?;
     wait_through(ports[1], Duration::from_secs(5))?;
     a.control.kill();
