@@ -27,7 +27,7 @@
 //! never a hang.
 
 use crate::clock::UnixMillis;
-use crate::store::{NewCert, Refusal, SiteState, SiteSummary, StoreError, ViewerRow};
+use crate::store::{rules, NewCert, Refusal, SiteSummary, StoreError, ViewerRow};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
     Txn, TxnOp, WatchOptions,
@@ -464,22 +464,12 @@ impl FleetStore {
         for _ in 0..CAS_RETRIES {
             let (rec, rev) = self.site(site)?;
             let mut rec = match rec {
-                Some(r) if r.revoked_at.is_some() => {
-                    return Err(StoreError::Refused(format!(
-                        "site {site:?} is revoked; issue a keyfile under a new site name"
-                    )))
-                }
                 Some(r) => {
                     let live = r
                         .certs
                         .iter()
                         .any(|c| c.revoked_at.is_none() && c.not_after > now);
-                    if live && !reissue {
-                        return Err(StoreError::Refused(format!(
-                            "site {site:?} is already enrolled; pass --reissue to let it enroll again \
-                             (its current certificate stays valid until revoked)"
-                        )));
-                    }
+                    rules::new_token(site, r.revoked_at.is_some(), live, reissue)?;
                     r
                 }
                 None => SiteRec {
@@ -527,25 +517,19 @@ impl FleetStore {
             return Err(Refusal::UnknownToken);
         };
         let t = &rec.tokens[i];
-        let ok: bool = digest_hex(&token.secret)
+        let secret_ok: bool = digest_hex(&token.secret)
             .as_bytes()
             .ct_eq(t.secret_sha256.as_bytes())
             .into();
-        if !ok {
-            Err(Refusal::BadSecret)
-        } else if bound_site != site {
-            Err(Refusal::WrongSite)
-        } else if rec.revoked_at.is_some() {
-            Err(Refusal::SiteRevoked)
-        } else if t.used_at.is_some() {
-            Err(Refusal::Spent)
-        } else if t.invalidated_at.is_some() {
-            Err(Refusal::Invalidated)
-        } else if now >= t.expires_at {
-            Err(Refusal::Expired)
-        } else {
-            Ok(i)
-        }
+        rules::token(rules::TokenFacts {
+            secret_ok,
+            same_site: bound_site == site,
+            site_revoked: rec.revoked_at.is_some(),
+            spent: t.used_at.is_some(),
+            invalidated: t.invalidated_at.is_some(),
+            expired: now >= t.expires_at,
+        })
+        .map(|()| i)
     }
 
     /// The site a token id belongs to and that site's record.
@@ -646,17 +630,12 @@ impl FleetStore {
         else {
             return Ok(Err(Refusal::UnknownCert));
         };
-        let verdict = if cert_site != site {
-            Err(Refusal::CertSiteMismatch)
-        } else if rec.as_ref().is_some_and(|r| r.revoked_at.is_some()) {
-            Err(Refusal::SiteRevoked)
-        } else if c.revoked_at.is_some() {
-            Err(Refusal::CertRevoked)
-        } else if now >= c.not_after {
-            Err(Refusal::CertExpired)
-        } else {
-            Ok(())
-        };
+        let verdict = rules::cert(rules::CertFacts {
+            same_site: cert_site == site,
+            site_revoked: rec.as_ref().is_some_and(|r| r.revoked_at.is_some()),
+            cert_revoked: c.revoked_at.is_some(),
+            expired: now >= c.not_after,
+        });
         let mut cache = lock(&self.certs_ok);
         if verdict.is_ok() {
             if cache.len() >= MAX_CACHED_CERTS {
@@ -681,14 +660,9 @@ impl FleetStore {
     pub fn revoke_site(&self, site: &str, now: UnixMillis) -> Result<(), StoreError> {
         for _ in 0..CAS_RETRIES {
             let (rec, rev) = self.site(site)?;
-            let Some(mut rec) = rec else {
-                return Err(StoreError::Refused(format!("no site named {site:?}")));
+            let Some(mut rec) = rec.filter(|r| r.revoked_at.is_none()) else {
+                return Err(rules::not_revocable(site, rev != 0));
             };
-            if rec.revoked_at.is_some() {
-                return Err(StoreError::Refused(format!(
-                    "site {site:?} is already revoked"
-                )));
-            }
             rec.revoked_at = Some(now);
             for c in rec.certs.iter_mut().filter(|c| c.revoked_at.is_none()) {
                 c.revoked_at = Some(now);
@@ -787,15 +761,8 @@ impl FleetStore {
                 .filter(|t| t.used_at.is_none() && t.invalidated_at.is_none() && t.expires_at > now)
                 .map(|t| t.expires_at)
                 .max();
-            let state = if rec.revoked_at.is_some() {
-                SiteState::Revoked
-            } else if cert.is_some() {
-                SiteState::Enrolled
-            } else if token.is_some() {
-                SiteState::Pending
-            } else {
-                SiteState::Lapsed
-            };
+            let state =
+                rules::site_state(rec.revoked_at.is_some(), cert.is_some(), token.is_some());
             out.push(SiteSummary {
                 last_seen: seen.get(&name).copied(),
                 name,
@@ -819,25 +786,17 @@ impl FleetStore {
         let rest = format!("viewers/{name}");
         for _ in 0..CAS_RETRIES {
             let (old, rev) = self.get_json::<ViewerRec>(&rest)?;
-            let rec = match (old, update, ha1) {
-                (Some(_), false, _) => {
-                    return Err(StoreError::Refused(format!(
-                        "viewer {name:?} exists; pass --update to change it, or remove it first"
-                    )))
-                }
-                (None, true, _) => {
-                    return Err(StoreError::Refused(format!("no viewer named {name:?}")))
-                }
-                (None, false, None) => {
-                    return Err(StoreError::Refused("a new viewer needs a password".into()))
-                }
-                (None, false, Some(h)) => ViewerRec {
+            rules::viewer_change(name, old.is_some(), update, ha1.is_some())?;
+            let rec = match (old, ha1) {
+                // Refused above; asked again rather than assumed.
+                (None, None) => return rules::viewer_change(name, false, update, false),
+                (None, Some(h)) => ViewerRec {
                     ha1: hex::encode(&h),
                     allow: allow.to_vec(),
                     created_at: now,
                     updated_at: now,
                 },
-                (Some(o), true, h) => ViewerRec {
+                (Some(o), h) => ViewerRec {
                     ha1: h.map_or(o.ha1, |h| hex::encode(&h)),
                     allow: allow.to_vec(),
                     created_at: o.created_at,

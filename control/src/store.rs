@@ -118,6 +118,138 @@ pub enum Refusal {
     CertExpired,
 }
 
+/// The rules both stores (SQLite and the fleet's etcd) apply, in one
+/// place: the stores only gather the facts.
+pub mod rules {
+    use super::{Refusal, SiteState, StoreError};
+
+    /// What is known about a presented token.
+    #[derive(Debug, Clone, Copy)]
+    pub struct TokenFacts {
+        /// The secret's digest matched (compared in constant time).
+        pub secret_ok: bool,
+        /// It was issued for the site that presents it.
+        pub same_site: bool,
+        /// Its site is revoked.
+        pub site_revoked: bool,
+        /// Already spent.
+        pub spent: bool,
+        /// Replaced by a newer token, or its site revoked.
+        pub invalidated: bool,
+        /// Past its expiry.
+        pub expired: bool,
+    }
+
+    /// The verdict on a token, the first failing check in a fixed order.
+    pub fn token(f: TokenFacts) -> Result<(), Refusal> {
+        if !f.secret_ok {
+            Err(Refusal::BadSecret)
+        } else if !f.same_site {
+            Err(Refusal::WrongSite)
+        } else if f.site_revoked {
+            Err(Refusal::SiteRevoked)
+        } else if f.spent {
+            Err(Refusal::Spent)
+        } else if f.invalidated {
+            Err(Refusal::Invalidated)
+        } else if f.expired {
+            Err(Refusal::Expired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// What is known about a presented site certificate.
+    #[derive(Debug, Clone, Copy)]
+    pub struct CertFacts {
+        /// It names the site of the hello.
+        pub same_site: bool,
+        /// Its site is revoked.
+        pub site_revoked: bool,
+        /// It is revoked.
+        pub cert_revoked: bool,
+        /// Past its validity.
+        pub expired: bool,
+    }
+
+    /// The verdict on a certificate.
+    pub fn cert(f: CertFacts) -> Result<(), Refusal> {
+        if !f.same_site {
+            Err(Refusal::CertSiteMismatch)
+        } else if f.site_revoked {
+            Err(Refusal::SiteRevoked)
+        } else if f.cert_revoked {
+            Err(Refusal::CertRevoked)
+        } else if f.expired {
+            Err(Refusal::CertExpired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A site's state for `list`.
+    pub fn site_state(revoked: bool, live_cert: bool, live_token: bool) -> SiteState {
+        if revoked {
+            SiteState::Revoked
+        } else if live_cert {
+            SiteState::Enrolled
+        } else if live_token {
+            SiteState::Pending
+        } else {
+            SiteState::Lapsed
+        }
+    }
+
+    /// Whether a new token may be issued for a known site.
+    pub fn new_token(
+        site: &str,
+        revoked: bool,
+        enrolled: bool,
+        reissue: bool,
+    ) -> Result<(), StoreError> {
+        if revoked {
+            Err(StoreError::Refused(format!(
+                "site {site:?} is revoked; issue a keyfile under a new site name"
+            )))
+        } else if enrolled && !reissue {
+            Err(StoreError::Refused(format!(
+                "site {site:?} is already enrolled; pass --reissue to let it enroll again \
+                 (its current certificate stays valid until revoked)"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Why a revocation did nothing.
+    pub fn not_revocable(site: &str, exists: bool) -> StoreError {
+        StoreError::Refused(if exists {
+            format!("site {site:?} is already revoked")
+        } else {
+            format!("no site named {site:?}")
+        })
+    }
+
+    /// Whether a viewer may be added (`update` false) or changed.
+    pub fn viewer_change(
+        name: &str,
+        exists: bool,
+        update: bool,
+        has_password: bool,
+    ) -> Result<(), StoreError> {
+        match (exists, update) {
+            (true, false) => Err(StoreError::Refused(format!(
+                "viewer {name:?} exists; pass --update to change it, or remove it first"
+            ))),
+            (false, true) => Err(StoreError::Refused(format!("no viewer named {name:?}"))),
+            (false, false) if !has_password => {
+                Err(StoreError::Refused("a new viewer needs a password".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Lifecycle state of a site, for `list`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SiteState {
@@ -403,23 +535,13 @@ impl Sqlite {
             )
             .optional()?;
         match revoked {
-            Some(Some(_)) => {
-                return Err(StoreError::Refused(format!(
-                    "site {site:?} is revoked; issue a keyfile under a new site name"
-                )))
-            }
-            Some(None) => {
+            Some(revoked_at) => {
                 let live: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM certs WHERE site = ?1 AND revoked_at IS NULL AND not_after > ?2",
                     params![site, now],
                     |r| r.get(0),
                 )?;
-                if live > 0 && !reissue {
-                    return Err(StoreError::Refused(format!(
-                        "site {site:?} is already enrolled; pass --reissue to let it enroll again \
-                         (its current certificate stays valid until revoked)"
-                    )));
-                }
+                rules::new_token(site, revoked_at.is_some(), live > 0, reissue)?;
             }
             None => {
                 tx.execute(
@@ -461,22 +583,15 @@ impl Sqlite {
         else {
             return Ok(Err(Refusal::UnknownToken));
         };
-        let ok: bool = digest(&token.secret).ct_eq(stored.as_slice()).into();
-        Ok(if !ok {
-            Err(Refusal::BadSecret)
-        } else if bound_site != site {
-            Err(Refusal::WrongSite)
-        } else if site_revoked.is_some() {
-            Err(Refusal::SiteRevoked)
-        } else if used_at.is_some() {
-            Err(Refusal::Spent)
-        } else if invalidated_at.is_some() {
-            Err(Refusal::Invalidated)
-        } else if now >= expires_at {
-            Err(Refusal::Expired)
-        } else {
-            Ok(())
-        })
+        let secret_ok: bool = digest(&token.secret).ct_eq(stored.as_slice()).into();
+        Ok(rules::token(rules::TokenFacts {
+            secret_ok,
+            same_site: bound_site == site,
+            site_revoked: site_revoked.is_some(),
+            spent: used_at.is_some(),
+            invalidated: invalidated_at.is_some(),
+            expired: now >= expires_at,
+        }))
     }
 
     /// Spends the token and records the certificate, atomically. The
@@ -538,17 +653,12 @@ impl Sqlite {
         let Some((cert_site, not_after, cert_revoked, site_revoked)) = row else {
             return Ok(Err(Refusal::UnknownCert));
         };
-        let verdict = if cert_site != site {
-            Err(Refusal::CertSiteMismatch)
-        } else if site_revoked.is_some() {
-            Err(Refusal::SiteRevoked)
-        } else if cert_revoked.is_some() {
-            Err(Refusal::CertRevoked)
-        } else if now >= not_after {
-            Err(Refusal::CertExpired)
-        } else {
-            Ok(())
-        };
+        let verdict = rules::cert(rules::CertFacts {
+            same_site: cert_site == site,
+            site_revoked: site_revoked.is_some(),
+            cert_revoked: cert_revoked.is_some(),
+            expired: now >= not_after,
+        });
         if verdict.is_ok() {
             conn.execute(
                 "UPDATE sites SET last_seen = ?2 WHERE name = ?1",
@@ -571,11 +681,7 @@ impl Sqlite {
                 .query_row("SELECT 1 FROM sites WHERE name = ?1", [site], |_| Ok(()))
                 .optional()?
                 .is_some();
-            return Err(StoreError::Refused(if exists {
-                format!("site {site:?} is already revoked")
-            } else {
-                format!("no site named {site:?}")
-            }));
+            return Err(rules::not_revocable(site, exists));
         }
         tx.execute(
             "UPDATE certs SET revoked_at = ?2 WHERE site = ?1 AND revoked_at IS NULL",
@@ -627,15 +733,7 @@ impl Sqlite {
             let revoked: Option<i64> = r.get(1)?;
             let cert: Option<i64> = r.get(3)?;
             let token: Option<i64> = r.get(4)?;
-            let state = if revoked.is_some() {
-                SiteState::Revoked
-            } else if cert.is_some() {
-                SiteState::Enrolled
-            } else if token.is_some() {
-                SiteState::Pending
-            } else {
-                SiteState::Lapsed
-            };
+            let state = rules::site_state(revoked.is_some(), cert.is_some(), token.is_some());
             Ok(SiteSummary {
                 name: r.get(0)?,
                 state,
@@ -680,31 +778,23 @@ impl Sqlite {
             .query_row("SELECT 1 FROM viewers WHERE name = ?1", [name], |_| Ok(()))
             .optional()?
             .is_some();
-        match (exists, update, ha1) {
-            (true, false, _) => {
-                return Err(StoreError::Refused(format!(
-                    "viewer {name:?} exists; pass --update to change it, or remove it first"
-                )))
-            }
-            (false, true, _) => {
-                return Err(StoreError::Refused(format!("no viewer named {name:?}")))
-            }
-            (false, false, None) => {
-                return Err(StoreError::Refused("a new viewer needs a password".into()))
-            }
-            (false, false, Some(h)) => {
+        rules::viewer_change(name, exists, update, ha1.is_some())?;
+        match (exists, ha1) {
+            // Refused above; asked again rather than assumed.
+            (false, None) => return rules::viewer_change(name, exists, update, false),
+            (false, Some(h)) => {
                 tx.execute(
                     "INSERT INTO viewers (name, ha1, allow, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
                     params![name, &h[..], allow, now],
                 )?;
             }
-            (true, true, Some(h)) => {
+            (true, Some(h)) => {
                 tx.execute(
                     "UPDATE viewers SET ha1 = ?2, allow = ?3, updated_at = ?4 WHERE name = ?1",
                     params![name, &h[..], allow, now],
                 )?;
             }
-            (true, true, None) => {
+            (true, None) => {
                 tx.execute(
                     "UPDATE viewers SET allow = ?2, updated_at = ?3 WHERE name = ?1",
                     params![name, allow, now],
