@@ -350,21 +350,7 @@ impl Host {
         endpoints: &[SocketAddr],
         extra: &[&str],
     ) -> Result<PathBuf> {
-        let out = self.path(&format!("{site}-{}.keyfile", unique()));
-        let eps: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-        let mut args = vec!["issue", "--site", site];
-        for ep in &eps {
-            args.extend_from_slice(&["--endpoint", ep]);
-        }
-        args.push("--out");
-        let out_s = out.to_string_lossy().into_owned();
-        args.push(&out_s);
-        args.extend_from_slice(extra);
-        let o = keytool(&self.state(), &args)?;
-        if !o.status.success() {
-            bail!("issue failed: {}", stderr(&o));
-        }
-        Ok(out)
+        issue_keyfile(&self.state(), self.dir.path(), site, endpoints, extra)
     }
 
     /// Enrolls `site` into a fresh site state directory; returns it.
@@ -375,19 +361,51 @@ impl Host {
     /// [`Host::enroll`] with the site dialling `endpoints` (relays).
     pub fn enroll_to(&self, site_name: &str, endpoints: &[SocketAddr]) -> Result<PathBuf> {
         let kf = self.issue_to(site_name, endpoints, &[])?;
-        let dir = self.path(&format!("site-{site_name}-{}", unique()));
-        let o = site(&[
-            "enroll",
-            "--keyfile",
-            &kf.to_string_lossy(),
-            "--state-dir",
-            &dir.to_string_lossy(),
-        ])?;
-        if !o.status.success() {
-            bail!("enroll failed: {}", stderr(&o));
-        }
-        Ok(dir)
+        enroll_keyfile(&kf, self.dir.path())
     }
+}
+
+/// `revtun-keytool --state-dir STATE issue` for `site` naming
+/// `endpoints`, written into `dir`; returns the keyfile's path.
+pub fn issue_keyfile(
+    state: &Path,
+    dir: &Path,
+    site: &str,
+    endpoints: &[SocketAddr],
+    extra: &[&str],
+) -> Result<PathBuf> {
+    let out = dir.join(format!("{site}-{}.keyfile", unique()));
+    let eps: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    let mut args = vec!["issue", "--site", site];
+    for ep in &eps {
+        args.extend_from_slice(&["--endpoint", ep]);
+    }
+    args.push("--out");
+    let out_s = out.to_string_lossy().into_owned();
+    args.push(&out_s);
+    args.extend_from_slice(extra);
+    let o = keytool(state, &args)?;
+    if !o.status.success() {
+        bail!("issue failed: {}", stderr(&o));
+    }
+    Ok(out)
+}
+
+/// `revtun-site enroll` with `keyfile` into a new site state directory
+/// under `dir`; returns it.
+pub fn enroll_keyfile(keyfile: &Path, dir: &Path) -> Result<PathBuf> {
+    let sd = dir.join(format!("site-{}", unique()));
+    let o = site(&[
+        "enroll",
+        "--keyfile",
+        &keyfile.to_string_lossy(),
+        "--state-dir",
+        &sd.to_string_lossy(),
+    ])?;
+    if !o.status.success() {
+        bail!("enroll failed: {}", stderr(&o));
+    }
+    Ok(sd)
 }
 
 /// A process-unique counter for file names.

@@ -6,8 +6,7 @@
 use anyhow::{bail, Context, Result};
 use revtun_tests::fleet::{Etcd, FleetHost};
 use revtun_tests::{
-    bin, http_get, metric_sum, reserved_port, service, sink_roundtrip_over, site, stderr, unique,
-    Proc,
+    bin, http_get, metric_sum, reserved_port, service, sink_roundtrip_over, site, stderr, Proc,
 };
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,32 +15,12 @@ use std::time::{Duration, Instant};
 
 /// Issues a keyfile for `site` on `host` naming `endpoints`.
 fn issue(host: &FleetHost, dir: &Path, site: &str, endpoints: &[SocketAddr]) -> Result<PathBuf> {
-    let out = dir.join(format!("{site}-{}.keyfile", unique()));
-    let eps: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-    let mut args = vec!["issue", "--site", site];
-    for e in &eps {
-        args.extend_from_slice(&["--endpoint", e]);
-    }
-    let out_s = out.to_string_lossy().into_owned();
-    args.extend_from_slice(&["--out", &out_s]);
-    host.keytool_ok(&args)?;
-    Ok(out)
+    revtun_tests::issue_keyfile(&host.state, dir, site, endpoints, &[])
 }
 
 /// Enrolls with `keyfile` into a new site directory.
 fn enroll(dir: &Path, keyfile: &Path) -> Result<PathBuf> {
-    let sd = dir.join(format!("site-{}", unique()));
-    let o = site(&[
-        "enroll",
-        "--keyfile",
-        &keyfile.to_string_lossy(),
-        "--state-dir",
-        &sd.to_string_lossy(),
-    ])?;
-    if !o.status.success() {
-        bail!("enroll: {}", stderr(&o));
-    }
-    Ok(sd)
+    revtun_tests::enroll_keyfile(keyfile, dir)
 }
 
 fn agent(site_dir: &Path, target: SocketAddr, extra: &[&str]) -> Result<Proc> {
@@ -343,7 +322,7 @@ fn while_etcd_is_away_connected_sites_work_and_enrollment_is_refused_clearly() -
 fn fleet_settings_are_checked() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("h");
-    for bad in ["127.0.0.1:2379", "http://h", "https://h:1"] {
+    for bad in ["etcd-without-scheme", "http://h", "https://h:1"] {
         let o = revtun_tests::run(
             Command::new(bin("revtun-control"))
                 .arg("--state-dir")
