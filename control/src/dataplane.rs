@@ -169,9 +169,24 @@ impl DataPlane {
     }
 
     fn send(&self, site: &str, msg: &Handoff, fd: Option<RawFd>) -> Result<usize, HandoffError> {
+        self.send_on(shard_for(site, self.shards), msg, fd)
+    }
+
+    /// Shards of the data plane.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Sends `msg` (and `fd`, if any) to shard `shard`; returns it.
+    pub fn send_on(
+        &self,
+        shard: usize,
+        msg: &Handoff,
+        fd: Option<RawFd>,
+    ) -> Result<usize, HandoffError> {
         let guard = self.lock();
         let sockets = guard.as_ref().ok_or(HandoffError::NotRunning)?;
-        let shard = shard_for(site, self.shards);
+        let sock = sockets.get(shard).ok_or(HandoffError::NotRunning)?;
         let bytes = msg.encode();
         let iov = [IoSlice::new(&bytes)];
         let fds = fd.map(|f| [f]);
@@ -180,7 +195,7 @@ impl DataPlane {
             .map(|f| vec![ControlMessage::ScmRights(f)])
             .unwrap_or_default();
         sendmsg::<()>(
-            sockets[shard].as_raw_fd(),
+            sock.as_raw_fd(),
             &iov,
             &cmsgs,
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,

@@ -188,6 +188,12 @@ pub struct HostRec {
     pub listen: String,
     /// When this registration was made, ms.
     pub since: i64,
+    /// Its peer listener (`--peer-listen`), if it takes peer links.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// Its data-plane shards (peer links go shard to shard).
+    #[serde(default)]
+    pub shards: u16,
 }
 
 /// One tunnel as registered by the host that holds it.
@@ -865,12 +871,19 @@ impl FleetStore {
     /// that keeps [`FleetStore::view`]. When etcd goes away the view is
     /// marked stale and the host goes on serving its own sites; when it
     /// returns the host registers again.
-    pub fn start_presence(&self, host_id: String, listen: String, status_sock: PathBuf) {
+    pub fn start_presence(
+        &self,
+        host_id: String,
+        (listen, peer, shards): (String, Option<String>, u16),
+        status_sock: PathBuf,
+    ) {
         let p = Presence {
             client: self.client.clone(),
             prefix: self.cfg.prefix.clone(),
             host_id,
             listen,
+            peer,
+            shards,
             status_sock,
             view: self.view.clone(),
         };
@@ -897,6 +910,8 @@ struct Presence {
     prefix: String,
     host_id: String,
     listen: String,
+    peer: Option<String>,
+    shards: u16,
     status_sock: PathBuf,
     view: Arc<Mutex<View>>,
 }
@@ -950,6 +965,8 @@ impl Presence {
         let me = HostRec {
             listen: self.listen.clone(),
             since: crate::clock::SystemClock::default().now_ms(),
+            peer: self.peer.clone(),
+            shards: self.shards,
         };
         Self::within(c.put(
             self.key(&format!("hosts/{}", self.host_id)),

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dataplane;
 pub mod fleet;
 pub mod limits;
+pub mod peer;
 pub mod pending;
 pub mod pki;
 pub mod priority;

@@ -119,6 +119,13 @@ struct Args {
     /// the machine's hostname.
     #[arg(long, value_parser = parse_host_id)]
     host_id: Option<String>,
+    /// In a fleet: where this host takes peer links from the other hosts
+    /// (mutual TLS with host certificates of the fleet CA); expose-port
+    /// clients and viewers on other hosts reach this host's sites through
+    /// it. Without it this host still forwards to the others but is not
+    /// forwarded to. Keep it on the fleet's own network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    peer_listen: Option<std::net::SocketAddr>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "REVTUN_LOG", default_value = "info")]
     log_level: String,
@@ -133,15 +140,7 @@ fn parse_fleet(s: &str) -> Result<String, String> {
 }
 
 fn parse_host_id(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err("a host id is 1-63 of a-z, 0-9, '-', '.'".into())
-    }
+    revtun_proto::validate_host_id(s).map(|()| s.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -340,6 +339,7 @@ const RESTART_ONLY: &[&str] = &[
     "listen",
     "fleet",
     "host-id",
+    "peer-listen",
     "state-dir",
     "rtsp-listen",
     "rtsps-listen",
@@ -575,11 +575,38 @@ fn run(args: Args, matches: clap::ArgMatches, argv: Vec<std::ffi::OsString>) -> 
                 .context("this machine's hostname is not a usable host id; pass --host-id")?,
         };
         tracing::info!(host = %host_id, "fleet host id");
+        let peer_listener = args
+            .peer_listen
+            .map(|a| {
+                revtun_control::peer::bind(a)
+                    .with_context(|| format!("cannot listen for peer links on {a}"))
+            })
+            .transpose()?;
+        let peer_addr = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        if let Some(a) = peer_addr {
+            tracing::info!(listen = %a, "peer links listening");
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "peer links listening on {a}")?;
+            out.flush()?;
+        }
         f.start_presence(
-            host_id,
-            local.to_string(),
+            host_id.clone(),
+            (
+                local.to_string(),
+                peer_addr.map(|a| a.to_string()),
+                dataplane.shards() as u16,
+            ),
             args.state_dir.join("status.sock"),
         );
+        revtun_control::peer::start(
+            host_id,
+            state.clone(),
+            dataplane.clone(),
+            peer_listener,
+            args.state_dir.join("status.sock"),
+        )?;
+    } else if args.peer_listen.is_some() {
+        anyhow::bail!("--peer-listen needs a fleet (--fleet, or a state directory in one)");
     }
     let mut reloader = Reloader {
         file: args.state_dir.join("dataplane.toml"),

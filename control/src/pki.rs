@@ -141,6 +141,37 @@ impl Ca {
         })
     }
 
+    /// Issues this fleet host's peer-link certificate: common name the
+    /// host id, DNS name [`revtun_proto::PEER_SERVER_NAME`] (no other
+    /// certificate the CA signs carries it), server and client
+    /// authentication. Returns (certificate DER, PKCS#8 key DER); the key
+    /// lives only in this process's memory.
+    pub fn issue_host(
+        &self,
+        host_id: &str,
+        now: UnixMillis,
+        ttl: Duration,
+    ) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(vec![revtun_proto::PEER_SERVER_NAME.to_string()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host_id);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, now, ttl);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            cert.der().to_vec(),
+            zeroize::Zeroizing::new(key.serialize_der()),
+        ))
+    }
+
     /// Signs a site's CSR. Only the public key is taken from the request:
     /// the name, usages and validity come from the host. Returns the DER.
     pub fn sign_site(
@@ -202,6 +233,27 @@ pub fn site_cert_info(der: &[u8]) -> Option<SiteCertInfo> {
         serial: normalize_serial(cert.raw_serial()),
         site,
     })
+}
+
+/// The host id of a fleet host's peer certificate: its common name, if
+/// the certificate carries the DNS name [`revtun_proto::PEER_SERVER_NAME`]
+/// (site and listener certificates do not), else `None`.
+pub fn host_cert_id(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let named = san
+        .value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::DNSName(d) if *d == revtun_proto::PEER_SERVER_NAME));
+    if !named {
+        return None;
+    }
+    let id = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    revtun_proto::validate_host_id(id).ok()?;
+    Some(id.to_string())
 }
 
 /// Strips DER sign padding so serials compare equal however they were read.

@@ -15,7 +15,6 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use revtun_proto::handoff::{shard_for, Handoff, MAX_HANDOFF_LEN};
 use revtun_proto::record::{Side, RATCHET_INTERVAL};
 use revtun_proto::tunnel::{Config, OpenError};
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -224,7 +223,7 @@ pub fn run(
     Ok(())
 }
 
-type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
+use crate::tunnel::Registry;
 
 /// How long a client waits for a tunnel that was just handed over to
 /// show its services (its first record), instead of being refused.
@@ -548,6 +547,14 @@ fn handle(
             return;
         }
     }
+    let mut fd = fd;
+    let decoded = match decoded {
+        Some(m) => match crate::peer::shard().on_handoff(k, m, &mut fd, registry, &live.tunnel) {
+            None => return,
+            other => other,
+        },
+        None => None,
+    };
     match (decoded, fd) {
         (
             Some(Handoff::Tunnel {
@@ -665,6 +672,7 @@ async fn publish(
                 .as_ref()
                 .map(|r| r.video_status())
                 .unwrap_or_default(),
+            peers: crate::peer::shard().status(),
         };
         board.post_status(k, status);
         if let Some(r) = &redirector {
@@ -752,10 +760,19 @@ async fn serve_port(listener: glommio::net::TcpListener, e: Expose, registry: Re
                 }
                 Err(err) => tracing::info!(expose = %e, error = %err, "client refused"),
             },
-            None => {
-                tracing::info!(expose = %e, "site offline: client refused");
-                crate::tunnel::reject(conn);
-            }
+            // Held by another host of the fleet: over the peer link.
+            None => match crate::peer::shard().route(&e.site) {
+                Some(link) => {
+                    let name = format!("{}/{}", e.site, e.service);
+                    if let Err(err) = link.open_stream(&name, conn) {
+                        tracing::info!(expose = %e, peer = link.name(), error = %err, "client refused");
+                    }
+                }
+                None => {
+                    tracing::info!(expose = %e, "site offline: client refused");
+                    crate::tunnel::reject(conn);
+                }
+            },
         }
     }
 }

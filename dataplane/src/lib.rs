@@ -13,6 +13,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod peer;
 pub mod signal;
 pub mod site;
 pub mod status;

@@ -53,6 +53,8 @@ pub struct ShardStatus {
     pub tunnels: Vec<TunnelStatus>,
     /// Its video.
     pub video: Vec<VideoStatus>,
+    /// Its peer links to other fleet hosts.
+    pub peers: Vec<crate::peer::LinkStatus>,
 }
 
 /// Longest a status request may take to arrive and be answered.
@@ -94,8 +96,24 @@ pub fn render(shards: &[ShardStatus]) -> String {
             t.streams
         ));
     }
+    let peers: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(k, s)| s.peers.iter().map(move |p| (k, p)))
+        .map(|(k, p)| {
+            format!(
+                "{{\"host\":{},\"shard\":{k},\"remote_shard\":{},\"streams\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
+                esc(&p.host),
+                p.remote_shard.map_or("null".to_string(), |r| r.to_string()),
+                p.streams,
+                p.bytes.0,
+                p.bytes.1
+            )
+        })
+        .collect();
     format!(
-        "{{\"sites\":[{}],\"totals\":{{\"sites\":{},\"bytes_in\":{},\"bytes_out\":{},\"streams\":{},\"cameras\":{},\"viewers\":{}}}}}\n",
+        "{{\"peers\":[{}],\"sites\":[{}],\"totals\":{{\"sites\":{},\"bytes_in\":{},\"bytes_out\":{},\"streams\":{},\"cameras\":{},\"viewers\":{}}}}}\n",
+        peers.join(","),
         sites.join(","),
         tunnels.len(),
         tot[0],
@@ -163,6 +181,7 @@ mod tests {
     #[test]
     fn sites_are_summed_across_shards() {
         let a = ShardStatus {
+            peers: vec![],
             tunnels: vec![TunnelStatus {
                 site: "paris".into(),
                 shard: 0,
@@ -179,6 +198,7 @@ mod tests {
             }],
         };
         let b = ShardStatus {
+            peers: vec![],
             tunnels: vec![],
             video: vec![VideoStatus {
                 site: "paris".into(),

@@ -212,6 +212,25 @@ fn name<'a>(raw: &'a [u8], what: &'static str) -> Result<&'a str, FrameError> {
     Ok(s)
 }
 
+/// The name an OPEN frame carries: a service name, or over a fleet's
+/// peer link `SITE/SERVICE` (a valid site name, a valid service name).
+pub fn valid_open_name(s: &str) -> bool {
+    match s.split_once('/') {
+        None => valid_service_name(s),
+        Some((site, service)) => {
+            crate::validate_site_name(site).is_ok() && valid_service_name(service)
+        }
+    }
+}
+
+fn open_name(raw: &[u8]) -> Result<&str, FrameError> {
+    let s = std::str::from_utf8(raw).map_err(|_| FrameError::Malformed("open"))?;
+    if !valid_open_name(s) {
+        return Err(FrameError::Malformed("open"));
+    }
+    Ok(s)
+}
+
 /// A service name: 1..=64 of `[A-Za-z0-9._-]`.
 pub fn valid_service_name(s: &str) -> bool {
     !s.is_empty()
@@ -285,7 +304,7 @@ pub fn decode(buf: &[u8], at: usize) -> Result<(Frame<'_>, usize), FrameError> {
             on_stream("open")?;
             Frame::Open {
                 stream,
-                service: name(body, "open")?,
+                service: open_name(body)?,
             }
         }
         kind::DATA => {

@@ -19,6 +19,14 @@ const T_VIEWER: u8 = 4;
 const T_VIEWERS_END: u8 = 5;
 const T_CONTROL_METRICS: u8 = 6;
 const T_RELOAD: u8 = 7;
+const T_PEER_LINK: u8 = 8;
+const T_PEER_ACCEPTED: u8 = 9;
+const T_ROUTES_BEGIN: u8 = 10;
+const T_ROUTE: u8 = 11;
+const T_ROUTES_END: u8 = 12;
+
+/// Most hosts named by one [`Handoff::Route`].
+pub const MAX_ROUTE_HOSTS: usize = 16;
 
 /// Longest text of [`Handoff::ControlMetrics`].
 pub const MAX_CONTROL_METRICS: usize = MAX_HANDOFF_LEN - 3;
@@ -72,6 +80,39 @@ pub enum Handoff {
         /// Reloads so far, for logs.
         generation: u64,
     },
+    /// Take over the attached socket as a peer link this host dialed to
+    /// fleet host `host` (this end opens streams on it).
+    PeerLink {
+        /// The host at the other end (authenticated by its certificate).
+        host: String,
+        /// The shard of `host` that took the link.
+        remote_shard: u16,
+        /// Exported data-channel secrets (wiped when dropped).
+        secrets: Zeroizing<[u8; EXPORTER_LEN]>,
+    },
+    /// Take over the attached socket as a peer link fleet host `host`
+    /// dialed to this one: its streams are relayed to this shard's sites.
+    PeerAccepted {
+        /// The host at the other end (authenticated by its certificate).
+        host: String,
+        /// Exported data-channel secrets (wiped when dropped).
+        secrets: Zeroizing<[u8; EXPORTER_LEN]>,
+    },
+    /// A new route table follows: `count` [`Handoff::Route`] messages,
+    /// then [`Handoff::RoutesEnd`].
+    RoutesBegin {
+        /// Routes that follow.
+        count: u32,
+    },
+    /// The other hosts holding a tunnel of `site`, with their shard counts.
+    Route {
+        /// The site.
+        site: String,
+        /// (host id, that host's shard count), at most [`MAX_ROUTE_HOSTS`].
+        hosts: Vec<(String, u16)>,
+    },
+    /// The route table is complete: it replaces the previous one.
+    RoutesEnd,
 }
 
 impl std::fmt::Debug for Handoff {
@@ -88,6 +129,18 @@ impl std::fmt::Debug for Handoff {
             Handoff::ViewersEnd => f.write_str("ViewersEnd"),
             Handoff::ControlMetrics(t) => write!(f, "ControlMetrics({} bytes)", t.len()),
             Handoff::Reload { generation } => write!(f, "Reload {{ generation: {generation} }}"),
+            Handoff::PeerLink {
+                host, remote_shard, ..
+            } => write!(
+                f,
+                "PeerLink {{ host: {host}, remote_shard: {remote_shard} }}"
+            ),
+            Handoff::PeerAccepted { host, .. } => write!(f, "PeerAccepted {{ host: {host} }}"),
+            Handoff::RoutesBegin { count } => write!(f, "RoutesBegin {{ count: {count} }}"),
+            Handoff::Route { site, hosts } => {
+                write!(f, "Route {{ site: {site}, hosts: {hosts:?} }}")
+            }
+            Handoff::RoutesEnd => f.write_str("RoutesEnd"),
         }
     }
 }
@@ -143,6 +196,36 @@ impl Handoff {
                 out.push(T_RELOAD);
                 out.extend_from_slice(&generation.to_be_bytes());
             }
+            Handoff::PeerLink {
+                host,
+                remote_shard,
+                secrets,
+            } => {
+                out.push(T_PEER_LINK);
+                short(&mut out, host, crate::MAX_HOST_ID_LEN);
+                out.extend_from_slice(&remote_shard.to_be_bytes());
+                out.extend_from_slice(&secrets[..]);
+            }
+            Handoff::PeerAccepted { host, secrets } => {
+                out.push(T_PEER_ACCEPTED);
+                short(&mut out, host, crate::MAX_HOST_ID_LEN);
+                out.extend_from_slice(&secrets[..]);
+            }
+            Handoff::RoutesBegin { count } => {
+                out.push(T_ROUTES_BEGIN);
+                out.extend_from_slice(&count.to_be_bytes());
+            }
+            Handoff::Route { site, hosts } => {
+                out.push(T_ROUTE);
+                short(&mut out, site, crate::MAX_SITE_NAME_LEN);
+                let hosts = &hosts[..hosts.len().min(MAX_ROUTE_HOSTS)];
+                out.push(hosts.len() as u8);
+                for (h, shards) in hosts {
+                    short(&mut out, h, crate::MAX_HOST_ID_LEN);
+                    out.extend_from_slice(&shards.to_be_bytes());
+                }
+            }
+            Handoff::RoutesEnd => out.push(T_ROUTES_END),
         }
         out
     }
@@ -216,6 +299,58 @@ impl Handoff {
             T_RELOAD if rest.len() == 8 => Some(Handoff::Reload {
                 generation: u64::from_be_bytes(rest.try_into().ok()?),
             }),
+            T_PEER_LINK | T_PEER_ACCEPTED => {
+                let (host, rest) = short(rest)?;
+                crate::validate_host_id(host).ok()?;
+                let host = host.to_string();
+                let (remote_shard, rest) = if t == T_PEER_LINK {
+                    let s = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+                    (s, &rest[2..])
+                } else {
+                    (0, rest)
+                };
+                if rest.len() != EXPORTER_LEN {
+                    return None;
+                }
+                let mut secrets = Zeroizing::new([0u8; EXPORTER_LEN]);
+                secrets.copy_from_slice(rest);
+                Some(if t == T_PEER_LINK {
+                    Handoff::PeerLink {
+                        host,
+                        remote_shard,
+                        secrets,
+                    }
+                } else {
+                    Handoff::PeerAccepted { host, secrets }
+                })
+            }
+            T_ROUTES_BEGIN if rest.len() == 4 => Some(Handoff::RoutesBegin {
+                count: u32::from_be_bytes(rest.try_into().ok()?),
+            }),
+            T_ROUTE => {
+                let (site, rest) = short(rest)?;
+                crate::validate_site_name(site).ok()?;
+                let (&n, mut rest) = rest.split_first()?;
+                if usize::from(n) > MAX_ROUTE_HOSTS {
+                    return None;
+                }
+                let mut hosts = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    let (h, r) = short(rest)?;
+                    crate::validate_host_id(h).ok()?;
+                    let shards = u16::from_be_bytes(r.get(..2)?.try_into().ok()?);
+                    if shards == 0 {
+                        return None;
+                    }
+                    hosts.push((h.to_string(), shards));
+                    rest = &r[2..];
+                }
+                rest.is_empty().then(|| Handoff::Route {
+                    site: site.to_string(),
+                    hosts,
+                })
+            }
+            T_ROUTES_END if rest.is_empty() => Some(Handoff::RoutesEnd),
             _ => None,
         }
     }
@@ -275,6 +410,27 @@ mod tests {
             Handoff::ViewersEnd,
             e,
             Handoff::Reload { generation: 3 },
+            Handoff::PeerLink {
+                host: "host-b.example".into(),
+                remote_shard: 3,
+                secrets: Zeroizing::new([7; 64]),
+            },
+            Handoff::PeerAccepted {
+                host: "c".into(),
+                secrets: Zeroizing::new([8; 64]),
+            },
+            Handoff::RoutesBegin { count: 1000 },
+            Handoff::Route {
+                site: "s-1".into(),
+                hosts: vec![("a".into(), 2), ("b".into(), 64)],
+            },
+            Handoff::Route {
+                site: "s".repeat(crate::MAX_SITE_NAME_LEN),
+                hosts: (0..MAX_ROUTE_HOSTS)
+                    .map(|i| (format!("{i:x>63}"), u16::MAX))
+                    .collect(),
+            },
+            Handoff::RoutesEnd,
         ] {
             assert_eq!(Handoff::decode(&m.encode()), Some(m.clone()));
             let e = m.encode();

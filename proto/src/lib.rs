@@ -37,6 +37,29 @@ pub mod viewer;
 /// site certificate, issued by the same CA, from passing as the host.
 pub const CONTROL_SERVER_NAME: &str = "revtun-control";
 
+/// The TLS server name of a fleet host's peer listener: host certificates
+/// (and only they) carry it, beside the `serverAuth` and `clientAuth`
+/// usages (listener certificates carry [`CONTROL_SERVER_NAME`], site
+/// certificates no name at all).
+pub const PEER_SERVER_NAME: &str = "revtun-host";
+
+/// Longest fleet host id.
+pub const MAX_HOST_ID_LEN: usize = 63;
+
+/// Checks a fleet host id: 1..=63 of `[a-z0-9.-]`.
+pub fn validate_host_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_HOST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err("a host id is 1-63 of a-z, 0-9, '-', '.'".into())
+    }
+}
+
 /// Default TCP port of the control listener.
 pub const DEFAULT_PORT: u16 = 5500;
 

@@ -419,7 +419,7 @@ impl Tunnel {
     /// on the clock of its last event.
     pub fn open_at(&mut self, service: &str, now: Instant) -> Result<StreamId, OpenError> {
         self.clock = self.clock.max(now);
-        if !frame::valid_service_name(service) {
+        if !frame::valid_open_name(service) {
             return Err(OpenError::BadName);
         }
         let limit = self.peer.map_or(1, |p| p.max_streams) as usize;

@@ -97,7 +97,9 @@ pub struct FleetHost {
 
 impl FleetHost {
     /// Starts host `id` in `dir/id`; `from` is an existing host to copy
-    /// the fleet's CA from (none for the first host).
+    /// the fleet's CA from (none for the first host). Every host takes
+    /// peer links (`--peer-listen` on a port of its own); `extra` may
+    /// name `--listen`.
     pub fn start(
         dir: &Path,
         id: &str,
@@ -133,8 +135,13 @@ impl FleetHost {
             Command::new(bin("revtun-control"))
                 .arg("--state-dir")
                 .arg(&state)
-                .args(["--listen", "127.0.0.1:0"])
+                .args(if extra.contains(&"--listen") {
+                    &[][..]
+                } else {
+                    &["--listen", "127.0.0.1:0"][..]
+                })
                 .args(["--fleet", &etcd.url(), "--host-id", id, "--shards", "1"])
+                .args(["--peer-listen", "127.0.0.1:0"])
                 .args(udp_ports(extra))
                 .args(extra),
         )?;

@@ -1,12 +1,15 @@
 //! A fleet of hosts on a real etcd (Debian's etcd-server, started here on
 //! loopback with a temporary data directory): one store, tokens spent
 //! once across hosts, revocation across hosts, sites holding tunnels to
-//! two hosts, and etcd going away and coming back.
+//! two hosts, host-to-host forwarding over peer links, and etcd going
+//! away and coming back.
 
 use anyhow::{bail, Context, Result};
 use revtun_tests::fleet::{Etcd, FleetHost};
+use revtun_tests::video::{ffprobe_frames, start_camera};
 use revtun_tests::{
-    bin, http_get, metric_sum, reserved_port, service, sink_roundtrip_over, site, stderr, Proc,
+    bin, free_port, http_get, metric_sum, reserved_port, service, sink_roundtrip_over, site,
+    stderr, Proc,
 };
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -242,6 +245,92 @@ fn killing_the_host_of_one_of_two_tunnels_leaves_the_site_reachable_and_back_on_
         "registry converged after {registry:?}"
     );
     Ok(())
+}
+
+#[test]
+fn a_client_and_a_viewer_on_a_third_host_reach_a_site_whose_tunnel_is_on_another() -> Result<()> {
+    let etcd = Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    // b's address is in the keyfile first, but b is not up yet: the
+    // enrollment goes through a (the next endpoint).
+    let b_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let port_c = SocketAddr::from(([127, 0, 0, 1], reserved_port()?));
+    let rtsp_c = format!("127.0.0.1:{}", reserved_port()?);
+    let a = FleetHost::start(dir.path(), "a", &etcd, None, &[])?;
+    let kf = issue(&a, dir.path(), "far", &[b_addr, a.addr])?;
+    let sd = enroll(dir.path(), &kf)?;
+    a.control
+        .wait_log("site enrolled", Duration::from_secs(5))?;
+    let b_listen = b_addr.to_string();
+    let b = FleetHost::start(dir.path(), "b", &etcd, Some(&a), &["--listen", &b_listen])?;
+    let expose = format!("far/svc={port_c}");
+    let c = FleetHost::start(
+        dir.path(),
+        "c",
+        &etcd,
+        Some(&a),
+        &["--expose", &expose, "--rtsp-listen", &rtsp_c],
+    )?;
+    let password = last_line(&c.keytool_ok(&["viewer", "add", "alice", "--allow", "far/*"])?);
+    let cam_port = free_port()?;
+    let _camera = start_camera(cam_port, "ball", 25, &[])?;
+    let target = service::start()?;
+    let started = Instant::now();
+    let _agent = agent(
+        &sd,
+        target,
+        &[
+            "--tunnels",
+            "1",
+            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
+        ],
+    )?;
+    c.wait_holders("far", &["b"], Duration::from_secs(10))?;
+    // c holds no tunnel of the site: its client goes over the peer link
+    // to b, and b relays it to the site.
+    let reachable = wait_through(port_c, Duration::from_secs(15)).map_err(|e| {
+        e.context(format!(
+            "c's log:\n{}\nb's log:\n{}",
+            c.control.log(),
+            b.control.log()
+        ))
+    })?;
+    let reply = through(port_c, 8 << 20)?;
+    let sent = Instant::now();
+    through(port_c, 8 << 20)?;
+    let transfer = sent.elapsed();
+    let status = c.keytool_ok(&["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    assert!(
+        v["sites"].as_array().is_some_and(|s| s.is_empty()),
+        "c holds no tunnel: {status}"
+    );
+    assert!(
+        v["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|l| l["host"] == "b" && l["remote_shard"] == 0)),
+        "c has a link to b: {status}"
+    );
+    let b_status: serde_json::Value = serde_json::from_str(&b.keytool_ok(&["status", "--json"])?)?;
+    assert!(
+        b_status["peers"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|l| l["host"] == "c" && l["remote_shard"].is_null())),
+        "b took a link from c: {b_status}"
+    );
+    // A viewer on c decodes the camera, pulled over the same link.
+    let url = format!("rtsp://alice:{password}@{rtsp_c}/far/cam1");
+    let (frames, err) = ffprobe_frames(&url, 4)?;
+    assert!(frames >= 25, "ffprobe on c decoded {frames} frames: {err}");
+    println!(
+        "site far (tunnel on b) from c: reachable {reachable:?} after the agent started          ({:?} in all); 8 MiB through c in {transfer:?} ({reply}); ffprobe on c: {frames} frames",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or_default().trim().to_string()
 }
 
 #[test]

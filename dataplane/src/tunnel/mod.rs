@@ -52,11 +52,24 @@ pub const COPY_QUEUED: usize = 64 * 1024;
 /// by default (`revtun-site run --connect-timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A shard's live site tunnels, by site name.
+pub type Registry = Rc<RefCell<HashMap<String, Tunnel>>>;
+
 /// What this end does with streams the peer opens.
 #[derive(Clone)]
 pub enum Role {
     /// The host: opens streams, accepts none.
     Host,
+    /// A peer link this host dialed to another fleet host: opens streams
+    /// named `SITE/SERVICE` (the other host checks them), accepts none.
+    Peer,
+    /// A peer link another fleet host dialed to this one: each stream it
+    /// opens, named `SITE/SERVICE`, is relayed to that site's tunnel in
+    /// `registry` ([`relay`]).
+    Relay {
+        /// This shard's site tunnels.
+        registry: Registry,
+    },
     /// The site: connects each opened stream to its service's target.
     Site {
         /// Service name -> local target `HOST:PORT` (replaced on reload;
@@ -75,6 +88,8 @@ impl std::fmt::Debug for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Role::Host => f.write_str("Host"),
+            Role::Peer => f.write_str("Peer"),
+            Role::Relay { .. } => f.write_str("Relay"),
             Role::Site {
                 services,
                 handlers,
@@ -425,7 +440,7 @@ impl Tunnel {
             if st.closed.is_some() {
                 return Err(StreamError::Closed);
             }
-            if !st.services.iter().any(|s| s == service) {
+            if !self.offers(&st, service) {
                 return Err(StreamError::UnknownService(service.to_string()));
             }
             let id = match st.t.open_at(service, Instant::now()) {
@@ -451,7 +466,7 @@ impl Tunnel {
             let mut st = self.inner.st.borrow_mut();
             let refused = if st.closed.is_some() {
                 Some(StreamError::Closed)
-            } else if !st.services.iter().any(|s| s == service) {
+            } else if !self.offers(&st, service) {
                 Some(StreamError::UnknownService(service.to_string()))
             } else {
                 None
@@ -479,6 +494,17 @@ impl Tunnel {
         self.spawn_stream(ls);
         self.pump();
         Ok(id)
+    }
+
+    /// True when the peer offers `service`: a site lists its services;
+    /// over a peer link the other host checks the `SITE/SERVICE` name.
+    fn offers(&self, st: &State, service: &str) -> bool {
+        matches!(self.inner.role, Role::Peer) || st.services.iter().any(|s| s == service)
+    }
+
+    /// True for a peer link between fleet hosts (either end).
+    pub fn is_peer_link(&self) -> bool {
+        matches!(self.inner.role, Role::Peer | Role::Relay { .. })
     }
 
     /// After a refused open: when our stream ids ran out the core has
@@ -590,6 +616,48 @@ impl Tunnel {
         }
         self.pump();
     }
+}
+
+/// Relays one stream a fleet peer opened on a peer link (`inbound`,
+/// named `SITE/SERVICE`) to a new stream of that site's tunnel on this
+/// shard, both ways, until both ends have ended it; a reset or a closed
+/// tunnel on either side resets the other. A site that is not here, or a
+/// service it does not offer, resets the inbound stream at once.
+pub async fn relay(inbound: Pipe, registry: Registry, name: String) {
+    // Started from the reader while it holds the tunnel's state: touch
+    // nothing of it before the reader has let go.
+    futures_lite::future::yield_now().await;
+    let Some((site, service)) = name.split_once('/') else {
+        inbound.abort();
+        return;
+    };
+    let tunnel = registry
+        .borrow()
+        .get(site)
+        .filter(|t| !t.is_closed())
+        .cloned();
+    let Some(t) = tunnel else {
+        tracing::debug!(%site, %service, "peer asked for a site not held here");
+        inbound.abort();
+        return;
+    };
+    if !t.ready(crate::host::READY_WAIT).await {
+        inbound.abort();
+        return;
+    }
+    let outbound = match t.open_pipe(service) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(%site, %service, error = %e, "relayed stream refused");
+            inbound.abort();
+            return;
+        }
+    };
+    futures_lite::future::zip(
+        Pipe::copy(&inbound, &outbound),
+        Pipe::copy(&outbound, &inbound),
+    )
+    .await;
 }
 
 /// Closes a client connection with a reset, so the client fails at once.

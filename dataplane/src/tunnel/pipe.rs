@@ -13,7 +13,7 @@ use std::task::Poll;
 pub struct Pipe {
     tun: Tunnel,
     ls: Rc<LocalStream>,
-    finished: bool,
+    finished: std::cell::Cell<bool>,
 }
 
 impl Pipe {
@@ -21,7 +21,7 @@ impl Pipe {
         Pipe {
             tun,
             ls,
-            finished: false,
+            finished: std::cell::Cell::new(false),
         }
     }
 
@@ -75,10 +75,40 @@ impl Pipe {
         Ok(())
     }
 
+    /// True once the stream was reset (by either side) or its tunnel
+    /// closed; false after a clean END from the peer.
+    pub fn was_reset(&self) -> bool {
+        self.ls.reset.get() || self.tun.is_closed()
+    }
+
+    /// Resets the stream now (the peer sees RESET; queued bytes dropped).
+    pub fn abort(&self) {
+        if !self.ls.reset.get() && !self.tun.is_closed() {
+            self.tun.reset_stream(&self.ls, Reason::NORMAL);
+        }
+    }
+
+    /// Copies everything `src` receives to `dst` (one copy into `dst`'s
+    /// outgoing batch), then passes `src`'s END on as `dst`'s, or resets
+    /// `dst` when `src` was reset; a `dst` that fails resets `src`.
+    pub async fn copy(src: &Pipe, dst: &Pipe) {
+        while let Some(chunk) = src.recv().await {
+            if dst.send(&chunk).await.is_err() {
+                src.abort();
+                return;
+            }
+        }
+        if src.was_reset() {
+            dst.abort();
+        } else {
+            dst.finish();
+        }
+    }
+
     /// Half-closes: the peer sees END after the bytes sent so far.
-    pub fn finish(&mut self) {
-        if !self.finished {
-            self.finished = true;
+    pub fn finish(&self) {
+        if !self.finished.get() {
+            self.finished.set(true);
             self.ls.reader_done.set(true);
             self.tun.inner.st.borrow_mut().t.end(self.ls.id);
             self.tun.pump();

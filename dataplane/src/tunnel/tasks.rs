@@ -121,7 +121,15 @@ fn process_records(tun: &Tunnel) -> Result<(), String> {
                             super::count_reset(Reason::REFUSED, false);
                         }
                     },
-                    Role::Host => {
+                    Role::Relay { registry } => {
+                        let ls = LocalStream::new(id, None);
+                        st.streams.insert(id, ls.clone());
+                        st.stats.streams_opened += 1;
+                        let pipe = super::Pipe::new(tun.clone(), ls);
+                        glommio::spawn_local(super::relay(pipe, registry.clone(), service))
+                            .detach();
+                    }
+                    Role::Host | Role::Peer => {
                         st.t.reset(id, Reason::REFUSED);
                         super::count_reset(Reason::REFUSED, false);
                     }

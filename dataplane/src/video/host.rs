@@ -544,25 +544,34 @@ impl Redirector {
         if owner != self.shard {
             return Ok(self.mirror(key, owner));
         }
-        let tunnel = self
+        let service = format!("{}{cam}", super::site::CAMERA_PREFIX);
+        let local = self
             .registry
             .borrow()
             .get(site)
             .filter(|t| !t.is_closed())
-            .cloned()
-            .ok_or((404, format!("site {site} is not connected")))?;
+            .cloned();
+        // Not here: another host of the fleet holds the site, and its
+        // camera comes over the peer link (once for this host).
+        let (tunnel, service) = match local {
+            Some(t) => (t, service),
+            None => (
+                crate::peer::shard()
+                    .route(site)
+                    .ok_or((404, format!("site {site} is not connected")))?,
+                format!("{site}/{service}"),
+            ),
+        };
         self.admit(site)?;
-        let pipe = tunnel
-            .open_pipe(&format!("{}{cam}", super::site::CAMERA_PREFIX))
-            .map_err(|e| {
-                // 404 only for a camera the site does not have; a known
-                // one that cannot be opened now is unavailable.
-                let status = match e {
-                    crate::tunnel::StreamError::UnknownService(_) => 404,
-                    _ => 503,
-                };
-                (status, format!("camera {cam} of site {site}: {e}"))
-            })?;
+        let pipe = tunnel.open_pipe(&service).map_err(|e| {
+            // 404 only for a camera the site does not have; a known
+            // one that cannot be opened now is unavailable.
+            let status = match e {
+                crate::tunnel::StreamError::UnknownService(_) => 404,
+                _ => 503,
+            };
+            (status, format!("camera {cam} of site {site}: {e}"))
+        })?;
         let feed = Feed::new(site, cam, self.cfg().cache_bytes, self.cfg().cache_frames);
         self.feeds.borrow_mut().insert(key.clone(), feed.clone());
         let me = self.clone();

@@ -52,7 +52,6 @@ pub fn handlers(
             let h: PipeHandler = Rc::new(move |pipe: Pipe| {
                 let (name, url) = (name2.clone(), url.clone());
                 glommio::spawn_local(async move {
-                    let mut pipe = pipe;
                     match feed(&pipe, &name, &url, timeout).await {
                         Ok(()) => tracing::info!(camera = %name, "feed ended"),
                         Err(e) => {

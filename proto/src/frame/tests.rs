@@ -130,3 +130,36 @@ fn malformed_bodies() {
     }
     assert_eq!(decode(&mk(99, 0, b""), 0), Err(FrameError::UnknownType(99)));
 }
+
+#[test]
+fn open_names_are_services_or_site_slash_service() {
+    for ok in [
+        "svc",
+        "cam.front",
+        "store-42/svc",
+        &format!("{}/{}", "s".repeat(63), "x".repeat(64)),
+    ] {
+        assert!(valid_open_name(ok), "{ok}");
+        let mut out = Vec::new();
+        encode(
+            &Frame::Open {
+                stream: 1,
+                service: ok,
+            },
+            &mut out,
+        );
+        assert!(decode(&out, 0).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "a/",
+        "/b",
+        "a/b/c",
+        "Site/svc",
+        "-s/svc",
+        "s/sv c",
+        &"x".repeat(65),
+    ] {
+        assert!(!valid_open_name(bad), "{bad}");
+    }
+}
