@@ -329,6 +329,58 @@ fn a_client_and_a_viewer_on_a_third_host_reach_a_site_whose_tunnel_is_on_another
     Ok(())
 }
 
+#[test]
+fn a_site_certificate_cannot_open_a_peer_link() -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    let etcd = Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    let a = FleetHost::start(dir.path(), "a", &etcd, None, &[])?;
+    let line = a
+        .control
+        .wait_stdout_prefix("peer links listening on ", Duration::from_secs(10))?;
+    let peer: SocketAddr = line
+        .trim_start_matches("peer links listening on ")
+        .parse()?;
+    let sd = enroll(dir.path(), &issue(&a, dir.path(), "sneaky", &[a.addr])?)?;
+    // The site's own certificate and key, chained to the fleet CA, with
+    // the server name a host uses: TLS accepts the chain, the listener
+    // refuses anything that is not a host certificate.
+    let ca = CertificateDer::from_pem_file(sd.join("ca.crt"))?;
+    let cert = CertificateDer::from_pem_file(sd.join("site.crt"))?;
+    let key = PrivateKeyDer::from_pem_file(sd.join("site.key"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(vec![cert], key)?;
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(cfg),
+        ServerName::try_from(revtun_proto::PEER_SERVER_NAME)?,
+    )?;
+    let sock = TcpStream::connect(peer)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut hello = vec![b'P', 1, 0, 0, 6];
+    hello.extend_from_slice(b"sneaky");
+    let _ = tls.write_all(&hello).and_then(|()| tls.flush());
+    let mut reply = [0u8; 4];
+    let got = tls.read(&mut reply);
+    assert!(
+        !matches!(got, Ok(n) if n > 0),
+        "the peer port answered a site certificate: {got:?} {reply:?}"
+    );
+    a.control
+        .wait_log("not a host certificate", Duration::from_secs(5))?;
+    let status: serde_json::Value = serde_json::from_str(&a.keytool_ok(&["status", "--json"])?)?;
+    assert_eq!(status["peers"], serde_json::json!([]), "{status}");
+    Ok(())
+}
+
 fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_string()
 }
