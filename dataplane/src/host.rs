@@ -473,6 +473,7 @@ async fn shard(
             udp,
         );
         redirector = Some(r.clone());
+        crate::peer::shard().set_redirector(r.clone());
         if let Some(end) = mesh {
             r.join_mesh(end);
         }

@@ -45,6 +45,9 @@ pub struct Peers {
     building: RefCell<Option<(usize, HashMap<String, Hosts>)>>,
     /// Spreads a site's streams over the hosts that hold it.
     turn: Cell<usize>,
+    /// This shard's video redirector, when the host has an RTSP
+    /// listener: a camera a peer asks for is served from its feed here.
+    redirector: RefCell<Option<Rc<crate::video::host::Redirector>>>,
 }
 
 /// A peer link as the status socket reports it (control redials the
@@ -63,6 +66,16 @@ pub struct LinkStatus {
 }
 
 impl Peers {
+    /// Serve cameras asked for over peer links from `r`'s feeds.
+    pub fn set_redirector(&self, r: Rc<crate::video::host::Redirector>) {
+        *self.redirector.borrow_mut() = Some(r);
+    }
+
+    /// The redirector that serves cameras to peers, if any.
+    pub fn redirector(&self) -> Option<Rc<crate::video::host::Redirector>> {
+        self.redirector.borrow().clone()
+    }
+
     /// The link that reaches `site` on another host, if one holds it:
     /// the service `S` of the site is then `SITE/S` on that link.
     pub fn route(&self, site: &str) -> Option<Tunnel> {

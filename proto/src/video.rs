@@ -386,6 +386,9 @@ mod tests {
              m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:track0\r\n\
              m=audio 0 RTP/AVP 0\r\na=control:track1\r\n"
         );
+        // A fleet peer served from a host's feed applies it again to
+        // what that host's viewers get: nothing changes.
+        assert_eq!(video_only_sdp(&out).as_deref(), Some(out.as_str()));
         assert_eq!(
             audio_track(sdp),
             Some(AudioTrack {

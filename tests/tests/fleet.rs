@@ -330,6 +330,74 @@ fn a_client_and_a_viewer_on_a_third_host_reach_a_site_whose_tunnel_is_on_another
 }
 
 #[test]
+fn a_camera_watched_on_two_hosts_crosses_the_site_uplink_once() -> Result<()> {
+    let etcd = Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    let rtsp_b = format!("127.0.0.1:{}", reserved_port()?);
+    let rtsp_c = format!("127.0.0.1:{}", reserved_port()?);
+    let port_c = SocketAddr::from(([127, 0, 0, 1], reserved_port()?));
+    let expose = format!("cams/svc={port_c}");
+    let b = FleetHost::start(dir.path(), "b", &etcd, None, &["--rtsp-listen", &rtsp_b])?;
+    let c = FleetHost::start(
+        dir.path(),
+        "c",
+        &etcd,
+        Some(&b),
+        &["--rtsp-listen", &rtsp_c, "--expose", &expose],
+    )?;
+    let kf = issue(&b, dir.path(), "cams", &[b.addr])?;
+    let sd = enroll(dir.path(), &kf)?;
+    let password = last_line(&b.keytool_ok(&["viewer", "add", "alice", "--allow", "cams/*"])?);
+    let cam_port = free_port()?;
+    let _camera = start_camera(cam_port, "ball", 25, &[])?;
+    let target = service::start()?;
+    let agent = agent(
+        &sd,
+        target,
+        &[
+            "--tunnels",
+            "1",
+            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
+        ],
+    )?;
+    c.wait_holders("cams", &["b"], Duration::from_secs(10))?;
+    // c's data plane has the route to b (control sends it a moment
+    // after etcd has the entry) once its expose port reaches the site.
+    wait_through(port_c, Duration::from_secs(10))?;
+    // A viewer on each host at once: c holds no tunnel of the site, so
+    // its redirector pulls the camera over the peer link, from b's feed.
+    let url_b = format!("rtsp://alice:{password}@{rtsp_b}/cams/cam1");
+    let url_c = format!("rtsp://alice:{password}@{rtsp_c}/cams/cam1");
+    let on_c = std::thread::spawn(move || ffprobe_frames(&url_c, 5));
+    let (frames_b, err_b) = ffprobe_frames(&url_b, 5)?;
+    let (frames_c, err_c) = on_c
+        .join()
+        .map_err(|_| anyhow::anyhow!("ffprobe thread panicked"))??;
+    assert!(
+        frames_b >= 25,
+        "ffprobe on b decoded {frames_b} frames: {err_b}"
+    );
+    assert!(
+        frames_c >= 25,
+        "ffprobe on c decoded {frames_c} frames: {err_c}\nc's log:\n{}",
+        c.control.log()
+    );
+    // The site pulled the camera once, and sent it once: b serves c from
+    // its own feed.
+    let pulls = agent.log().matches("pulling camera").count();
+    assert_eq!(
+        pulls,
+        1,
+        "the site pulled the camera {pulls} times:\n{}",
+        agent.log()
+    );
+    b.control
+        .wait_log("camera served to a fleet peer", Duration::from_secs(1))?;
+    println!("one camera, viewers on b and c: {frames_b} and {frames_c} frames, {pulls} pull at the site");
+    Ok(())
+}
+
+#[test]
 fn a_site_certificate_cannot_open_a_peer_link() -> Result<()> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};

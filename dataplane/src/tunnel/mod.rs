@@ -622,7 +622,9 @@ impl Tunnel {
 /// named `SITE/SERVICE`) to a new stream of that site's tunnel on this
 /// shard, both ways, until both ends have ended it; a reset or a closed
 /// tunnel on either side resets the other. A site that is not here, or a
-/// service it does not offer, resets the inbound stream at once.
+/// service it does not offer, resets the inbound stream at once. A camera
+/// (`SITE/cam.NAME`) on a host with an RTSP listener is served from this
+/// host's own feed of it instead ([`crate::video::host::Redirector::serve_peer`]).
 pub async fn relay(inbound: Pipe, registry: Registry, name: String) {
     // Started from the reader while it holds the tunnel's state: touch
     // nothing of it before the reader has let go.
@@ -644,6 +646,15 @@ pub async fn relay(inbound: Pipe, registry: Registry, name: String) {
     if !t.ready(crate::host::READY_WAIT).await {
         inbound.abort();
         return;
+    }
+    // A camera, on a host with a redirector: served from this host's
+    // feed, so the site sends it once whatever the number of hosts
+    // watching.
+    if let Some(cam) = service.strip_prefix(crate::video::site::CAMERA_PREFIX) {
+        if let Some(r) = crate::peer::shard().redirector() {
+            r.serve_peer(&inbound, site, cam).await;
+            return;
+        }
     }
     let outbound = match t.open_pipe(service) {
         Ok(p) => p,

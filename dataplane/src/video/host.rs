@@ -1157,6 +1157,86 @@ impl Redirector {
         Some(g)
     }
 
+    /// Serves camera `cam` of `site` (held on this shard) to a fleet peer
+    /// that asked for it over a peer link: the feed messages of this
+    /// host's own feed (opened for it if nobody watches here yet), in the
+    /// site's wire format, so the peer's redirector reads them as it
+    /// would the site's. The peer is one consumer of the feed like a
+    /// viewer (its queue bounded by the viewer limits; a peer that falls
+    /// behind skips to the next keyframe), so the camera crosses the
+    /// site's uplink once however many hosts watch it. Ends when the
+    /// feed closes (a GONE message with the reason, then END) or when
+    /// the peer ends or resets the stream.
+    pub async fn serve_peer(self: &Rc<Self>, pipe: &crate::tunnel::Pipe, site: &str, cam: &str) {
+        let gone = |reason: &str| {
+            let mut m = Vec::with_capacity(reason.len() + 5);
+            video::header(video::KIND_GONE, reason.len(), &mut m);
+            m.extend_from_slice(reason.as_bytes());
+            m
+        };
+        let (feed, sdp) = match self.describe(site, cam).await {
+            Ok(x) => x,
+            Err((status, why)) => {
+                tracing::debug!(%site, camera = %cam, status, %why, "camera refused to a peer");
+                if pipe.send(&gone(&why)).await.is_ok() {
+                    pipe.finish();
+                }
+                return;
+            }
+        };
+        let sig = Rc::new(Signal::default());
+        let cfg = self.cfg();
+        let v = feed.attach(sig.clone(), cfg.viewer_max_bytes, cfg.viewer_max_age, true);
+        /// Marks the consumer gone however this ends.
+        struct Leave(Rc<Viewer>);
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                self.0.gone.set(true);
+            }
+        }
+        let _leave = Leave(v.clone());
+        tracing::info!(%site, camera = %cam, "camera served to a fleet peer");
+        let send = async {
+            let mut m = Vec::with_capacity(sdp.len() + 5);
+            video::header(video::KIND_SDP, sdp.len(), &mut m);
+            m.extend_from_slice(sdp.as_bytes());
+            if pipe.send(&m).await.is_err() {
+                return;
+            }
+            loop {
+                let wake = sig.wait();
+                if v.gone.get() {
+                    let reason = feed.closed.borrow().clone().map(|(_, r)| r);
+                    if pipe
+                        .send(&gone(reason.as_deref().unwrap_or("feed closed")))
+                        .await
+                        .is_ok()
+                    {
+                        pipe.finish();
+                    }
+                    return;
+                }
+                let mut progress = false;
+                loop {
+                    let next = v.queue.borrow_mut().pop(Instant::now());
+                    let Some(frame) = next else { break };
+                    if pipe.send(&frame.msg).await.is_err() {
+                        return;
+                    }
+                    v.queue.borrow_mut().progressed(Instant::now());
+                    progress = true;
+                }
+                if !progress {
+                    wake.await;
+                }
+            }
+        };
+        // The peer sends nothing after its request: its END or reset is
+        // the end of its interest.
+        let watch = async { while pipe.recv().await.is_some() {} };
+        futures_lite::future::or(send, watch).await;
+    }
+
     async fn describe(
         self: &Rc<Self>,
         site: &str,
