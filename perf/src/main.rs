@@ -10,12 +10,15 @@
 //! `handshake` (control's rates, data plane under a handshake flood),
 //! `fanout`, `storm`, `faults` (the fault lab: cuts, a flipped byte, a
 //! black hole, long round trips and a cut storm through an impairment
-//! proxy), `peers` (revtun beside rathole and bore when installed).
+//! proxy), `peers` (revtun beside rathole and bore when installed),
+//! `fleet` (three hosts on a real etcd, agents with two tunnels each, the
+//! cost of a peer-link hop, SIGKILL of one host).
 
 mod baseline;
 mod demo;
 mod fanout;
 mod faults;
+mod fleet;
 mod handshake;
 mod idle;
 mod multi;
@@ -33,7 +36,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "revtun-perf", version)]
 struct Args {
-    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm, faults, peers), 'all', or 'demo' (the guided tour).
+    /// Scenario to run (baseline, throughput, latency, connect, idle, handshake, fanout, storm, faults, peers, fleet), 'all', or 'demo' (the guided tour).
     scenario: Option<String>,
     /// Run each scenario briefly (checks the lab works; figures are rough).
     #[arg(long)]
@@ -54,7 +57,8 @@ struct Args {
     /// and udp, in one run; multicast runs the lab in a network namespace).
     #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
     transport: Vec<fanout::Transport>,
-    /// storm: site agents (processes) to run (default 1000; 20 with --quick).
+    /// storm and fleet: site agents (processes) to run (default 1000; 20
+    /// for storm and 24 for fleet with --quick).
     #[arg(long)]
     sites: Option<usize>,
 }
@@ -92,6 +96,7 @@ const SCENARIOS: &[&str] = &[
     "storm",
     "faults",
     "peers",
+    "fleet",
 ];
 
 fn main() {
@@ -140,6 +145,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "storm" => storm::run(args.quick, args.sites)?,
             "faults" => faults::run(args.quick)?,
             "peers" => peers::run(args.quick)?,
+            "fleet" => fleet::run(args.quick, args.sites)?,
             _ => unreachable!("names are checked above"),
         };
         println!("{name}: {}", serde_json::to_string_pretty(&value)?);
