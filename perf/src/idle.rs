@@ -126,6 +126,16 @@ pub fn run(quick: bool) -> Result<Value> {
         .recv_timeout(Duration::from_secs(300))
         .context("tunnels did not come up")?;
     let after = rss_kib(dp);
+    // What the idle tunnels cost the data plane's cores: CPU time and
+    // wake-ups (voluntary context switches, all its threads) over a
+    // window with nothing but pings.
+    let window = Duration::from_secs(if quick { 1 } else { 5 });
+    let (cpu0, wake0) = cpu_and_wakeups(dp);
+    std::thread::sleep(window);
+    let (cpu1, wake1) = cpu_and_wakeups(dp);
+    let secs = window.as_secs_f64();
+    let cpu_ms_per_s = (cpu1 - cpu0) * 1000.0 / secs;
+    let wakeups_per_s = (wake1.saturating_sub(wake0)) as f64 / secs;
     let control_rss = rss_kib(host.control.pid() as i32);
     let _ = stop_tx.send(());
     site_thread
@@ -141,8 +151,39 @@ pub fn run(quick: bool) -> Result<Value> {
         "dataplane_rss_after_kib": after,
         "kib_per_tunnel": per,
         "control_rss_kib": control_rss,
+        "idle_window_s": secs,
+        "dataplane_cpu_ms_per_s": cpu_ms_per_s,
+        "dataplane_wakeups_per_s": wakeups_per_s,
+        "wakeups_per_tunnel_per_s": wakeups_per_s / live.max(1) as f64,
         "target_kib_per_tunnel": 64,
     }))
+}
+
+/// CPU seconds (user + system) and voluntary context switches of all
+/// threads of `pid` so far.
+fn cpu_and_wakeups(pid: i32) -> (f64, u64) {
+    // /proc counts in USER_HZ, 100 on Linux.
+    let ticks = 100.0;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / ticks)
+        })
+        .unwrap_or(0.0);
+    let wakeups = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                .filter_map(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    (cpu, wakeups)
 }
 
 fn socket2_from(s: std::net::TcpStream) -> revtun_dataplane::Socket2 {

@@ -253,6 +253,8 @@ struct Inner {
     ready_sig: Signal,
     /// Set from outside (SIGTERM) to close cleanly.
     stop: Option<Arc<AtomicBool>>,
+    /// Wakes the timer: `stop` was set ([`tasks::watch_stop`]).
+    timer_wake: Signal,
     /// The heartbeat bound, also the write deadline of the tunnel socket.
     dead_after: Duration,
     /// The peer's address, and when the tunnel started (for status).
@@ -328,10 +330,14 @@ impl Tunnel {
             closed_sig: Signal::default(),
             ready_sig: Signal::default(),
             stop,
+            timer_wake: Signal::default(),
             dead_after,
             peer,
             since: std::time::SystemTime::now(),
         });
+        if let Some(flag) = &inner.stop {
+            tasks::watch_stop(flag, &inner);
+        }
         let tunnel = Tunnel { inner };
         glommio::spawn_local(tasks::tunnel_reader(tunnel.clone())).detach();
         glommio::spawn_local(tasks::tunnel_writer(tunnel.clone())).detach();

@@ -14,8 +14,62 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-/// Longest the timer sleeps, so stop requests are seen promptly.
+/// How often a thread looks at each stop flag its tunnels share.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The tunnels of one thread that share a stop flag.
+struct StopWatch {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tunnels: RefCell<Vec<std::rc::Weak<super::Inner>>>,
+}
+
+thread_local! {
+    static STOP_WATCHES: RefCell<Vec<Rc<StopWatch>>> = RefCell::default();
+}
+
+/// Has `inner`'s timer woken within [`TICK`] of `flag` being set (it is
+/// set from another thread, on SIGTERM). One task per flag and thread
+/// looks at it, not one per tunnel: an idle tunnel's timer then wakes
+/// only for its own deadlines (a ping every few seconds), so a host's
+/// idle cost does not grow by ten wake-ups a second per tunnel.
+pub(super) fn watch_stop(
+    flag: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    inner: &Rc<super::Inner>,
+) {
+    STOP_WATCHES.with(|w| {
+        let mut w = w.borrow_mut();
+        if let Some(watch) = w.iter().find(|x| std::sync::Arc::ptr_eq(&x.flag, flag)) {
+            watch.tunnels.borrow_mut().push(Rc::downgrade(inner));
+            return;
+        }
+        let watch = Rc::new(StopWatch {
+            flag: flag.clone(),
+            tunnels: RefCell::new(vec![Rc::downgrade(inner)]),
+        });
+        w.push(watch.clone());
+        glommio::spawn_local(async move {
+            let mut ticks = 0u32;
+            while !watch.flag.load(Ordering::Relaxed) {
+                glommio::timer::sleep(TICK).await;
+                ticks = ticks.wrapping_add(1);
+                // Forget closed tunnels now and then (a bounded list).
+                if ticks % 64 == 0 {
+                    watch.tunnels.borrow_mut().retain(|t| t.strong_count() > 0);
+                }
+            }
+            for t in watch
+                .tunnels
+                .borrow()
+                .iter()
+                .filter_map(std::rc::Weak::upgrade)
+            {
+                t.timer_wake.notify();
+            }
+            STOP_WATCHES.with(|w| w.borrow_mut().retain(|x| !Rc::ptr_eq(x, &watch)));
+        })
+        .detach();
+    });
+}
 
 /// Tunnel socket -> records -> protocol events.
 pub(super) async fn tunnel_reader(tun: Tunnel) {
@@ -223,9 +277,28 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
 pub(super) async fn timer(tun: Tunnel) {
     let inner = tun.inner.clone();
     loop {
+        let woken = inner.timer_wake.wait();
+        let closed = inner.closed_sig.wait();
+        if inner.st.borrow().closed.is_some() {
+            return;
+        }
+        // Seen here too, for a tunnel that starts after the flag was set
+        // (its thread's watch has ended).
+        if inner
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return tun.close_gracefully(CloseReason::Shutdown).await;
+        }
         let due = inner.st.borrow().t.poll_timeout();
-        let nap = due.saturating_duration_since(Instant::now()).min(TICK);
-        glommio::timer::sleep(nap.max(Duration::from_millis(1))).await;
+        // Until the next ping or heartbeat deadline, or until woken: an
+        // idle tunnel's timer wakes for its own deadlines only.
+        let nap = due.saturating_duration_since(Instant::now());
+        let sleep = async {
+            glommio::timer::sleep(nap.max(Duration::from_millis(1))).await;
+        };
+        futures_lite::future::or(sleep, futures_lite::future::or(woken, closed)).await;
         if inner.st.borrow().closed.is_some() {
             return;
         }
