@@ -53,7 +53,7 @@ pub(super) fn watch_stop(
                 glommio::timer::sleep(TICK).await;
                 ticks = ticks.wrapping_add(1);
                 // Forget closed tunnels now and then (a bounded list).
-                if ticks % 64 == 0 {
+                if ticks.is_multiple_of(64) {
                     watch.tunnels.borrow_mut().retain(|t| t.strong_count() > 0);
                 }
             }
