@@ -79,15 +79,34 @@ impl Framer {
     fn ensure(&mut self, need: usize) {
         let want = self.filled + need;
         if self.buf.len() < want {
-            // Small batches (control frames) stay small; data grows the
-            // buffer once to its full size.
+            // Small batches (control frames) stay small; data doubles the
+            // buffer up to its full size, so a tunnel carrying a little
+            // (a request, a reply) does not hold a whole batch buffer.
             let size = if want <= 4096 {
                 4096
             } else {
-                BATCH_BUF.max(want)
+                (self.buf.len() * 2)
+                    .max(want.next_power_of_two())
+                    .min(BATCH_BUF)
+                    .max(want)
             };
             self.buf.resize(size, 0);
         }
+    }
+
+    /// Frees the batch buffer when nothing waits in it (an idle tunnel):
+    /// the next frame grows it again. True when it was freed.
+    pub fn release(&mut self) -> bool {
+        if self.filled != 0 || self.open.is_some() || self.slot.is_some() {
+            return false;
+        }
+        self.buf = Vec::new();
+        true
+    }
+
+    /// Bytes held by the batch buffer.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn open_record(&mut self, need: usize) {
@@ -227,6 +246,24 @@ impl Deframer {
         self.filled = (self.filled + n).min(self.buf.len());
     }
 
+    /// Frees the receive chunk when no partial record waits in it (an
+    /// idle tunnel) and starts again from the first, small chunk. Records
+    /// already handed out keep their own part of the old chunk alive until
+    /// they are dropped. True when it was freed.
+    pub fn release(&mut self) -> bool {
+        if self.filled != 0 {
+            return false;
+        }
+        self.buf = BytesMut::new();
+        self.chunk = FIRST_CHUNK;
+        true
+    }
+
+    /// Bytes held by the receive chunk.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Copies bytes in (tests and fuzzing; the data plane reads in place).
     pub fn push(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
@@ -268,6 +305,45 @@ mod tests {
         let (tx, _) = keys(&secrets, Side::Host, 5);
         let (_, rx) = keys(&secrets, Side::Site, 5);
         (Framer::new(tx), Deframer::new(rx))
+    }
+
+    #[test]
+    fn a_small_exchange_keeps_small_buffers_and_an_idle_tunnel_frees_them() {
+        let (mut f, mut d) = pair();
+        // One small DATA frame: the batch buffer grows to what one frame
+        // slot needs, not to a whole batch.
+        let slot = f.data_slot(1, 100);
+        slot[..5].copy_from_slice(b"hello");
+        f.commit_data(1, 5);
+        assert!(f.capacity() < BATCH_LIMIT / 8, "{}", f.capacity());
+        // Not while something waits in it.
+        assert!(!f.release());
+        let (batch, len) = f.take(Vec::new());
+        assert!(f.release());
+        assert_eq!(f.capacity(), 0);
+        // Half a record waits: the deframer keeps it.
+        d.push(&batch[..len - 1]);
+        assert!(!d.release());
+        d.push(&batch[len - 1..len]);
+        let (rec, range) = d.next_record().expect("authentic").expect("a record");
+        assert!(d.release());
+        assert_eq!(d.capacity(), 0);
+        // What was handed out is intact, and both ends work on after.
+        let (fr, _) = frame::decode(&rec[..range.end], range.start).expect("frame");
+        assert!(
+            matches!(fr, Frame::Data { stream: 1, payload } if &rec[payload.clone()] == b"hello")
+        );
+        f.push_frame(&Frame::Ping(7));
+        let (batch, len) = f.take(Vec::new());
+        d.push(&batch[..len]);
+        assert!(d.next_record().expect("authentic").is_some());
+        // Bulk data still grows the buffer to a whole batch.
+        while f.room() > 0 {
+            let slot = f.data_slot(1, 1 << 20);
+            let n = slot.len().min(f.room());
+            f.commit_data(1, n);
+        }
+        assert!(f.capacity() >= BATCH_LIMIT, "{}", f.capacity());
     }
 
     #[test]

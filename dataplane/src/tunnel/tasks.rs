@@ -276,6 +276,9 @@ pub(super) async fn tunnel_writer(tun: Tunnel) {
 /// Pings, dead-peer detection and stop requests.
 pub(super) async fn timer(tun: Tunnel) {
     let inner = tun.inner.clone();
+    // Socket bytes both ways at the last wake: a tunnel that moved no
+    // more than its pings since then gives its buffers back.
+    let mut seen = (0u64, 0u64);
     loop {
         let woken = inner.timer_wake.wait();
         let closed = inner.closed_sig.wait();
@@ -318,8 +321,31 @@ pub(super) async fn timer(tun: Tunnel) {
             };
             return tun.close(reason);
         }
+        {
+            let mut st = inner.st.borrow_mut();
+            let now = (st.stats.bytes_in, st.stats.bytes_out);
+            if now.0 - seen.0 + now.1 - seen.1 <= IDLE_BYTES {
+                release_buffers(&mut st);
+            }
+            seen = now;
+        }
         tun.pump();
     }
+}
+
+/// Socket bytes (both ways) between two timer wakes under which a tunnel
+/// counts as idle: a few pings and pongs.
+const IDLE_BYTES: u64 = 1024;
+
+/// Frees an idle tunnel's batch and receive buffers (up to about 2 MiB
+/// each once it has carried bulk data); the next data grows them again.
+/// Without this every tunnel that ever carried a stream would keep them,
+/// and a host's memory would grow with the number of sites used, not
+/// with the number busy now.
+fn release_buffers(st: &mut super::State) {
+    st.framer.release();
+    st.spare = Vec::new();
+    st.deframer.release();
 }
 
 enum Step {
