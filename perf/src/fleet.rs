@@ -156,16 +156,9 @@ fn still_open(s: &mut TcpStream) -> bool {
     s.write_all(b"z").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"z"
 }
 
-/// The PID of the host's data plane (from control's stdout).
+/// The PID of the host's data plane.
 fn dataplane_pid(h: &FleetHost) -> Option<i32> {
-    h.control
-        .stdout
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("data plane started pid="))
-        .and_then(|p| p.trim().parse::<i32>().ok())
+    revtun_tests::dataplane_pid(&h.control)
 }
 
 /// Resident memory of each host's data plane, MiB.

@@ -317,14 +317,7 @@ impl Host {
 
     /// PID of the current data plane (from control's stdout).
     pub fn dataplane_pid(&self) -> Option<i32> {
-        self.control
-            .stdout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix("data plane started pid="))
-            .and_then(|p| p.trim().parse().ok())
+        dataplane_pid(&self.control)
     }
 
     /// The host state directory.
@@ -406,6 +399,18 @@ pub fn enroll_keyfile(keyfile: &Path, dir: &Path) -> Result<PathBuf> {
         bail!("enroll failed: {}", stderr(&o));
     }
     Ok(sd)
+}
+
+/// PID of the data plane that `control` started last (from its stdout).
+pub fn dataplane_pid(control: &Proc) -> Option<i32> {
+    control
+        .stdout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("data plane started pid="))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 /// A process-unique counter for file names.

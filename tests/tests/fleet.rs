@@ -39,6 +39,24 @@ fn agent(site_dir: &Path, target: SocketAddr, extra: &[&str]) -> Result<Proc> {
     Ok(p)
 }
 
+/// A camera (GStreamer's RTSP server) and an agent of `site_dir` with one
+/// tunnel, serving it as `cam1` and the test service as `svc`.
+fn camera_agent(site_dir: &Path) -> Result<(Proc, Proc)> {
+    let cam_port = free_port()?;
+    let camera = start_camera(cam_port, "ball", 25, &[])?;
+    let target = service::start()?;
+    let agent = agent(
+        site_dir,
+        target,
+        &[
+            "--tunnels",
+            "1",
+            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
+        ],
+    )?;
+    Ok((camera, agent))
+}
+
 /// A round trip of `len` bytes through a host's service port.
 fn through(port: SocketAddr, len: usize) -> Result<String> {
     let s = TcpStream::connect(port)?;
@@ -272,19 +290,8 @@ fn a_client_and_a_viewer_on_a_third_host_reach_a_site_whose_tunnel_is_on_another
         &["--expose", &expose, "--rtsp-listen", &rtsp_c],
     )?;
     let password = last_line(&c.keytool_ok(&["viewer", "add", "alice", "--allow", "far/*"])?);
-    let cam_port = free_port()?;
-    let _camera = start_camera(cam_port, "ball", 25, &[])?;
-    let target = service::start()?;
     let started = Instant::now();
-    let _agent = agent(
-        &sd,
-        target,
-        &[
-            "--tunnels",
-            "1",
-            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
-        ],
-    )?;
+    let (_camera, _agent) = camera_agent(&sd)?;
     c.wait_holders("far", &["b"], Duration::from_secs(10))?;
     // c holds no tunnel of the site: its client goes over the peer link
     // to b, and b relays it to the site.
@@ -348,18 +355,7 @@ fn a_camera_watched_on_two_hosts_crosses_the_site_uplink_once() -> Result<()> {
     let kf = issue(&b, dir.path(), "cams", &[b.addr])?;
     let sd = enroll(dir.path(), &kf)?;
     let password = last_line(&b.keytool_ok(&["viewer", "add", "alice", "--allow", "cams/*"])?);
-    let cam_port = free_port()?;
-    let _camera = start_camera(cam_port, "ball", 25, &[])?;
-    let target = service::start()?;
-    let agent = agent(
-        &sd,
-        target,
-        &[
-            "--tunnels",
-            "1",
-            &format!("--camera=cam1=rtsp://127.0.0.1:{cam_port}/test"),
-        ],
-    )?;
+    let (_camera, agent) = camera_agent(&sd)?;
     c.wait_holders("cams", &["b"], Duration::from_secs(10))?;
     // c's data plane has the route to b (control sends it a moment
     // after etcd has the entry) once its expose port reaches the site.

@@ -285,26 +285,8 @@ pub(super) async fn timer(tun: Tunnel) {
         if inner.st.borrow().closed.is_some() {
             return;
         }
-        // Seen here too, for a tunnel that starts after the flag was set
+        // Also seen here for a tunnel that starts after the flag was set
         // (its thread's watch has ended).
-        if inner
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-        {
-            return tun.close_gracefully(CloseReason::Shutdown).await;
-        }
-        let due = inner.st.borrow().t.poll_timeout();
-        // Until the next ping or heartbeat deadline, or until woken: an
-        // idle tunnel's timer wakes for its own deadlines only.
-        let nap = due.saturating_duration_since(Instant::now());
-        let sleep = async {
-            glommio::timer::sleep(nap.max(Duration::from_millis(1))).await;
-        };
-        futures_lite::future::or(sleep, futures_lite::future::or(woken, closed)).await;
-        if inner.st.borrow().closed.is_some() {
-            return;
-        }
         if inner
             .stop
             .as_ref()
@@ -330,6 +312,14 @@ pub(super) async fn timer(tun: Tunnel) {
             seen = now;
         }
         tun.pump();
+        // Until the next ping or heartbeat deadline, or until woken: an
+        // idle tunnel's timer wakes for its own deadlines only.
+        let due = inner.st.borrow().t.poll_timeout();
+        let nap = due.saturating_duration_since(Instant::now());
+        let sleep = async {
+            glommio::timer::sleep(nap.max(Duration::from_millis(1))).await;
+        };
+        futures_lite::future::or(sleep, futures_lite::future::or(woken, closed)).await;
     }
 }
 
