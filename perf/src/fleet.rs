@@ -46,16 +46,7 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// One `ECHO` round trip of one byte on a new connection through `port`.
 fn probe(port: SocketAddr) -> bool {
-    let attempt = || -> Result<()> {
-        let mut s = TcpStream::connect_timeout(&port, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"ECHO\nx")?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
-        anyhow::ensure!(&b == b"x", "echo mismatch");
-        Ok(())
-    };
-    attempt().is_ok()
+    crate::peers::echo_once(port, Duration::from_secs(3), b"x").is_ok()
 }
 
 /// Probes every port of `ports` once, on 4 threads; the failed ones.
@@ -142,18 +133,32 @@ struct Stream {
 }
 
 fn open_stream(port: SocketAddr) -> Result<TcpStream> {
-    let mut s = TcpStream::connect_timeout(&port, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"ECHO\ny")?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    anyhow::ensure!(&b == b"y", "echo mismatch");
-    Ok(s)
+    crate::peers::echo_once(port, Duration::from_secs(5), b"y")
 }
 
 fn still_open(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
     s.write_all(b"z").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"z"
+}
+
+/// Each thread of `pid` as `name state wchan` (where a stuck process
+/// waits).
+fn threads_of(pid: u32) -> String {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    dir.flatten()
+        .map(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default();
+            format!("{} {state} {}", read("comm").trim(), read("wchan").trim())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The PID of the host's data plane.
@@ -298,7 +303,12 @@ pub fn run(quick: bool, sites: Option<usize>) -> Result<Value> {
                 .map(|a| {
                     let log = a.log();
                     let tail: Vec<&str> = log.lines().rev().take(6).collect();
-                    format!("exited: {:?}; log tail: {tail:?}", a.try_wait())
+                    format!(
+                        "pid {}, exited: {:?}; log tail: {tail:?}; threads: {}",
+                        a.pid(),
+                        a.try_wait(),
+                        threads_of(a.pid())
+                    )
                 })
                 .unwrap_or_default();
             bail!(

@@ -52,18 +52,23 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 /// Waits until an ECHO round trip through `echo` works.
+/// Connects to `echo` (the test service's `ECHO`), sends `msg` and reads
+/// it back, each step within `timeout`; the stream stays open.
+pub fn echo_once(echo: SocketAddr, timeout: Duration, msg: &[u8]) -> Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&echo, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"ECHO\n")?;
+    s.write_all(msg)?;
+    let mut b = vec![0u8; msg.len()];
+    s.read_exact(&mut b)?;
+    anyhow::ensure!(b == msg, "echo mismatch");
+    Ok(s)
+}
+
 fn wait_echo(echo: SocketAddr, limit: Duration, who: &str) -> Result<()> {
     let end = Instant::now() + limit;
     loop {
-        let ok = (|| -> Result<()> {
-            let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(1))?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.write_all(b"ECHO\nping")?;
-            let mut b = [0u8; 4];
-            s.read_exact(&mut b)?;
-            anyhow::ensure!(&b == b"ping", "echo mismatch");
-            Ok(())
-        })();
+        let ok = echo_once(echo, Duration::from_secs(1), b"ping").map(drop);
         match ok {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() > end => bail!("{who} did not forward within {limit:?}: {e}"),
