@@ -161,22 +161,20 @@ fn threads_of(pid: u32) -> String {
         .join("; ")
 }
 
-/// The PID of the host's data plane.
-fn dataplane_pid(h: &FleetHost) -> Option<i32> {
-    revtun_tests::dataplane_pid(&h.control)
-}
-
 /// Resident memory of each host's data plane, MiB.
 fn dataplane_rss_mib(hosts: &[&FleetHost]) -> Vec<f64> {
     hosts
         .iter()
-        .map(|h| dataplane_pid(h).map_or(0.0, |p| revtun_tests::rss_kib(p) as f64 / 1024.0))
+        .map(|h| {
+            revtun_tests::dataplane_pid(&h.control)
+                .map_or(0.0, |p| revtun_tests::rss_kib(p) as f64 / 1024.0)
+        })
         .collect()
 }
 
 /// SIGKILLs the host's data plane and control at once.
 fn kill_host(h: &FleetHost) {
-    if let Some(pid) = dataplane_pid(h) {
+    if let Some(pid) = revtun_tests::dataplane_pid(&h.control) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
